@@ -1,0 +1,1 @@
+//! Cloudflare Workers glue (wasm32 only); provided by the edge worktree.
