@@ -7,7 +7,11 @@ use std::future::Future;
 use std::rc::Rc;
 
 use futures::future::{FutureExt, LocalBoxFuture, Shared};
+use rkyv::util::AlignedVec;
 use serde::Deserialize;
+
+use crate::manifest::{Manifest, MANIFEST_FILE};
+use crate::shard::Shard;
 
 /// `<index>/current` holds the live version; everything else is immutable under its version.
 pub fn current_key(index: &str) -> String {
@@ -17,8 +21,6 @@ pub fn current_key(index: &str) -> String {
 pub fn blob_key(index: &str, version: &str, file: &str) -> String {
     format!("{index}/{version}/{file}")
 }
-
-pub const MANIFEST_FILE: &str = "manifest.json";
 
 /// Where a request entered, from `request.cf`.
 #[derive(Debug, Default, Clone)]
@@ -229,6 +231,178 @@ impl<V: 'static, E: Clone + 'static> Cache<V, E> {
                 state.bytes -= loaded.bytes;
             }
         }
+    }
+}
+
+/// Where blobs come from: one bucket per configured region (R2 buckets in the worker).
+// Single-threaded wasm: the futures never cross threads, so no Send bound is wanted.
+#[allow(async_fn_in_trait)]
+pub trait Source: Clone + 'static {
+    /// Regions that have a bucket.
+    fn regions(&self) -> Vec<String>;
+    /// The whole object, read straight into aligned memory; `Ok(None)` if the bucket lacks it.
+    async fn get(&self, region: &str, key: &str) -> Result<Option<AlignedVec<16>>, String>;
+    /// Index names (top-level prefixes) in a region's bucket.
+    async fn indexes(&self, region: &str) -> Result<Vec<String>, String>;
+    fn now_ms(&self) -> f64;
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum StoreError {
+    #[error("no index named {0:?}")]
+    UnknownIndex(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// An index version as one request sees it: every shard it reads comes from this version.
+pub struct Pinned {
+    pub index: String,
+    pub version: String,
+    pub manifest: Rc<Manifest>,
+}
+
+/// A validated shard and what it cost to get it.
+pub struct LoadedShard {
+    pub shard: Shard,
+    pub region: String,
+    pub fetch_ms: f64,
+    pub validate_ms: f64,
+}
+
+/// Manifests are small; this only bounds a pathological number of versions.
+const MANIFEST_CACHE_BYTES: usize = 8 << 20;
+
+/// The isolate's view of the shard store: version pointers, manifests and shards.
+pub struct Store {
+    pointers: VersionPointers,
+    manifests: Cache<Manifest, StoreError>,
+    shards: Cache<LoadedShard, StoreError>,
+}
+
+impl Store {
+    pub fn new(cache_bytes: usize, current_ttl_ms: f64) -> Self {
+        Store {
+            pointers: VersionPointers::new(current_ttl_ms),
+            manifests: Cache::new(MANIFEST_CACHE_BYTES),
+            shards: Cache::new(cache_bytes),
+        }
+    }
+
+    /// Shard bytes this isolate holds.
+    pub fn shard_bytes(&self) -> usize {
+        self.shards.bytes()
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Index names, as listed by the first region that answers.
+    pub async fn indexes<S: Source>(&self, source: &S, home: &str) -> Result<Vec<String>, StoreError> {
+        let mut last = String::from("no region is configured");
+        for region in replica_order(home, &[], &source.regions()) {
+            match source.indexes(&region).await {
+                Ok(names) => return Ok(names),
+                Err(e) => last = format!("listing {region}: {e}"),
+            }
+        }
+        Err(StoreError::Unavailable(last))
+    }
+
+    /// Reads (or recalls) `<index>/current` once and loads that version's manifest.
+    pub async fn pin<S: Source>(&self, source: &S, index: &str, home: &str) -> Result<Pinned, StoreError> {
+        let version = match self.pointers.fresh(index, source.now_ms()) {
+            Some(version) => version,
+            None => {
+                let order = replica_order(home, &[], &source.regions());
+                let (bytes, _) = read_first(source, &order, &current_key(index))
+                    .await?
+                    .ok_or_else(|| StoreError::UnknownIndex(index.to_string()))?;
+                let version = String::from_utf8_lossy(&bytes).trim().to_string();
+                self.pointers.remember(index, &version, source.now_ms());
+                version
+            }
+        };
+        self.pin_version(source, index, &version, home).await
+    }
+
+    /// Loads the manifest of a version named by someone else (a shard host gets it from the
+    /// entry worker, so both sides use the same version).
+    pub async fn pin_version<S: Source>(&self, source: &S, index: &str, version: &str, home: &str) -> Result<Pinned, StoreError> {
+        let order = replica_order(home, &[], &source.regions());
+        let key = blob_key(index, &version, MANIFEST_FILE);
+        let (source2, key2) = (source.clone(), key.clone());
+        let load = async move {
+            let (bytes, region) = read_first(&source2, &order, &key2)
+                .await?
+                .ok_or_else(|| StoreError::Unavailable(format!("{key2} is missing in every region")))?;
+            let manifest = Manifest::from_json(&bytes)
+                .map_err(|e| StoreError::Unavailable(format!("{key2} in {region}: {e}")))?;
+            Ok((manifest, bytes.len()))
+        };
+        let manifest = self.manifests.get_or_load(&key, load).await?.value;
+        Ok(Pinned { index: index.to_string(), version: version.to_string(), manifest })
+    }
+
+    /// Shard `i` of the pinned version: from this isolate's cache, else read from the first
+    /// region holding a copy whose checksum matches the manifest, then validated once.
+    pub async fn shard<S: Source>(&self, source: &S, pinned: &Pinned, i: usize, home: &str) -> Result<Got<LoadedShard>, StoreError> {
+        let entry = pinned
+            .manifest
+            .shards
+            .get(i)
+            .ok_or_else(|| StoreError::Unavailable(format!("no shard number {i}")))?;
+        let key = blob_key(&pinned.index, &pinned.version, &entry.file);
+        let order = replica_order(home, &entry.regions, &source.regions());
+        let (source, manifest, key2) = (source.clone(), pinned.manifest.clone(), key.clone());
+        let load = async move {
+            let started = source.now_ms();
+            let mut problems = Vec::new();
+            for region in &order {
+                let bytes = match source.get(region, &key2).await {
+                    Ok(Some(bytes)) => bytes,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        problems.push(format!("{region}: {e}"));
+                        continue;
+                    }
+                };
+                // A corrupt replica is skipped: another region may hold a good one.
+                if let Err(e) = manifest.verify_shard(i, &bytes) {
+                    problems.push(format!("{region}: {e}"));
+                    continue;
+                }
+                let fetched = source.now_ms();
+                let len = bytes.len();
+                let shard = Shard::from_aligned(bytes).map_err(|e| StoreError::Unavailable(format!("{key2} in {region}: {e}")))?;
+                let validate_ms = source.now_ms() - fetched;
+                return Ok((LoadedShard { shard, region: region.clone(), fetch_ms: fetched - started, validate_ms }, len));
+            }
+            if problems.is_empty() {
+                problems.push("missing in every region".into());
+            }
+            Err(StoreError::Unavailable(format!("{key2}: {}", problems.join("; "))))
+        };
+        self.shards.get_or_load(&key, load).await
+    }
+}
+
+/// The object from the first region that has it, and that region. Errors only if no region has
+/// it and some region failed to answer (so "missing" is never confused with "unreachable").
+async fn read_first<S: Source>(source: &S, order: &[String], key: &str) -> Result<Option<(AlignedVec<16>, String)>, StoreError> {
+    let mut errors = Vec::new();
+    for region in order {
+        match source.get(region, key).await {
+            Ok(Some(bytes)) => return Ok(Some((bytes, region.clone()))),
+            Ok(None) => {}
+            Err(e) => errors.push(format!("{region}: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(None)
+    } else {
+        Err(StoreError::Unavailable(format!("reading {key}: {}", errors.join("; "))))
     }
 }
 

@@ -5,8 +5,8 @@ mod search;
 
 pub use problem::{ApiError, Problem};
 pub use search::{
-    parse_search, IndexSummary, Match, Query, SearchRequest, SearchResponse, BODY_LIMIT, K_DEFAULT,
-    K_MAX,
+    parse_search, IndexSummary, Match, Query, SearchRequest, SearchResponse, BODY_LIMIT, EF_DEFAULT,
+    K_DEFAULT, K_MAX,
 };
 
 /// What a request asks for, decided from method and path alone.

