@@ -14,8 +14,6 @@ use worker::*;
 use crate::api::{ApiError, IndexSummary, Route};
 use crate::store::{Location, RegionMap, Store, StoreError};
 
-pub use host::ShardHost;
-
 /// Default shard cache budget per isolate (`CACHE_BYTES` overrides): leaves headroom in the
 /// 128 MB isolate for the wasm heap's other users and the request in flight.
 const CACHE_BYTES_DEFAULT: usize = 96 << 20;
