@@ -3,14 +3,21 @@
 //! Layering (imports flow downwards only):
 //! - [`shard`]: the versioned zero-copy shard format and the search over it (pure Rust, wasm-safe).
 //! - [`manifest`]: the index manifest that names versions, shards, centroids, regions and checksums.
+//! - [`balancer`]: inference-origin pools: routing strategies, health, retry budget, affinity (pure, clock passed in).
+//! - [`rag`]: OpenAI wire types, prompt building within a token budget, SSE parsing and formatting (pure).
+//! - `embed` (native only): all-MiniLM-L6-v2 sentence embeddings on CPU (used by `devorigin`).
 //! - `build` (native only): turns a corpus into shards and a manifest (used by `shardc`).
 //! - `edge` (wasm32 only): the Cloudflare Workers glue; thin handlers over the pure modules.
 
+pub mod balancer;
 pub mod manifest;
+pub mod rag;
 pub mod shard;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod build;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod embed;
 
 #[cfg(target_arch = "wasm32")]
 mod edge;
