@@ -142,6 +142,10 @@ impl Plan {
     pub fn attempts(&self) -> u32 {
         self.tried.len() as u32
     }
+
+    pub fn tried_origin(&self, id: OriginId) -> bool {
+        self.tried.contains(&id)
+    }
 }
 
 /// Outcome of [`Balancer::should_retry`].
@@ -218,8 +222,8 @@ impl Balancer {
             .filter(|&i| self.states[i].availability(now) != Availability::Unavailable)
             .collect();
         // A retry goes elsewhere when it can; the same origin is better than none.
-        if candidates.iter().any(|&i| !plan.tried.contains(&OriginId(i))) {
-            candidates.retain(|&i| !plan.tried.contains(&OriginId(i)));
+        if candidates.iter().any(|&i| !plan.tried_origin(OriginId(i))) {
+            candidates.retain(|&i| !plan.tried_origin(OriginId(i)));
         }
         if let Some(region) = target.region {
             if candidates.iter().any(|&i| self.configs[i].region.as_deref() == Some(region)) {

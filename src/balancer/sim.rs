@@ -116,7 +116,8 @@ impl Sim {
         -mean * (1.0 - self.rng.next_f64()).ln()
     }
 
-    fn oracle_pick(&self) -> Option<usize> {
+    /// Like the balancer, a retry goes to an origin this request has not tried when one is live.
+    fn oracle_pick(&self, plan: &Plan) -> Option<usize> {
         let expected = |i: usize| {
             let m = &self.models[i];
             let run = &self.runs[i];
@@ -124,13 +125,16 @@ impl Sim {
             let ahead = (run.busy + queued + 1).saturating_sub(m.slots) as f64;
             (m.mean_service * (1.0 + ahead / m.slots as f64)) / (1.0 - m.fail_rate)
         };
-        (0..self.models.len()).filter(|&i| !self.models[i].dead).min_by(|&a, &b| expected(a).total_cmp(&expected(b)))
+        let live = |i: &usize| !self.models[*i].dead;
+        let fresh = |i: &usize| !plan.tried_origin(OriginId(*i));
+        let best = |pool: Vec<usize>| pool.into_iter().min_by(|&a, &b| expected(a).total_cmp(&expected(b)));
+        best((0..self.models.len()).filter(live).filter(fresh).collect()).or_else(|| best((0..self.models.len()).filter(live).collect()))
     }
 
     fn dispatch(&mut self, request: usize, now: f64) {
         let t = at(now);
         let picked = match self.router {
-            Router::Oracle => self.oracle_pick().map(OriginId),
+            Router::Oracle => self.oracle_pick(&self.requests[request].1).map(OriginId),
             Router::Balancer(_) => self.balancer.pick(&TARGET, &self.requests[request].1, t),
         };
         let (Some(id), Some(timeout)) = (picked, self.requests[request].1.try_timeout(t)) else {
@@ -320,6 +324,15 @@ mod tests {
             assert!(p2c.mean_latency <= 1.25 * oracle.mean_latency, "p2c {p2c:?} vs oracle {oracle:?}");
             assert!(rr.mean_latency >= 2.0 * p2c.mean_latency, "round-robin {rr:?} vs p2c {p2c:?}");
         }
+    }
+
+    #[test]
+    fn the_retry_budget_caps_retries_in_a_brownout() {
+        // Every origin fails 60 % of requests: unbudgeted retries would add 1.5 attempts per request.
+        let fleet = vec![OriginModel { fail_rate: 0.6, ..OriginModel::healthy(0.1) }; 4];
+        let report = simulate(fleet, Router::Balancer(Routing::P2cEwma), 4);
+        assert!(report.failed > 0, "the budget must have refused some retries: {report:?}");
+        assert!(report.retries as f64 >= 0.15 * report.requests as f64, "the budget was not used: {report:?}");
     }
 
     #[test]
