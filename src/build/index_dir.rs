@@ -35,16 +35,23 @@ impl IndexDir {
 
     /// Searches every shard and merges exactly.
     pub fn search(&self, query: &[f32], params: &SearchParams) -> Result<Vec<ShardHit>, ShardError> {
-        self.merge(params.k, |shard| shard.search(query, params))
+        self.search_shards(query, params, self.shards.len())
+    }
+
+    /// Searches the `probe` shards whose centroids are nearest to the query and merges exactly.
+    pub fn search_shards(&self, query: &[f32], params: &SearchParams, probe: usize) -> Result<Vec<ShardHit>, ShardError> {
+        let chosen = self.manifest.nearest_shards(query, probe);
+        self.merge(&chosen, params.k, |shard| shard.search(query, params))
     }
 
     /// Brute force over every shard's stored vectors.
     pub fn search_exact(&self, query: &[f32], params: &SearchParams) -> Result<Vec<ShardHit>, ShardError> {
-        self.merge(params.k, |shard| shard.search_exact(query, params.k, params.filter.as_ref()))
+        let all: Vec<usize> = (0..self.shards.len()).collect();
+        self.merge(&all, params.k, |shard| shard.search_exact(query, params.k, params.filter.as_ref()))
     }
 
-    fn merge(&self, k: usize, search: impl Fn(&Shard) -> Result<Vec<Hit>, ShardError>) -> Result<Vec<ShardHit>, ShardError> {
-        let per_shard = self.shards.iter().map(search).collect::<Result<Vec<_>, _>>()?;
-        Ok(merge_top_k(per_shard.iter().enumerate().map(|(i, hits)| (i, hits.as_slice())), k))
+    fn merge(&self, chosen: &[usize], k: usize, search: impl Fn(&Shard) -> Result<Vec<Hit>, ShardError>) -> Result<Vec<ShardHit>, ShardError> {
+        let per_shard = chosen.iter().map(|&i| Ok((i, search(&self.shards[i])?))).collect::<Result<Vec<_>, ShardError>>()?;
+        Ok(merge_top_k(per_shard.iter().map(|(i, hits)| (*i, hits.as_slice())), k))
     }
 }
