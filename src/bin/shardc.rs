@@ -470,6 +470,14 @@ fn run_bench_load(index_path: &Path, repeat: usize, as_json: bool) -> CliResult 
         from_aligned.push(t.elapsed().as_secs_f64() * 1e6);
     }
 
+    // The payload checksum alone: the part of opening that is transport integrity, not format.
+    let mut checksum_times = Vec::with_capacity(repeat);
+    for _ in 0..repeat {
+        let t = Instant::now();
+        std::hint::black_box(xxhash_rust::xxh3::xxh3_64(&blob[format::HEADER_LEN..]));
+        checksum_times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+
     // Baseline: the same content as a plain owned struct, serde + bincode (deserialisation only).
     let archived = rkyv::access::<format::ArchivedShardData, rkyv::rancor::Error>(
         &blob[format::HEADER_LEN..],
@@ -500,6 +508,7 @@ fn run_bench_load(index_path: &Path, repeat: usize, as_json: bool) -> CliResult 
             "blob_bytes": blob.len(),
             "from_bytes_validate_first_query_us": median(from_bytes),
             "from_aligned_validate_first_query_us": median(from_aligned),
+            "of_which_checksum_us": median(checksum_times),
             "bincode_bytes": encoded.len(),
             "serde_bincode_deserialise_us": median(serde_times),
             "blob_bytes_per_vector": blob.len() as f64 / count,
