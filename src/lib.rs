@@ -3,16 +3,22 @@
 //! Layering (imports flow downwards only):
 //! - [`shard`]: the versioned zero-copy shard format and the search over it (pure Rust, wasm-safe).
 //! - [`manifest`]: the index manifest that names versions, shards, centroids, regions and checksums.
+//! - [`api`]: HTTP request parsing/validation and RFC 9457 problem documents (pure).
+//! - [`store`]: region choice, version pinning, and the byte-bounded single-flight shard cache (pure).
+//! - [`fanout`]: which shards a query visits, and the exact merge of their answers (pure).
 //! - [`balancer`]: inference-origin pools: routing strategies, health, retry budget, affinity (pure, clock passed in).
 //! - [`rag`]: OpenAI wire types, prompt building within a token budget, SSE parsing and formatting (pure).
 //! - `embed` (native only): all-MiniLM-L6-v2 sentence embeddings on CPU (used by `devorigin`).
 //! - `build` (native only): turns a corpus into shards and a manifest (used by `shardc`).
 //! - `edge` (wasm32 only): the Cloudflare Workers glue; thin handlers over the pure modules.
 
+pub mod api;
 pub mod balancer;
+pub mod fanout;
 pub mod manifest;
 pub mod rag;
 pub mod shard;
+pub mod store;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod build;

@@ -9,7 +9,7 @@
 //!     let Some(id) = balancer.pick(&target, &plan, now) else { /* 503: no origin */ };
 //!     balancer.on_start(id, &mut plan, now);
 //!     // send to balancer.origin(id).url with timeout plan.try_timeout(now)
-//!     // response head arrived (not 429/5xx): balancer.on_first_byte(id, elapsed, &mut plan, now),
+//!     // FailureKind::from_status(status, retry_after) is None: balancer.on_first_byte(id, elapsed, &mut plan, now),
 //!     //   stream it, then balancer.on_success(id, now) or on_failure(id, Interrupted, now)
 //!     // otherwise: balancer.on_failure(id, kind, now) and
 //!     //   match balancer.should_retry(&plan, kind, now) { Retry { after } => sleep, continue; GiveUp(_) => fail }
@@ -54,6 +54,22 @@ pub enum FailureKind {
     RateLimited { retry_after: Option<Duration> },
     /// The response broke off after its first byte; never retried (the client has bytes already).
     Interrupted,
+}
+
+impl FailureKind {
+    /// Classifies an origin's response status: `None` when the response is to be relayed (2xx,
+    /// and 4xx other than 429, which are the request's fault, not the origin's). `retry_after` is
+    /// the raw Retry-After header; only the delta-seconds form is understood (an HTTP date falls
+    /// back to the policy's default wait).
+    pub fn from_status(status: u16, retry_after: Option<&str>) -> Option<FailureKind> {
+        match status {
+            429 => Some(FailureKind::RateLimited {
+                retry_after: retry_after.and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs),
+            }),
+            500..=599 => Some(FailureKind::ServerError { status }),
+            _ => None,
+        }
+    }
 }
 
 /// What to route: the caller's kind, model, region and optional context-affinity key.
@@ -528,6 +544,21 @@ mod tests {
         start(&mut b, home.0, ZERO);
         let moved = b.pick(&t, &plan, ZERO).expect("an origin");
         assert_ne!(moved, home);
+    }
+
+    #[test]
+    fn classifies_statuses() {
+        assert_eq!(FailureKind::from_status(200, None), None);
+        assert_eq!(FailureKind::from_status(400, None), None);
+        assert_eq!(FailureKind::from_status(503, None), Some(FailureKind::ServerError { status: 503 }));
+        assert_eq!(
+            FailureKind::from_status(429, Some(" 7")),
+            Some(FailureKind::RateLimited { retry_after: Some(Duration::from_secs(7)) })
+        );
+        assert_eq!(
+            FailureKind::from_status(429, Some("Wed, 21 Oct 2015 07:28:00 GMT")),
+            Some(FailureKind::RateLimited { retry_after: None })
+        );
     }
 
     #[test]

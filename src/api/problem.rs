@@ -1,0 +1,104 @@
+//! The API's one error type and its single mapping to RFC 9457 problem documents.
+//!
+//! Status policy (documented in the README's API section):
+//! - 400: the body is not JSON at all (syntax errors, truncated bodies, `NaN`/`Infinity` literals
+//!   and numbers beyond f64, which JSON cannot carry).
+//! - 422: well-formed JSON that breaks the schema or a rule: unknown or mistyped field, wrong
+//!   vector length, a component that is not finite as f32, `k`/`ef`/`probe` out of range.
+//! - 404 unknown route or index, 405 wrong method, 413 body over the limit, 415 not JSON,
+//!   501 `text` queries (no embedding origin yet), 503 shards unavailable, 500 misconfiguration.
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ApiError {
+    #[error("no resource at {0}")]
+    NotFound(String),
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the content type must be application/json, not {0:?}")]
+    UnsupportedMediaType(String),
+    #[error("the request body has {size} bytes; the limit is {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("no index named {0:?}")]
+    UnknownIndex(String),
+    #[error("text queries need an embedding origin, which this deployment does not configure")]
+    TextQueryUnsupported,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("the service is misconfigured: {0}")]
+    Misconfigured(String),
+}
+
+/// An RFC 9457 problem document, plus the request id as an extension member.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    pub request_id: String,
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::MalformedJson(_) => 400,
+            ApiError::NotFound(_) | ApiError::UnknownIndex(_) => 404,
+            ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::TooLarge { .. } => 413,
+            ApiError::UnsupportedMediaType(_) => 415,
+            ApiError::Invalid(_) => 422,
+            ApiError::Misconfigured(_) => 500,
+            ApiError::TextQueryUnsupported => 501,
+            ApiError::Unavailable(_) => 503,
+        }
+    }
+
+    fn slug_and_title(&self) -> (&'static str, &'static str) {
+        match self {
+            ApiError::NotFound(_) => ("not-found", "Not found"),
+            ApiError::MethodNotAllowed { .. } => ("method-not-allowed", "Method not allowed"),
+            ApiError::MalformedJson(_) => ("malformed-json", "Malformed JSON"),
+            ApiError::Invalid(_) => ("invalid-request", "Invalid request"),
+            ApiError::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
+            ApiError::TooLarge { .. } => ("body-too-large", "Request body too large"),
+            ApiError::UnknownIndex(_) => ("unknown-index", "Unknown index"),
+            ApiError::TextQueryUnsupported => ("text-query-unsupported", "Text queries not supported"),
+            ApiError::Unavailable(_) => ("shard-unavailable", "Shard unavailable"),
+            ApiError::Misconfigured(_) => ("misconfigured", "Service misconfigured"),
+        }
+    }
+
+    pub fn problem(&self, request_id: &str) -> Problem {
+        let (slug, title) = self.slug_and_title();
+        Problem {
+            kind: format!("https://edgerag.dev/problems/{slug}"),
+            title,
+            status: self.status(),
+            detail: self.to_string(),
+            request_id: request_id.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_carries_status_type_and_detail() {
+        let p = ApiError::UnknownIndex("nope".into()).problem("r1");
+        assert_eq!(p.status, 404);
+        assert_eq!(p.kind, "https://edgerag.dev/problems/unknown-index");
+        assert!(p.detail.contains("nope"));
+        let json = serde_json::to_value(&p).unwrap();
+        for key in ["type", "title", "status", "detail"] {
+            assert!(json.get(key).is_some(), "{key} missing");
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! `POST /v1/search` and `GET /v1/indexes[/{name}]`: request parsing/validation and response shapes.
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::ApiError;
+
+pub const K_DEFAULT: usize = 10;
+pub const K_MAX: usize = 100;
+/// Beam width when the request names none (raised to `k`); recall@10 ≈ 0.97 on pydocs.
+pub const EF_DEFAULT: usize = 64;
+/// Wider beams cost latency without improving recall at k ≤ 100; also bounds per-request work.
+pub const EF_MAX: usize = 1024;
+/// Room for a 4096-dimension vector written with full f32 precision, and then some.
+pub const BODY_LIMIT: usize = 128 * 1024;
+
+/// The query: a vector now; `Text` is the seam for embedding through an origin later.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Query {
+    Vector(Vec<f32>),
+    Text(String),
+}
+
+/// A validated search request (schema rules only; `check_dims` needs the index).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchRequest {
+    pub index: String,
+    pub query: Query,
+    pub k: usize,
+    /// Beam width; `effective_ef` applies the default.
+    pub ef: Option<usize>,
+    /// Search only the `probe` shards with the nearest centroids; all shards when absent.
+    pub probe: Option<usize>,
+    /// Metadata equality: every key must equal the given JSON value.
+    pub filter: Option<Map<String, Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchBody {
+    index: String,
+    // f64 first so that a component which overflows f32 is reported instead of becoming inf.
+    vector: Option<Vec<f64>>,
+    text: Option<String>,
+    k: Option<usize>,
+    ef: Option<usize>,
+    probe: Option<usize>,
+    filter: Option<Map<String, Value>>,
+}
+
+/// Checks the media type and size, then parses and validates the body.
+pub fn parse_search(content_type: Option<&str>, body: &[u8]) -> Result<SearchRequest, ApiError> {
+    let media_type = content_type.unwrap_or("").split(';').next().unwrap_or("").trim();
+    if !media_type.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::UnsupportedMediaType(media_type.to_string()));
+    }
+    if body.len() > BODY_LIMIT {
+        return Err(ApiError::TooLarge { size: body.len(), limit: BODY_LIMIT });
+    }
+    let body: SearchBody = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::Invalid(e.to_string()),
+        _ => ApiError::MalformedJson(e.to_string()),
+    })?;
+    let query = match (body.vector, body.text) {
+        (Some(vector), None) => Query::Vector(finite_f32(&vector)?),
+        (None, Some(text)) => Query::Text(text),
+        _ => return Err(ApiError::Invalid("give exactly one of `vector` and `text`".into())),
+    };
+    let k = body.k.unwrap_or(K_DEFAULT);
+    if !(1..=K_MAX).contains(&k) {
+        return Err(ApiError::Invalid(format!("`k` must be in 1..={K_MAX}, got {k}")));
+    }
+    if let Some(ef) = body.ef {
+        if !(k..=EF_MAX).contains(&ef) {
+            return Err(ApiError::Invalid(format!("`ef` must be in k..={EF_MAX} (k = {k}), got {ef}")));
+        }
+    }
+    if body.probe == Some(0) {
+        return Err(ApiError::Invalid("`probe` must be at least 1".into()));
+    }
+    Ok(SearchRequest { index: body.index, query, k, ef: body.ef, probe: body.probe, filter: body.filter })
+}
+
+fn finite_f32(vector: &[f64]) -> Result<Vec<f32>, ApiError> {
+    if vector.is_empty() {
+        return Err(ApiError::Invalid("`vector` is empty".into()));
+    }
+    vector
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            let v = x as f32;
+            if v.is_finite() {
+                Ok(v)
+            } else {
+                Err(ApiError::Invalid(format!("`vector[{i}]` = {x} is not a finite f32")))
+            }
+        })
+        .collect()
+}
+
+impl SearchRequest {
+    pub fn effective_ef(&self) -> usize {
+        self.ef.unwrap_or(EF_DEFAULT.max(self.k))
+    }
+
+    /// The vector must have the index's dimensionality.
+    pub fn check_dims(vector: &[f32], dims: usize) -> Result<(), ApiError> {
+        if vector.len() != dims {
+            return Err(ApiError::Invalid(format!(
+                "`vector` has {} dimensions; the index has {dims}",
+                vector.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct Match {
+    pub id: Value,
+    pub score: f32,
+    pub text: String,
+    pub metadata: Map<String, Value>,
+    pub shard: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SearchResponse {
+    pub matches: Vec<Match>,
+    pub index: String,
+    pub version: String,
+    pub partial: bool,
+    pub failed_shards: Vec<String>,
+}
+
+/// `GET /v1/indexes/{name}`: the live version's shape.
+#[derive(Debug, Serialize)]
+pub struct IndexSummary {
+    pub name: String,
+    pub version: String,
+    pub dims: usize,
+    pub metric: String,
+    pub shards: usize,
+    pub vectors: u64,
+    pub bytes: u64,
+    pub regions: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JSON: Option<&str> = Some("application/json; charset=utf-8");
+
+    fn status(ct: Option<&str>, body: &str) -> u16 {
+        parse_search(ct, body.as_bytes()).unwrap_err().status()
+    }
+
+    #[test]
+    fn parses_defaults_and_options() {
+        let r = parse_search(JSON, br#"{"index":"d","vector":[1,0.5],"probe":2,"ef":40,"filter":{"a":1}}"#)
+            .unwrap();
+        assert_eq!(r.k, K_DEFAULT);
+        assert_eq!(r.query, Query::Vector(vec![1.0, 0.5]));
+        assert_eq!((r.ef, r.probe), (Some(40), Some(2)));
+        assert_eq!(r.filter.unwrap()["a"], 1);
+    }
+
+    #[test]
+    fn bad_input_gets_its_status() {
+        assert_eq!(status(Some("text/plain"), "{}"), 415);
+        assert_eq!(status(None, "{}"), 415);
+        assert_eq!(status(JSON, "{\"index\":"), 400);
+        assert_eq!(status(JSON, r#"{"index":"d","vector":[NaN]}"#), 400);
+        assert_eq!(status(JSON, r#"{"index":"d","vector":[1e999]}"#), 400);
+        assert_eq!(status(JSON, r#"{"index":"d","vector":[1e39]}"#), 422);
+        assert_eq!(status(JSON, r#"{"index":"d","vector":[1],"k":0}"#), 422);
+        assert_eq!(status(JSON, r#"{"index":"d","vector":[1],"k":101}"#), 422);
+        assert_eq!(status(JSON, r#"{"index":"d","vector":[1],"k":-1}"#), 422);
+        assert_eq!(status(JSON, r#"{"index":"d","vector":[1],"k":10,"ef":5}"#), 422);
+        assert_eq!(status(JSON, r#"{"index":"d","vector":[1],"probe":0}"#), 422);
+        assert_eq!(status(JSON, r#"{"index":"d","vector":[1],"bogus":1}"#), 422);
+        assert_eq!(status(JSON, r#"{"index":"d","vector":["x"]}"#), 422);
+        assert_eq!(status(JSON, r#"{"index":"d","vector":[]}"#), 422);
+        assert_eq!(status(JSON, r#"{"index":"d"}"#), 422);
+        assert_eq!(status(JSON, r#"{"index":"d","vector":[1],"text":"q"}"#), 422);
+        let big = format!(r#"{{"index":"d","vector":[{}1]}}"#, "1,".repeat(BODY_LIMIT));
+        assert_eq!(status(JSON, &big), 413);
+    }
+
+    #[test]
+    fn text_queries_parse_as_the_embedding_seam() {
+        let r = parse_search(JSON, br#"{"index":"d","text":"how?"}"#).unwrap();
+        assert_eq!(r.query, Query::Text("how?".into()));
+    }
+
+    #[test]
+    fn dims_are_checked_against_the_index() {
+        assert!(SearchRequest::check_dims(&[1.0, 2.0], 2).is_ok());
+        assert_eq!(SearchRequest::check_dims(&[1.0], 2).unwrap_err().status(), 422);
+    }
+}

@@ -1,0 +1,321 @@
+//! `shardc`: the shard compiler CLI — build an index, query it, measure its recall and latency,
+//! inspect blobs for corruption, and measure load time against a serde baseline.
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use edgerag::build::{build_index, BuildConfig, IndexDir, DEFAULT_EF_CONSTRUCTION, DEFAULT_SEED};
+use edgerag::manifest::{Manifest, MANIFEST_FILE};
+use edgerag::shard::format::{self, ShardData};
+use edgerag::shard::{DocId, Filter, Metric, Quant, SearchParams, Shard, ShardHit};
+use serde_json::json;
+
+type CliResult = Result<(), Box<dyn Error>>;
+
+#[derive(Parser)]
+#[command(name = "shardc", about = "Build, query, evaluate and inspect edgerag shard indexes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build an index directory from a JSONL corpus.
+    Build {
+        #[arg(long)]
+        passages: PathBuf,
+        /// Raw little-endian f32 vectors, N × dims; otherwise each line carries a "vector" array.
+        #[arg(long)]
+        vectors: Option<PathBuf>,
+        #[arg(long)]
+        dims: usize,
+        #[arg(long, default_value = "cosine")]
+        metric: Metric,
+        #[arg(long, default_value = "f16")]
+        quant: Quant,
+        #[arg(long, default_value_t = 1)]
+        shards: usize,
+        /// Comma-separated region names.
+        #[arg(long, value_delimiter = ',', required = true)]
+        regions: Vec<String>,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = DEFAULT_SEED)]
+        seed: u64,
+        #[arg(long, default_value_t = DEFAULT_EF_CONSTRUCTION)]
+        ef_construction: usize,
+    },
+    /// Search every shard of an index with one query vector and print the matches.
+    Query {
+        #[arg(long)]
+        index: PathBuf,
+        /// Raw little-endian f32 rows of the index's dimension.
+        #[arg(long)]
+        vector_file: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        row: usize,
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        #[arg(long, default_value_t = 64)]
+        ef: usize,
+        /// Metadata equality filter as a JSON object, e.g. '{"source":"library/os.html"}'.
+        #[arg(long)]
+        filter: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recall@k against exact ground truth and latency, per ef.
+    Eval {
+        #[arg(long)]
+        index: PathBuf,
+        #[arg(long)]
+        queries: PathBuf,
+        /// Rows of 100 little-endian i32 corpus ids (best first), one per query.
+        #[arg(long)]
+        gt: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
+        ef: Vec<usize>,
+        /// Use only the first N queries.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Add a brute-force row over the stored (quantised) vectors.
+        #[arg(long)]
+        exact: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a shard blob or an index directory (checksums and structure) and describe it.
+    Inspect { path: PathBuf },
+    /// Time from blob bytes in memory to a first answer, against a serde+bincode deserialisation.
+    BenchLoad {
+        #[arg(long)]
+        index: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        repeat: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Build { passages, vectors, dims, metric, quant, shards, regions, name, out, seed, ef_construction } => {
+            let config = BuildConfig { passages, vectors, dims, metric, quant, shards, regions, name, out, seed, ef_construction, progress: true };
+            run_build(&config)
+        }
+        Command::Query { index, vector_file, row, k, ef, filter, json } => run_query(&index, &vector_file, row, k, ef, filter.as_deref(), json),
+        Command::Eval { index, queries, gt, k, ef, limit, exact, json } => run_eval(&index, &queries, &gt, k, &ef, limit, exact, json),
+        Command::Inspect { path } => run_inspect(&path),
+        Command::BenchLoad { index, repeat } => run_bench_load(&index, repeat),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("shardc: error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_build(config: &BuildConfig) -> CliResult {
+    let started = Instant::now();
+    let manifest = build_index(config)?;
+    let bytes: u64 = manifest.shards.iter().map(|s| s.bytes).sum();
+    eprintln!(
+        "built {} version {}: {} passages in {} shards, {bytes} bytes, {:.1}s",
+        manifest.name,
+        manifest.version,
+        manifest.count,
+        manifest.shards.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Rows of `dims` little-endian values from a raw file, decoded by `decode`.
+fn read_rows<T>(path: &Path, dims: usize, decode: fn([u8; 4]) -> T) -> Result<Vec<Vec<T>>, Box<dyn Error>> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let row_bytes = dims * 4;
+    if bytes.is_empty() || bytes.len() % row_bytes != 0 {
+        return Err(format!("{}: {} bytes is not a whole number of {dims}-value rows", path.display(), bytes.len()).into());
+    }
+    Ok(bytes
+        .chunks_exact(row_bytes)
+        .map(|row| row.chunks_exact(4).map(|b| decode([b[0], b[1], b[2], b[3]])).collect())
+        .collect())
+}
+
+fn run_query(index: &Path, vector_file: &Path, row: usize, k: usize, ef: usize, filter: Option<&str>, as_json: bool) -> CliResult {
+    let index = IndexDir::open(index)?;
+    let rows = read_rows(vector_file, index.manifest.dims, f32::from_le_bytes)?;
+    let query = rows.get(row).ok_or_else(|| format!("{} has {} rows, no row {row}", vector_file.display(), rows.len()))?;
+    let filter = filter.map(serde_json::from_str::<Filter>).transpose().map_err(|e| format!("--filter must be a JSON object: {e}"))?;
+    let hits = index.search(query, &SearchParams { k, ef, filter })?;
+    let matches = hits
+        .iter()
+        .map(|hit| {
+            let shard = &index.shards[hit.shard];
+            let passage = shard.passage(hit.ord)?;
+            Ok(json!({
+                "id": passage.id,
+                "score": index.manifest.metric.score(hit.distance),
+                "text": passage.text,
+                "metadata": passage.metadata,
+                "shard": index.manifest.shards[hit.shard].name,
+            }))
+        })
+        .collect::<Result<Vec<_>, Box<dyn Error>>>()?;
+    if as_json {
+        println!("{}", json!({ "matches": matches }));
+    } else {
+        for m in &matches {
+            println!("{:>8.4}  {:<10} {:<10} {}", m["score"].as_f64().unwrap_or_default(), m["id"], m["shard"].as_str().unwrap_or_default(), m["text"].as_str().unwrap_or_default().chars().take(80).collect::<String>());
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_eval(index: &Path, queries: &Path, gt: &Path, k: usize, efs: &[usize], limit: Option<usize>, exact: bool, as_json: bool) -> CliResult {
+    const GT_WIDTH: usize = 100;
+    let index = IndexDir::open(index)?;
+    let mut queries = read_rows(queries, index.manifest.dims, f32::from_le_bytes)?;
+    let mut truth = read_rows(gt, GT_WIDTH, i32::from_le_bytes)?;
+    if queries.len() != truth.len() {
+        return Err(format!("{} queries but {} ground-truth rows", queries.len(), truth.len()).into());
+    }
+    if k > GT_WIDTH {
+        return Err(format!("k = {k} exceeds the ground truth's {GT_WIDTH} ids per query").into());
+    }
+    let limit = limit.unwrap_or(queries.len());
+    queries.truncate(limit);
+    truth.truncate(limit);
+    let mut runs: Vec<(serde_json::Value, Box<dyn Fn(&[f32]) -> Result<Vec<ShardHit>, edgerag::shard::ShardError>>)> = efs
+        .iter()
+        .map(|&ef| {
+            let params = SearchParams { k, ef, filter: None };
+            let index = &index;
+            (json!(ef), Box::new(move |q: &[f32]| index.search(q, &params)) as Box<dyn Fn(&[f32]) -> _>)
+        })
+        .collect();
+    if exact {
+        let params = SearchParams { k, ef: k, filter: None };
+        let index = &index;
+        runs.push((json!("exact"), Box::new(move |q: &[f32]| index.search_exact(q, &params))));
+    }
+    for (label, search) in &runs {
+        let mut latencies_us = Vec::with_capacity(queries.len());
+        let mut found = 0usize;
+        let started = Instant::now();
+        for (query, expected) in queries.iter().zip(&truth) {
+            let t = Instant::now();
+            let hits = search(query)?;
+            latencies_us.push(t.elapsed().as_secs_f64() * 1e6);
+            for hit in &hits {
+                let id = match index.shards[hit.shard].passage(hit.ord)?.id {
+                    DocId::Int(id) => id,
+                    DocId::Str(id) => return Err(format!("eval needs integer ids, found {id:?}").into()),
+                };
+                found += usize::from(expected[..k].iter().any(|&e| i64::from(e) == id));
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        latencies_us.sort_by(f64::total_cmp);
+        let percentile = |p: f64| latencies_us[((latencies_us.len() - 1) as f64 * p).round() as usize];
+        let recall = found as f64 / (k * queries.len()) as f64;
+        let qps = queries.len() as f64 / seconds;
+        if as_json {
+            let mut row = serde_json::Map::new();
+            row.insert("ef".into(), label.clone());
+            row.insert(format!("recall_at_{k}"), json!(recall));
+            row.insert("p50_us".into(), json!(percentile(0.5)));
+            row.insert("p99_us".into(), json!(percentile(0.99)));
+            row.insert("qps".into(), json!(qps));
+            println!("{}", serde_json::Value::Object(row));
+        } else {
+            println!("ef={label:<6} recall@{k}={recall:.4} p50={:.1}us p99={:.1}us qps={qps:.0}", percentile(0.5), percentile(0.99));
+        }
+    }
+    Ok(())
+}
+
+fn run_inspect(path: &Path) -> CliResult {
+    if path.is_dir() {
+        let index = IndexDir::open(path)?;
+        let m = &index.manifest;
+        println!("index {} version {} format {}: {} passages, dims {}, {} {}, regions {:?}", m.name, m.version, m.format_version, m.count, m.dims, m.metric.as_str(), m.quant.as_str(), m.regions);
+        for (entry, shard) in m.shards.iter().zip(&index.shards) {
+            println!("  {} {} {} bytes, {} passages, checksum {} ok, regions {:?}", entry.name, entry.file, shard.byte_len(), entry.count, entry.checksum, entry.regions);
+        }
+        println!("{}: ok", path.join(MANIFEST_FILE).display());
+        return Ok(());
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let header = format::Header::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("header: format version {}, flags {:#x}, payload {} bytes, xxh3 {:016x}", header.format_version, header.flags, header.payload_len, header.checksum);
+    let shard = Shard::from_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let meta = shard.meta();
+    println!(
+        "shard {} of {}: {} passages, dims {}, {} {}, {} bytes: ok",
+        meta.shard_name, meta.index_name, meta.count, meta.dims, meta.metric.as_str(), meta.quant.as_str(), shard.byte_len()
+    );
+    Ok(())
+}
+
+fn run_bench_load(index_path: &Path, repeat: usize) -> CliResult {
+    let manifest_path = index_path.join(MANIFEST_FILE);
+    let manifest = Manifest::from_json(&std::fs::read(&manifest_path).map_err(|e| format!("{}: {e}", manifest_path.display()))?)?;
+    let entry = manifest.shards.first().ok_or("index has no shards")?;
+    let blob = std::fs::read(index_path.join(&entry.file))?;
+    let query = vec![1.0f32; manifest.dims];
+    let params = SearchParams { k: 10, ef: 64, filter: None };
+    let repeat = repeat.max(1);
+
+    // Zero-copy path: bytes → aligned copy → validate → first answer.
+    let mut zero_copy = Vec::with_capacity(repeat);
+    for _ in 0..repeat {
+        let t = Instant::now();
+        let shard = Shard::from_bytes(&blob)?;
+        let hits = shard.search(&query, &params)?;
+        zero_copy.push(t.elapsed().as_secs_f64() * 1e6);
+        std::hint::black_box(hits);
+    }
+
+    // Baseline: the same content as a plain owned struct, serde + bincode.
+    let archived = rkyv::access::<format::ArchivedShardData, rkyv::rancor::Error>(&blob[format::HEADER_LEN..])?;
+    let owned: ShardData = rkyv::deserialize::<ShardData, rkyv::rancor::Error>(archived)?;
+    let encoded = bincode::serialize(&owned)?;
+    let mut serde_times = Vec::with_capacity(repeat);
+    for _ in 0..repeat {
+        let t = Instant::now();
+        let decoded: ShardData = bincode::deserialize(&encoded)?;
+        serde_times.push(t.elapsed().as_secs_f64() * 1e6);
+        std::hint::black_box(decoded);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let count = entry.count as f64;
+    let raw = count * manifest.dims as f64 * 4.0;
+    println!(
+        "{}",
+        json!({
+            "shard": entry.name,
+            "count": entry.count,
+            "blob_bytes": blob.len(),
+            "open_validate_first_query_us": median(zero_copy),
+            "bincode_bytes": encoded.len(),
+            "serde_bincode_deserialise_us": median(serde_times),
+            "blob_bytes_per_vector": blob.len() as f64 / count,
+            "raw_f32_bytes_per_vector": raw / count,
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! Turns a corpus into an index directory: validated corpus → balanced k-means partition →
+//! per-shard HNSW graph (instant-distance) → quantised shard blobs → manifest (written last).
+
+mod assemble;
+pub mod corpus;
+pub mod error;
+mod graph;
+mod index_dir;
+pub mod output;
+mod partition;
+
+use std::path::PathBuf;
+
+pub use error::BuildError;
+pub use index_dir::IndexDir;
+
+use crate::manifest::{checksum_hex, Manifest, ShardEntry, MANIFEST_FORMAT_VERSION};
+use crate::shard::{format, Metric, Quant};
+
+pub const DEFAULT_EF_CONSTRUCTION: usize = 200;
+pub const DEFAULT_SEED: u64 = 42;
+
+/// Everything `shardc build` takes.
+#[derive(Debug, Clone)]
+pub struct BuildConfig {
+    pub passages: PathBuf,
+    /// Raw little-endian f32 rows; without it each passage line carries a `vector` array.
+    pub vectors: Option<PathBuf>,
+    pub dims: usize,
+    pub metric: Metric,
+    pub quant: Quant,
+    pub shards: usize,
+    pub regions: Vec<String>,
+    pub name: String,
+    pub out: PathBuf,
+    pub seed: u64,
+    pub ef_construction: usize,
+    /// Show progress bars on stderr.
+    pub progress: bool,
+}
+
+/// Builds the index described by `config` into `config.out` and returns its manifest.
+pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
+    check_config(config)?;
+    let corpus = corpus::read_corpus(&config.passages, config.vectors.as_deref(), config.dims, config.metric)?;
+    if corpus.len() < config.shards {
+        return Err(BuildError::Invalid(format!("{} passages cannot fill {} shards", corpus.len(), config.shards)));
+    }
+    let partition = partition::balanced_kmeans(&corpus, config.shards, config.metric, config.seed);
+    let mut entries = Vec::with_capacity(config.shards);
+    let mut blobs = Vec::with_capacity(config.shards);
+    for (index, rows) in partition.members.iter().enumerate() {
+        let shard_name = format!("shard-{index:03}");
+        let vectors: Vec<f32> = rows.iter().flat_map(|&row| corpus.vector(row).iter().copied()).collect();
+        let bar = progress_bar(config.progress, rows.len(), &format!("graph {shard_name}"));
+        let params = graph::GraphParams { ef_construction: config.ef_construction, seed: config.seed.wrapping_add(index as u64) };
+        let graph = graph::build_graph(&vectors, corpus.dims, config.metric, &params, bar.clone())?;
+        bar.finish_and_clear();
+        let names = assemble::ShardNames { index: &config.name, shard: &shard_name };
+        let data = assemble::assemble_shard(&corpus, rows, &graph, names, config.metric, config.quant)?;
+        let blob = format::encode_blob(&data).map_err(|source| BuildError::Shard { shard: shard_name.clone(), source })?;
+        let checksum = checksum_hex(&blob);
+        let file = format!("{shard_name}.{checksum}{}", output::SHARD_FILE_SUFFIX);
+        entries.push(ShardEntry {
+            name: shard_name,
+            file: file.clone(),
+            bytes: blob.len() as u64,
+            count: rows.len() as u32,
+            centroid: partition.centroids[index].clone(),
+            checksum,
+            regions: shard_regions(index, config.shards, &config.regions),
+        });
+        blobs.push((file, blob));
+    }
+    let mut manifest = Manifest {
+        format_version: MANIFEST_FORMAT_VERSION,
+        name: config.name.clone(),
+        version: String::new(),
+        dims: corpus.dims,
+        metric: config.metric,
+        quant: config.quant,
+        count: corpus.len() as u64,
+        shards: entries,
+        regions: config.regions.clone(),
+    };
+    manifest.version = manifest.content_version();
+    manifest.validate().map_err(|source| BuildError::Manifest { path: config.out.clone(), source })?;
+    output::write_index(&config.out, &blobs, &manifest)?;
+    Ok(manifest)
+}
+
+fn check_config(config: &BuildConfig) -> Result<(), BuildError> {
+    if config.shards == 0 {
+        return Err(BuildError::Invalid("--shards must be at least 1".into()));
+    }
+    if config.regions.is_empty() || config.regions.iter().any(|r| r.is_empty()) {
+        return Err(BuildError::Invalid("--regions needs at least one non-empty region name".into()));
+    }
+    if config.name.is_empty() {
+        return Err(BuildError::Invalid("--name must not be empty".into()));
+    }
+    if config.ef_construction == 0 {
+        return Err(BuildError::Invalid("--ef-construction must be at least 1".into()));
+    }
+    Ok(())
+}
+
+/// Shard i is served in region i mod R, and region j serves shard j mod S, so every shard has a
+/// region and every region has a shard.
+fn shard_regions(shard: usize, shards: usize, regions: &[String]) -> Vec<String> {
+    regions
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| j % shards == shard || *j == shard % regions.len())
+        .map(|(_, region)| region.clone())
+        .collect()
+}
+
+fn progress_bar(enabled: bool, len: usize, message: &str) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>20} [{bar:40}] {pos}/{len} {elapsed}") {
+        bar.set_style(style);
+    }
+    bar.set_message(message.to_owned());
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shard_and_region_is_covered() {
+        let regions: Vec<String> = ["a", "b", "c"].iter().map(|r| r.to_string()).collect();
+        assert_eq!(shard_regions(0, 1, &regions), regions);
+        assert_eq!(shard_regions(0, 4, &regions), vec!["a"]);
+        assert_eq!(shard_regions(3, 4, &regions), vec!["a"]);
+        assert_eq!(shard_regions(1, 2, &regions), vec!["b"]);
+        assert_eq!(shard_regions(0, 2, &regions), vec!["a", "c"]);
+    }
+}

@@ -1,0 +1,256 @@
+//! Cloudflare Workers glue: the fetch entry point, configuration from vars, and the one place
+//! where results and errors become HTTP responses (problem JSON, `x-request-id`, `Server-Timing`).
+mod host;
+mod r2;
+mod search;
+
+use std::cell::OnceCell;
+use std::rc::Rc;
+
+use serde::Serialize;
+use worker::wasm_bindgen::JsCast;
+use worker::*;
+
+use crate::api::{ApiError, IndexSummary, Route};
+use crate::store::{Location, RegionMap, Store, StoreError};
+
+/// Default shard cache budget per isolate (`CACHE_BYTES` overrides): leaves headroom in the
+/// 128 MB isolate for the wasm heap's other users and the request in flight.
+const CACHE_BYTES_DEFAULT: usize = 96 << 20;
+const DEADLINE_MS_DEFAULT: u64 = 5000;
+const CURRENT_TTL_MS_DEFAULT: f64 = 1000.0;
+
+thread_local! {
+    // One store per isolate: shards fetched by one request serve the following ones.
+    static STORE: OnceCell<Rc<Store>> = const { OnceCell::new() };
+}
+
+#[event(start)]
+fn start() {
+    // A panic aborts the isolate; at least say why in the log.
+    std::panic::set_hook(Box::new(|info| console_error!("panic: {info}")));
+}
+
+/// Milliseconds with sub-millisecond resolution where the runtime offers it.
+pub(crate) fn now_ms() -> f64 {
+    js_sys::global()
+        .dyn_into::<web_sys::WorkerGlobalScope>()
+        .ok()
+        .and_then(|scope| scope.performance())
+        .map(|p| p.now())
+        .unwrap_or_else(|| Date::now().as_millis() as f64)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Mode {
+    Local,
+    Durable,
+}
+
+/// Everything read from vars, once per request (cheap: a few string lookups).
+pub(crate) struct Config {
+    pub dev: bool,
+    pub regions: RegionMap,
+    pub mode: Mode,
+    pub deadline_ms: u64,
+}
+
+fn var(env: &Env, name: &str) -> Option<String> {
+    env.var(name).ok().map(|v| v.to_string())
+}
+
+fn parsed<T: std::str::FromStr>(env: &Env, name: &str, default: T) -> Result<T, ApiError> {
+    match var(env, name) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|_| ApiError::Misconfigured(format!("{name} = {v:?}"))),
+    }
+}
+
+impl Config {
+    fn from_env(env: &Env) -> Result<Config, ApiError> {
+        let regions = RegionMap::from_json(&var(env, "REGION_MAP").unwrap_or_else(|| r#"{"default":"weur"}"#.into()))
+            .map_err(ApiError::Misconfigured)?;
+        let mode = match var(env, "SERVING_MODE").as_deref() {
+            None | Some("local") => Mode::Local,
+            Some("durable") => Mode::Durable,
+            Some(other) => return Err(ApiError::Misconfigured(format!("SERVING_MODE = {other:?}"))),
+        };
+        Ok(Config {
+            dev: var(env, "ENVIRONMENT").as_deref() == Some("dev"),
+            regions,
+            mode,
+            deadline_ms: parsed(env, "FANOUT_DEADLINE_MS", DEADLINE_MS_DEFAULT)?,
+        })
+    }
+
+    /// Every region the table can answer with: the candidates for bucket bindings.
+    fn mentioned_regions(&self) -> Vec<String> {
+        let mut all = vec![self.regions.default.clone()];
+        let tables = [&self.regions.colo, &self.regions.region, &self.regions.continent];
+        for region in tables.into_iter().flat_map(|t| t.values()) {
+            if !all.contains(region) {
+                all.push(region.clone());
+            }
+        }
+        all
+    }
+}
+
+pub(crate) fn store(env: &Env) -> Result<Rc<Store>, ApiError> {
+    let cache_bytes = parsed(env, "CACHE_BYTES", CACHE_BYTES_DEFAULT)?;
+    let ttl = parsed(env, "CURRENT_TTL_MS", CURRENT_TTL_MS_DEFAULT)?;
+    Ok(STORE.with(|cell| cell.get_or_init(|| Rc::new(Store::new(cache_bytes, ttl))).clone()))
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::UnknownIndex(name) => ApiError::UnknownIndex(name),
+            StoreError::Unavailable(why) => ApiError::Unavailable(why),
+        }
+    }
+}
+
+/// Durations for `Server-Timing`, in milliseconds.
+#[derive(Default, Debug, Clone, Copy, Serialize, serde::Deserialize)]
+pub(crate) struct Timing {
+    pub fetch: f64,
+    pub validate: f64,
+    pub search: f64,
+    pub merge: f64,
+}
+
+impl Timing {
+    fn header(&self) -> String {
+        format!(
+            "fetch;dur={:.3}, validate;dur={:.3}, search;dur={:.3}, merge;dur={:.3}",
+            self.fetch, self.validate, self.search, self.merge
+        )
+    }
+
+    /// Shards load and are searched concurrently: the slowest load is what the request waited
+    /// for, while validation and search run on the one thread and add up.
+    pub fn absorb(&mut self, other: &Timing) {
+        self.fetch = self.fetch.max(other.fetch);
+        self.validate += other.validate;
+        self.search += other.search;
+    }
+}
+
+/// Per-request facts the handlers need.
+pub(crate) struct Ctx {
+    pub env: Env,
+    pub config: Config,
+    pub store: Rc<Store>,
+    pub source: r2::R2,
+    pub location: Location,
+    pub forced_region: Option<String>,
+    pub timing: Timing,
+}
+
+impl Ctx {
+    /// The region serving this request, among `available` (a manifest's regions).
+    pub fn home(&self, available: &[String]) -> String {
+        self.config.regions.home(&self.location, self.forced_region.as_deref(), available)
+    }
+}
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    let request_id = request_id(&req);
+    let mut timing = Timing::default();
+    let outcome = handle(req, env, &mut timing).await;
+    let mut response = match outcome {
+        Ok(response) => response,
+        Err(error) => {
+            if error.status() >= 500 {
+                console_error!("{request_id}: {error}");
+            }
+            let mut response = Response::from_json(&error.problem(&request_id))?.with_status(error.status());
+            response.headers_mut().set("content-type", "application/problem+json")?;
+            response
+        }
+    };
+    let headers = response.headers_mut();
+    headers.set("x-request-id", &request_id)?;
+    headers.set("server-timing", &timing.header())?;
+    Ok(response)
+}
+
+async fn handle(mut req: Request, env: Env, timing: &mut Timing) -> Result<Response, ApiError> {
+    let route = Route::parse(req.method().as_ref(), &req.path())?;
+    let config = Config::from_env(&env)?;
+    let mut ctx = Ctx {
+        source: r2::R2::new(env.clone(), config.mentioned_regions()),
+        store: store(&env)?,
+        location: location(&req),
+        forced_region: if config.dev { req.headers().get("x-edge-region").ok().flatten() } else { None },
+        config,
+        env,
+        timing: Timing::default(),
+    };
+    let response = match route {
+        Route::Health => json(&serde_json::json!({
+            "status": "ok",
+            "serving_mode": if ctx.config.mode == Mode::Local { "local" } else { "durable" },
+            "cached_shards": ctx.store.shard_count(),
+            "cached_bytes": ctx.store.shard_bytes(),
+        })),
+        Route::Indexes => {
+            let home = ctx.home(&[]);
+            let names = ctx.store.indexes(&ctx.source, &home).await?;
+            json(&serde_json::json!({ "indexes": names }))
+        }
+        Route::Index(name) => json(&index_summary(&ctx, &name).await?),
+        Route::Search => json(&search::handle(&mut req, &mut ctx).await?),
+    };
+    *timing = ctx.timing;
+    response
+}
+
+async fn index_summary(ctx: &Ctx, name: &str) -> Result<IndexSummary, ApiError> {
+    let pinned = ctx.store.pin(&ctx.source, name, &ctx.home(&[])).await?;
+    let m = &pinned.manifest;
+    Ok(IndexSummary {
+        name: m.name.clone(),
+        version: pinned.version.clone(),
+        dims: m.dims,
+        metric: m.metric.as_str().to_string(),
+        shards: m.shards.len(),
+        vectors: m.count,
+        bytes: m.shards.iter().map(|s| s.bytes).sum(),
+        regions: m.regions.clone(),
+    })
+}
+
+fn json<T: Serialize>(value: &T) -> Result<Response, ApiError> {
+    Response::from_json(value).map_err(|e| ApiError::Misconfigured(format!("serialising a response: {e}")))
+}
+
+/// The caller's id when it is a sane token (so traces join up), else a fresh random one.
+fn request_id(req: &Request) -> String {
+    let given = req.headers().get("x-request-id").ok().flatten().unwrap_or_default();
+    let sane = !given.is_empty()
+        && given.len() <= 64
+        && given.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if sane {
+        given
+    } else {
+        let part = || (js_sys::Math::random() * u32::MAX as f64) as u32;
+        format!("{:08x}{:08x}", part(), part())
+    }
+}
+
+/// Read through Reflect instead of `worker::Cf`, whose getters unwrap and would panic on the
+/// partial `cf` object a local runtime supplies.
+fn location(req: &Request) -> Location {
+    let cf = js_sys::Reflect::get(req.inner(), &"cf".into()).unwrap_or_default();
+    let field = |name: &str| {
+        if cf.is_object() {
+            js_sys::Reflect::get(&cf, &name.into()).ok().and_then(|v| v.as_string())
+        } else {
+            None
+        }
+    };
+    Location { colo: field("colo"), region: field("regionCode"), continent: field("continent") }
+}

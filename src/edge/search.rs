@@ -1,0 +1,178 @@
+//! `POST /v1/search`: parse, pin one version, fan out to the planned shards (searched here or
+//! by their ShardHost objects) within the deadline, merge exactly, resolve passages.
+use std::collections::HashMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::future::{select, Either};
+use futures::stream::{self, StreamExt};
+use serde_json::Value;
+use worker::{Delay, Request};
+
+use super::{host, now_ms, Ctx, Mode, Timing};
+use crate::api::{parse_search, ApiError, Match, Query, SearchRequest, SearchResponse, BODY_LIMIT};
+use crate::fanout::{self, Answer, Gather, MAX_IN_FLIGHT};
+use crate::shard::{DocId, Filter, Hit, Metric, Passage, SearchParams};
+use crate::store::{Got, LoadedShard, Pinned};
+
+pub async fn handle(req: &mut Request, ctx: &mut Ctx) -> Result<SearchResponse, ApiError> {
+    // Refuse an announced oversized body before reading it.
+    let announced = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<usize>().ok());
+    if let Some(size) = announced.filter(|&size| size > BODY_LIMIT) {
+        return Err(ApiError::TooLarge { size, limit: BODY_LIMIT });
+    }
+    let content_type = req.headers().get("content-type").ok().flatten();
+    let body = req.bytes().await.map_err(|e| ApiError::MalformedJson(format!("reading the body: {e}")))?;
+    let request = parse_search(content_type.as_deref(), &body)?;
+    let vector = match &request.query {
+        Query::Vector(vector) => vector.clone(),
+        // The seam for embedding text through an origin; until then, say so.
+        Query::Text(_) => return Err(ApiError::TextQueryUnsupported),
+    };
+    let pinned = Rc::new(ctx.store.pin(&ctx.source, &request.index, &ctx.home(&[])).await?);
+    SearchRequest::check_dims(&vector, pinned.manifest.dims)?;
+    if pinned.manifest.metric == Metric::Cosine && vector.iter().all(|&x| x == 0.0) {
+        return Err(ApiError::Invalid("a zero `vector` has no direction for cosine similarity".into()));
+    }
+    let home = ctx.home(&pinned.manifest.regions);
+    let planned = fanout::plan(&pinned.manifest, &vector, request.probe);
+    let params = SearchParams {
+        k: request.k,
+        ef: request.effective_ef(),
+        filter: request.filter.clone().map(|equals| Filter { equals }),
+    };
+    let deadline = ctx.config.deadline_ms;
+    let matches_and_failures = match ctx.config.mode {
+        Mode::Local => {
+            let (store, source, vector, params, home) = (ctx.store.clone(), ctx.source.clone(), Rc::new(vector), Rc::new(params), home);
+            let pinned2 = pinned.clone();
+            let run = move |i: usize| {
+                let (store, source, vector, params, home, pinned) =
+                    (store.clone(), source.clone(), vector.clone(), params.clone(), home.clone(), pinned2.clone());
+                async move {
+                    let got = store.shard(&source, &pinned, i, &home).await.map_err(|e| e.to_string())?;
+                    let (hits, timing) = search_loaded(&got, &vector, &params)?;
+                    Ok((Answer { hits, passages: got.value }, timing))
+                }
+            };
+            let gather = gather_within(planned, deadline, &mut ctx.timing, run).await;
+            finish(&gather, &pinned, request.k, &mut ctx.timing, |hit, loaded: &Rc<LoadedShard>| {
+                let passage = loaded.shard.passage(hit.ord).map_err(|e| e.to_string())?;
+                Ok(to_match(passage, pinned.manifest.metric.score(hit.distance), &loaded.shard.meta().shard_name))
+            })?
+        }
+        Mode::Durable => {
+            let ns = ctx.env.durable_object(host::BINDING).map_err(|e| ApiError::Misconfigured(e.to_string()))?;
+            let query = Rc::new(host::HostQuery {
+                index: pinned.index.clone(),
+                version: pinned.version.clone(),
+                shard: 0,
+                region: home,
+                vector,
+                k: params.k,
+                ef: params.ef,
+                filter: request.filter.clone(),
+            });
+            let run = move |i: usize| {
+                let (ns, query) = (ns.clone(), query.clone());
+                async move {
+                    let answer = host::ask(&ns, &host::HostQuery { shard: i, ..(*query).clone() }).await?;
+                    let hits = answer.matches.iter().map(|m| Hit { ord: m.ord, distance: m.distance }).collect();
+                    let by_ord: HashMap<u32, Match> = answer.matches.into_iter().map(|m| (m.ord, m.found)).collect();
+                    Ok((Answer { hits, passages: by_ord }, answer.timing))
+                }
+            };
+            let gather = gather_within(planned, deadline, &mut ctx.timing, run).await;
+            finish(&gather, &pinned, request.k, &mut ctx.timing, |hit, by_ord: &HashMap<u32, Match>| {
+                by_ord.get(&hit.ord).cloned().ok_or_else(|| format!("shard host did not send passage {}", hit.ord))
+            })?
+        }
+    };
+    let (matches, failed_shards) = matches_and_failures;
+    Ok(SearchResponse {
+        matches,
+        index: pinned.index.clone(),
+        version: pinned.version.clone(),
+        partial: !failed_shards.is_empty(),
+        failed_shards,
+    })
+}
+
+/// Runs `run` for every planned shard, at most [`MAX_IN_FLIGHT`] at a time, until all have
+/// answered or the deadline passes; whatever has not answered by then counts as failed.
+async fn gather_within<P, F, Fut>(planned: Vec<usize>, deadline_ms: u64, timing: &mut Timing, run: F) -> Gather<P>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Result<(Answer<P>, Timing), String>>,
+{
+    let mut gather = Gather::new(planned.clone());
+    let answers = stream::iter(planned).map(|i| {
+        let pending = run(i);
+        async move { (i, pending.await) }
+    });
+    let mut answers = std::pin::pin!(answers.buffer_unordered(MAX_IN_FLIGHT));
+    let mut deadline = std::pin::pin!(Delay::from(Duration::from_millis(deadline_ms)));
+    loop {
+        match select(answers.next(), deadline.as_mut()).await {
+            Either::Left((Some((i, outcome)), _)) => {
+                let outcome = outcome.map(|(answer, spent)| {
+                    timing.absorb(&spent);
+                    answer
+                });
+                gather.record(i, outcome);
+            }
+            Either::Left((None, _)) | Either::Right(_) => return gather,
+        }
+    }
+}
+
+/// Exact merge, passage resolution, and the names of the shards that did not answer.
+fn finish<P>(
+    gather: &Gather<P>,
+    pinned: &Pinned,
+    k: usize,
+    timing: &mut Timing,
+    resolve: impl Fn(&crate::shard::ShardHit, &P) -> Result<Match, String>,
+) -> Result<(Vec<Match>, Vec<String>), ApiError> {
+    let started = now_ms();
+    let name = |i: usize| pinned.manifest.shards.get(i).map_or_else(|| format!("#{i}"), |s| s.name.clone());
+    let merged = gather.merge(k).map_err(|all| {
+        let why: Vec<String> = all.0.iter().map(|(i, why)| format!("{}: {why}", name(*i))).collect();
+        ApiError::Unavailable(format!("no shard of {} answered: {}", pinned.index, why.join("; ")))
+    })?;
+    let matches = merged
+        .top
+        .iter()
+        .map(|(hit, passages)| resolve(hit, passages))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ApiError::Unavailable)?;
+    let failed = merged.failed.iter().map(|(i, why)| {
+        worker::console_warn!("{}/{} shard {}: {why}", pinned.index, pinned.version, name(*i));
+        name(*i)
+    });
+    let failed = failed.collect();
+    timing.merge = now_ms() - started;
+    Ok((matches, failed))
+}
+
+/// Searches a loaded shard; the fetch and validate costs count only for the request that
+/// waited for the load.
+pub(crate) fn search_loaded(got: &Got<LoadedShard>, vector: &[f32], params: &SearchParams) -> Result<(Vec<Hit>, Timing), String> {
+    let started = now_ms();
+    let hits = got.value.shard.search(vector, params).map_err(|e| e.to_string())?;
+    let mut timing = Timing { search: now_ms() - started, ..Timing::default() };
+    if got.loaded_now {
+        timing.fetch = got.value.fetch_ms;
+        timing.validate = got.value.validate_ms;
+    }
+    Ok((hits, timing))
+}
+
+pub(crate) fn to_match(passage: Passage, score: f32, shard: &str) -> Match {
+    let id = match passage.id {
+        DocId::Int(id) => Value::from(id),
+        DocId::Str(id) => Value::String(id),
+    };
+    Match { id, score, text: passage.text, metadata: passage.metadata, shard: shard.to_string() }
+}

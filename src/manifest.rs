@@ -1,0 +1,234 @@
+//! The index manifest: which shards make up one immutable index version, where they live, how to
+//! check them (size, checksum) and how to route a query to them (centroids, regions).
+
+use serde::{Deserialize, Serialize};
+
+use crate::shard::{Metric, Quant};
+
+/// Manifest layout version; bump when fields change meaning.
+pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+/// File name of the manifest inside an index directory (or under an index prefix in R2).
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// The one checksum function: xxh3-64 of `bytes` as 16 lowercase hex digits.
+pub fn checksum_hex(bytes: &[u8]) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum ManifestError {
+    #[error("manifest is not valid JSON for this format: {0}")]
+    Json(String),
+    #[error("unsupported manifest format version {found} (this build reads version {supported})")]
+    UnsupportedVersion { found: u32, supported: u32 },
+    #[error("invalid manifest: {0}")]
+    Invalid(String),
+    #[error("manifest version {declared} does not match its content (hashes to {actual})")]
+    VersionMismatch { declared: String, actual: String },
+    #[error("shard {shard}: expected {expected_bytes} bytes with checksum {expected}, got {actual_bytes} bytes with checksum {actual}")]
+    ShardMismatch { shard: String, expected_bytes: u64, expected: String, actual_bytes: u64, actual: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub name: String,
+    /// Content hash of everything else in the manifest (see [`Manifest::content_version`]).
+    pub version: String,
+    pub dims: usize,
+    pub metric: Metric,
+    pub quant: Quant,
+    pub count: u64,
+    pub shards: Vec<ShardEntry>,
+    /// Every region that hosts some shard.
+    pub regions: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    pub name: String,
+    /// File name relative to the manifest's directory (or R2 prefix).
+    pub file: String,
+    pub bytes: u64,
+    pub count: u32,
+    /// Mean of the shard's vectors (normalised for cosine): where to route queries.
+    pub centroid: Vec<f32>,
+    /// [`checksum_hex`] of the whole shard file.
+    pub checksum: String,
+    /// Regions whose hosts serve this shard.
+    pub regions: Vec<String>,
+}
+
+impl Manifest {
+    /// Parses and validates.
+    pub fn from_json(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    pub fn to_json_pretty(&self) -> String {
+        // A struct of strings, numbers and vectors of them always serialises.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The content hash a manifest's `version` must equal: the checksum of its JSON with `version` empty.
+    pub fn content_version(&self) -> String {
+        let unversioned = Manifest { version: String::new(), ..self.clone() };
+        checksum_hex(unversioned.to_json_pretty().as_bytes())
+    }
+
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let invalid = |message: String| Err(ManifestError::Invalid(message));
+        if self.format_version != MANIFEST_FORMAT_VERSION {
+            return Err(ManifestError::UnsupportedVersion { found: self.format_version, supported: MANIFEST_FORMAT_VERSION });
+        }
+        if self.name.is_empty() {
+            return invalid("name is empty".into());
+        }
+        if self.dims == 0 {
+            return invalid("dims is 0".into());
+        }
+        if self.shards.is_empty() {
+            return invalid("no shards".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for shard in &self.shards {
+            if !names.insert(shard.name.as_str()) {
+                return invalid(format!("shard name {:?} appears twice", shard.name));
+            }
+            if !is_plain_file_name(&shard.file) {
+                return invalid(format!("shard {:?}: file {:?} must be a plain file name", shard.name, shard.file));
+            }
+            if shard.centroid.len() != self.dims || shard.centroid.iter().any(|x| !x.is_finite()) {
+                return invalid(format!("shard {:?}: centroid must be {} finite numbers", shard.name, self.dims));
+            }
+            if shard.checksum.len() != 16 || !shard.checksum.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                return invalid(format!("shard {:?}: checksum {:?} is not 16 lowercase hex digits", shard.name, shard.checksum));
+            }
+            if let Some(region) = shard.regions.iter().find(|r| !self.regions.contains(r)) {
+                return invalid(format!("shard {:?}: region {region:?} is not in the manifest's regions", shard.name));
+            }
+        }
+        let total: u64 = self.shards.iter().map(|s| u64::from(s.count)).sum();
+        if total != self.count {
+            return invalid(format!("shard counts add up to {total}, manifest says {}", self.count));
+        }
+        let actual = self.content_version();
+        if self.version != actual {
+            return Err(ManifestError::VersionMismatch { declared: self.version.clone(), actual });
+        }
+        Ok(())
+    }
+
+    /// Checks a fetched shard file against its entry (size and checksum).
+    pub fn verify_shard(&self, shard: usize, bytes: &[u8]) -> Result<(), ManifestError> {
+        let entry = self
+            .shards
+            .get(shard)
+            .ok_or_else(|| ManifestError::Invalid(format!("no shard number {shard}")))?;
+        let actual = checksum_hex(bytes);
+        if entry.bytes != bytes.len() as u64 || entry.checksum != actual {
+            return Err(ManifestError::ShardMismatch {
+                shard: entry.name.clone(),
+                expected_bytes: entry.bytes,
+                expected: entry.checksum.clone(),
+                actual_bytes: bytes.len() as u64,
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    /// Indices of the `n` shards whose centroids are closest to `query`, closest first.
+    /// A query of the wrong dimension gets the first `n` shards; the shard search then rejects it.
+    pub fn nearest_shards(&self, query: &[f32], n: usize) -> Vec<usize> {
+        let mut order: Vec<(f32, usize)> = self
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, shard)| {
+                let distance = if query.len() == self.dims { self.metric.distance_f32(query, &shard.centroid) } else { 0.0 };
+                (distance, i)
+            })
+            .collect();
+        order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        order.into_iter().take(n).map(|(_, i)| i).collect()
+    }
+}
+
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\']) && !name.starts_with('.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        let entry = |name: &str, centroid: Vec<f32>, regions: &[&str]| ShardEntry {
+            name: name.into(),
+            file: format!("{name}.shard"),
+            bytes: 10,
+            count: 5,
+            centroid,
+            checksum: checksum_hex(name.as_bytes()),
+            regions: regions.iter().map(|r| r.to_string()).collect(),
+        };
+        let mut manifest = Manifest {
+            format_version: MANIFEST_FORMAT_VERSION,
+            name: "demo".into(),
+            version: String::new(),
+            dims: 2,
+            metric: Metric::Cosine,
+            quant: Quant::F16,
+            count: 10,
+            shards: vec![entry("s0", vec![1.0, 0.0], &["weur"]), entry("s1", vec![0.0, 1.0], &["enam"])],
+            regions: vec!["weur".into(), "enam".into()],
+        };
+        manifest.version = manifest.content_version();
+        manifest
+    }
+
+    #[test]
+    fn round_trips_through_json_and_routes_by_centroid() {
+        let manifest = sample();
+        let parsed = Manifest::from_json(manifest.to_json_pretty().as_bytes()).unwrap();
+        assert_eq!(parsed, manifest);
+        assert_eq!(parsed.nearest_shards(&[0.1, 0.9], 1), vec![1]);
+        assert_eq!(parsed.nearest_shards(&[0.9, 0.1], 5), vec![0, 1]);
+        assert!(manifest.to_json_pretty().contains("\"metric\": \"cosine\""));
+    }
+
+    #[test]
+    fn rejects_inconsistent_manifests_with_clear_errors() {
+        let mut wrong_count = sample();
+        wrong_count.count = 11;
+        wrong_count.version = wrong_count.content_version();
+        assert!(matches!(wrong_count.validate(), Err(ManifestError::Invalid(m)) if m.contains("add up")));
+
+        let mut tampered = sample();
+        tampered.shards[0].bytes = 11;
+        assert!(matches!(tampered.validate(), Err(ManifestError::VersionMismatch { .. })));
+
+        let mut escaping = sample();
+        escaping.shards[0].file = "../etc/passwd".into();
+        escaping.version = escaping.content_version();
+        assert!(matches!(escaping.validate(), Err(ManifestError::Invalid(m)) if m.contains("plain file name")));
+
+        assert!(matches!(Manifest::from_json(b"{"), Err(ManifestError::Json(_))));
+        let mut future = sample();
+        future.format_version = 99;
+        assert!(matches!(future.validate(), Err(ManifestError::UnsupportedVersion { found: 99, .. })));
+    }
+
+    #[test]
+    fn verify_shard_checks_size_and_checksum() {
+        let mut manifest = sample();
+        manifest.shards[0].bytes = 2;
+        manifest.shards[0].checksum = checksum_hex(b"ok");
+        assert!(manifest.verify_shard(0, b"ok").is_ok());
+        assert!(matches!(manifest.verify_shard(0, b"no"), Err(ManifestError::ShardMismatch { .. })));
+        assert!(manifest.verify_shard(7, b"ok").is_err());
+    }
+}

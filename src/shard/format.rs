@@ -1,0 +1,297 @@
+//! The versioned shard blob: a fixed 32-byte header followed by an rkyv archive of flat primitive arrays.
+//!
+//! Header (little endian): magic `EDGRSHRD` (8) | format version u32 | flags u32 | payload length u64 |
+//! xxh3-64 of the payload u64. The header length is a multiple of 16 so the archive that follows
+//! stays 16-aligned inside an aligned buffer. Bump [`FORMAT_VERSION`] whenever [`ShardData`] changes.
+
+use rkyv::rend::{f32_le, u16_le, u32_le};
+
+use super::error::ShardError;
+
+pub const MAGIC: [u8; 8] = *b"EDGRSHRD";
+pub const FORMAT_VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 32;
+/// No flags are defined yet; a reader rejects any it does not know.
+pub const KNOWN_FLAGS: u32 = 0;
+/// Neighbour slots per node on layer 0 and on the upper layers (instant-distance's 2·M and M).
+pub const LAYER0_STRIDE: usize = 64;
+pub const UPPER_STRIDE: usize = 32;
+/// Pads a neighbour list that has fewer than `stride` entries; the first one ends the list.
+pub const NO_NEIGHBOUR: u32 = u32::MAX;
+/// Marks a document that has no value for a metadata field.
+pub const NO_VALUE: u32 = u32::MAX;
+
+/// The fixed header in front of every shard archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub format_version: u32,
+    pub flags: u32,
+    pub payload_len: u64,
+    pub checksum: u64,
+}
+
+impl Header {
+    pub fn for_payload(payload: &[u8]) -> Header {
+        Header {
+            format_version: FORMAT_VERSION,
+            flags: 0,
+            payload_len: payload.len() as u64,
+            checksum: xxhash_rust::xxh3::xxh3_64(payload),
+        }
+    }
+
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[0..8].copy_from_slice(&MAGIC);
+        out[8..12].copy_from_slice(&self.format_version.to_le_bytes());
+        out[12..16].copy_from_slice(&self.flags.to_le_bytes());
+        out[16..24].copy_from_slice(&self.payload_len.to_le_bytes());
+        out[24..32].copy_from_slice(&self.checksum.to_le_bytes());
+        out
+    }
+
+    /// Reads and checks magic, version and flags (not the payload; see [`verified_payload`]).
+    pub fn parse(blob: &[u8]) -> Result<Header, ShardError> {
+        let Some(bytes) = blob.get(..HEADER_LEN) else {
+            return Err(ShardError::Truncated { len: blob.len(), needed: HEADER_LEN });
+        };
+        if bytes[0..8] != MAGIC {
+            return Err(ShardError::BadMagic);
+        }
+        let u32_at = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let u64_at = |at: usize| u64::from(u32_at(at)) | (u64::from(u32_at(at + 4)) << 32);
+        let header = Header { format_version: u32_at(8), flags: u32_at(12), payload_len: u64_at(16), checksum: u64_at(24) };
+        if header.format_version != FORMAT_VERSION {
+            return Err(ShardError::UnsupportedVersion { found: header.format_version, supported: FORMAT_VERSION });
+        }
+        if header.flags & !KNOWN_FLAGS != 0 {
+            return Err(ShardError::UnknownFlags(header.flags));
+        }
+        Ok(header)
+    }
+}
+
+/// Checks the header, the payload length and the payload checksum; returns header and payload.
+pub fn verified_payload(blob: &[u8]) -> Result<(Header, &[u8]), ShardError> {
+    let header = Header::parse(blob)?;
+    let payload = &blob[HEADER_LEN..];
+    if header.payload_len != payload.len() as u64 {
+        return Err(ShardError::LengthMismatch { declared: header.payload_len, actual: payload.len() as u64 });
+    }
+    let actual = xxhash_rust::xxh3::xxh3_64(payload);
+    if actual != header.checksum {
+        return Err(ShardError::ChecksumMismatch { declared: header.checksum, actual });
+    }
+    Ok((header, payload))
+}
+
+/// Header + archive of `data`: the bytes that go to disk and R2.
+pub fn encode_blob(data: &ShardData) -> Result<Vec<u8>, ShardError> {
+    let payload = rkyv::to_bytes::<rkyv::rancor::Error>(data).map_err(|e| ShardError::Encode(e.to_string()))?;
+    let mut blob = Vec::with_capacity(HEADER_LEN + payload.len());
+    blob.extend_from_slice(&Header::for_payload(&payload).encode());
+    blob.extend_from_slice(&payload);
+    Ok(blob)
+}
+
+/// Everything one shard holds. Node `j` of every graph layer is document ordinal `j`.
+/// Also serde-derivable so benchmarks can compare against a plain owned deserialisation.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize)]
+pub struct ShardData {
+    pub index_name: String,
+    pub shard_name: String,
+    pub dims: u32,
+    /// [`super::Metric`] code.
+    pub metric: u8,
+    pub count: u32,
+    /// `count × LAYER0_STRIDE` neighbour ordinals, padded with [`NO_NEIGHBOUR`].
+    pub layer0: Vec<u32>,
+    /// `upper_layers[l - 1]` is layer `l`: `nodes × UPPER_STRIDE` ordinals; its nodes are ordinals `0..nodes`.
+    pub upper_layers: Vec<Vec<u32>>,
+    pub vectors: StoredVectors,
+    pub texts: StringColumn,
+    pub ids: StoredIds,
+    pub metadata: Vec<MetadataColumn>,
+}
+
+/// Quantised passage vectors, `count × dims` flat.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize)]
+pub enum StoredVectors {
+    F16 { bits: Vec<u16> },
+    I8 { codes: Vec<i8>, scales: Vec<f32> },
+}
+
+/// Many strings as one byte array; string `i` is `bytes[offsets[i]..offsets[i + 1]]`.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize)]
+pub struct StringColumn {
+    pub bytes: Vec<u8>,
+    pub offsets: Vec<u32>,
+}
+
+impl StringColumn {
+    pub fn new() -> StringColumn {
+        StringColumn { bytes: Vec::new(), offsets: vec![0] }
+    }
+
+    pub fn push(&mut self, text: &str) {
+        self.bytes.extend_from_slice(text.as_bytes());
+        self.offsets.push(self.bytes.len() as u32);
+    }
+}
+
+impl Default for StringColumn {
+    fn default() -> Self {
+        StringColumn::new()
+    }
+}
+
+impl ArchivedStringColumn {
+    /// String `index`; its bytes are checked for UTF-8 here, on read, rather than all at open.
+    pub(crate) fn get(&self, index: usize) -> Result<&str, ShardError> {
+        let offsets = native_u32(&self.offsets);
+        let (Some(&start), Some(&end)) = (offsets.get(index), offsets.get(index + 1)) else {
+            return Err(inconsistent(format!("string {index} out of range")));
+        };
+        let bytes = self.bytes.get(start as usize..end as usize).ok_or_else(|| inconsistent("string offsets out of range"))?;
+        std::str::from_utf8(bytes).map_err(|_| inconsistent(format!("string {index} is not UTF-8")))
+    }
+}
+
+/// Document ids exactly as the corpus gave them.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize)]
+pub enum StoredIds {
+    Int(Vec<i64>),
+    Str(StringColumn),
+}
+
+/// One metadata field, dictionary encoded: `values` are distinct canonical JSON texts (sorted, so a
+/// filter finds its value id by binary search) and `doc_values[ord]` indexes them or is [`NO_VALUE`].
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize)]
+pub struct MetadataColumn {
+    pub field: String,
+    pub values: Vec<String>,
+    pub doc_values: Vec<u32>,
+}
+
+/// The invariants bytecheck cannot know (lengths agree, neighbour ordinals in range, offsets
+/// ordered), checked once at open so the search can index without further checks failing.
+pub(crate) fn check_structure(data: &ArchivedShardData) -> Result<(), ShardError> {
+    let count = data.count.to_native() as usize;
+    let dims = data.dims.to_native() as usize;
+    if dims == 0 {
+        return Err(inconsistent("dims is 0"));
+    }
+    super::Metric::from_code(data.metric)?;
+    check_len("layer-0 neighbours", data.layer0.len(), count.checked_mul(LAYER0_STRIDE))?;
+    check_neighbours("layer 0", native_u32(&data.layer0), count)?;
+    let mut nodes_below = count;
+    for (index, layer) in data.upper_layers.iter().enumerate() {
+        if layer.len() % UPPER_STRIDE != 0 {
+            return Err(inconsistent(format!("layer {} length {} is not a multiple of {UPPER_STRIDE}", index + 1, layer.len())));
+        }
+        let nodes = layer.len() / UPPER_STRIDE;
+        if nodes > nodes_below || nodes == 0 {
+            return Err(inconsistent(format!("layer {} has {nodes} nodes, the layer below {nodes_below}", index + 1)));
+        }
+        check_neighbours(&format!("layer {}", index + 1), native_u32(layer), nodes)?;
+        nodes_below = nodes;
+    }
+    let elements = count.checked_mul(dims);
+    match &data.vectors {
+        ArchivedStoredVectors::F16 { bits } => check_len("f16 vectors", bits.len(), elements)?,
+        ArchivedStoredVectors::I8 { codes, scales } => {
+            check_len("i8 vectors", codes.len(), elements)?;
+            check_len("i8 scales", scales.len(), Some(count))?;
+            if native_f32(scales).iter().any(|s| !s.is_finite()) {
+                return Err(inconsistent("an i8 scale is not finite"));
+            }
+        }
+    }
+    check_strings("texts", &data.texts, count)?;
+    match &data.ids {
+        ArchivedStoredIds::Int(ids) => check_len("ids", ids.len(), Some(count))?,
+        ArchivedStoredIds::Str(ids) => check_strings("ids", ids, count)?,
+    }
+    for column in data.metadata.iter() {
+        check_len("metadata column", column.doc_values.len(), Some(count))?;
+        let distinct = column.values.len();
+        if native_u32(&column.doc_values).iter().any(|&v| v != NO_VALUE && v as usize >= distinct) {
+            return Err(inconsistent(format!("metadata field {:?} refers past its dictionary", column.field.as_str())));
+        }
+    }
+    Ok(())
+}
+
+fn inconsistent(message: impl Into<String>) -> ShardError {
+    ShardError::Inconsistent(message.into())
+}
+
+fn check_len(what: &str, actual: usize, expected: Option<usize>) -> Result<(), ShardError> {
+    match expected {
+        Some(expected) if expected == actual => Ok(()),
+        Some(expected) => Err(inconsistent(format!("{what}: {actual} entries, expected {expected}"))),
+        None => Err(inconsistent(format!("{what}: expected size overflows"))),
+    }
+}
+
+fn check_neighbours(layer: &str, neighbours: &[u32], nodes: usize) -> Result<(), ShardError> {
+    match neighbours.iter().find(|&&n| n != NO_NEIGHBOUR && n as usize >= nodes) {
+        Some(bad) => Err(inconsistent(format!("{layer} links to node {bad}, layer has {nodes}"))),
+        None => Ok(()),
+    }
+}
+
+fn check_strings(what: &str, column: &ArchivedStringColumn, count: usize) -> Result<(), ShardError> {
+    let offsets = native_u32(&column.offsets);
+    check_len(what, offsets.len(), Some(count + 1))?;
+    let ordered = offsets.first() == Some(&0) && offsets.windows(2).all(|w| w[0] <= w[1]);
+    if !ordered || offsets.last().map(|&end| end as usize) != Some(column.bytes.len()) {
+        return Err(inconsistent(format!("{what}: offsets are not ordered within the byte array")));
+    }
+    Ok(())
+}
+
+// The archive stores little-endian primitives; on little-endian targets (x86_64, wasm32, aarch64)
+// they have exactly the native layout, which lets the search read them as plain slices.
+const _: () = assert!(cfg!(target_endian = "little"), "shard blobs are read in place only on little-endian targets");
+
+macro_rules! native_slice {
+    ($name:ident, $archived:ty, $native:ty) => {
+        pub(crate) fn $name(values: &[$archived]) -> &[$native] {
+            const _: () = assert!(std::mem::size_of::<$archived>() == std::mem::size_of::<$native>());
+            const _: () = assert!(std::mem::align_of::<$archived>() == std::mem::align_of::<$native>());
+            // SAFETY: same size and alignment (checked above), and on a little-endian target the
+            // archived type is a transparent wrapper with the native byte order.
+            unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<$native>(), values.len()) }
+        }
+    };
+}
+native_slice!(native_u32, u32_le, u32);
+native_slice!(native_u16, u16_le, u16);
+native_slice!(native_f32, f32_le, f32);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips_and_rejects_bad_magic_version_and_flags() {
+        let header = Header::for_payload(b"payload");
+        let bytes = header.encode();
+        assert_eq!(Header::parse(&bytes), Ok(header));
+
+        let mut bad_magic = bytes;
+        bad_magic[0] ^= 1;
+        assert_eq!(Header::parse(&bad_magic), Err(ShardError::BadMagic));
+
+        let mut bad_version = bytes;
+        bad_version[8] = 9;
+        assert!(matches!(Header::parse(&bad_version), Err(ShardError::UnsupportedVersion { found: 9, .. })));
+
+        let mut bad_flags = bytes;
+        bad_flags[12] = 1;
+        assert_eq!(Header::parse(&bad_flags), Err(ShardError::UnknownFlags(1)));
+
+        assert!(matches!(Header::parse(&bytes[..5]), Err(ShardError::Truncated { len: 5, .. })));
+    }
+}

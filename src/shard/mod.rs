@@ -1,0 +1,207 @@
+//! One shard of an index: a validated, immutable blob that is searched and read in place.
+//!
+//! Submodules: [`format`] (blob layout), [`quant`] (quantisation and distance kernels),
+//! `search` (HNSW over the archive), `filter` (metadata equality), `merge` (top-k across shards),
+//! `metric` (metric and quantisation names), `error` (the one error type).
+
+mod error;
+mod filter;
+pub mod format;
+mod merge;
+mod metric;
+pub mod quant;
+mod search;
+
+use std::sync::Mutex;
+
+use rkyv::util::AlignedVec;
+use serde::{Deserialize, Serialize};
+
+pub use error::ShardError;
+pub use filter::{canonical_json, Filter};
+pub use merge::{merge_top_k, ShardHit};
+pub use metric::{Metric, Quant};
+pub use search::Hit;
+
+use filter::PassMask;
+use format::{native_f32, native_u16, native_u32, ArchivedShardData, ArchivedStoredIds, ArchivedStoredVectors, NO_VALUE};
+use search::{Scratch, SearchIndex, VectorView};
+
+/// What a search asks for: `k` results, beam width `ef` (raised to `k` if smaller), optional filter.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SearchParams {
+    pub k: usize,
+    pub ef: usize,
+    pub filter: Option<Filter>,
+}
+
+/// Descriptive facts about a shard, read from its archive.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShardMeta {
+    pub index_name: String,
+    pub shard_name: String,
+    pub dims: usize,
+    pub metric: Metric,
+    pub quant: Quant,
+    pub count: u32,
+    pub format_version: u32,
+}
+
+/// A document id exactly as the corpus gave it: a JSON integer or a string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DocId {
+    Int(i64),
+    Str(String),
+}
+
+impl std::fmt::Display for DocId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DocId::Int(id) => write!(f, "{id}"),
+            DocId::Str(id) => f.write_str(id),
+        }
+    }
+}
+
+/// One stored passage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Passage {
+    pub id: DocId,
+    pub text: String,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// An open shard. Owns its bytes (16-aligned); validated once when opened.
+pub struct Shard {
+    bytes: AlignedVec<16>,
+    meta: ShardMeta,
+    /// Reused search memory; a search that finds it busy uses a fresh one instead of waiting.
+    scratch: Mutex<Scratch>,
+}
+
+impl Shard {
+    /// Copies `bytes` once into an aligned buffer, then validates it.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Shard, ShardError> {
+        let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        Shard::from_aligned(aligned)
+    }
+
+    /// Validates header, checksum, archive (bytecheck) and structure; no copy.
+    pub fn from_aligned(bytes: AlignedVec<16>) -> Result<Shard, ShardError> {
+        let (header, payload) = format::verified_payload(&bytes)?;
+        let data = rkyv::access::<ArchivedShardData, rkyv::rancor::Error>(payload)
+            .map_err(|e| ShardError::InvalidArchive(e.to_string()))?;
+        format::check_structure(data)?;
+        let meta = ShardMeta {
+            index_name: data.index_name.as_str().to_owned(),
+            shard_name: data.shard_name.as_str().to_owned(),
+            dims: data.dims.to_native() as usize,
+            metric: Metric::from_code(data.metric)?,
+            quant: match data.vectors {
+                ArchivedStoredVectors::F16 { .. } => Quant::F16,
+                ArchivedStoredVectors::I8 { .. } => Quant::I8,
+            },
+            count: data.count.to_native(),
+            format_version: header.format_version,
+        };
+        Ok(Shard { bytes, meta, scratch: Mutex::new(Scratch::default()) })
+    }
+
+    pub fn meta(&self) -> ShardMeta {
+        self.meta.clone()
+    }
+
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    fn data(&self) -> &ArchivedShardData {
+        // SAFETY: the same bytes passed `rkyv::access` (full bytecheck validation) in
+        // `from_aligned` and are never mutated afterwards.
+        unsafe { rkyv::access_unchecked::<ArchivedShardData>(&self.bytes[format::HEADER_LEN..]) }
+    }
+
+    fn index(&self) -> SearchIndex<'_> {
+        let data = self.data();
+        SearchIndex {
+            layer0: native_u32(&data.layer0),
+            upper_layers: &data.upper_layers,
+            vectors: match &data.vectors {
+                ArchivedStoredVectors::F16 { bits } => VectorView::F16 { bits: native_u16(bits) },
+                ArchivedStoredVectors::I8 { codes, scales } => VectorView::I8 { codes, scales: native_f32(scales) },
+            },
+            dims: self.meta.dims,
+            metric: self.meta.metric,
+            count: self.meta.count as usize,
+        }
+    }
+
+    /// Checks the query's length and values; normalises it for cosine.
+    fn prepare_query(&self, query: &[f32]) -> Result<Vec<f32>, ShardError> {
+        if query.len() != self.meta.dims {
+            return Err(ShardError::DimensionMismatch { expected: self.meta.dims, got: query.len() });
+        }
+        if query.iter().any(|x| !x.is_finite()) {
+            return Err(ShardError::NonFiniteQuery);
+        }
+        let mut prepared = query.to_vec();
+        if self.meta.metric == Metric::Cosine {
+            let norm = quant::dot_f32(query, query).sqrt();
+            if norm == 0.0 {
+                return Err(ShardError::ZeroQuery);
+            }
+            prepared.iter_mut().for_each(|x| *x /= norm);
+        }
+        Ok(prepared)
+    }
+
+    fn pass_mask(&self, filter: Option<&Filter>) -> Option<PassMask> {
+        filter.map(|f| PassMask::resolve(f, &self.data().metadata, self.meta.count as usize))
+    }
+
+    /// Approximate nearest passages by the graph, best first.
+    pub fn search(&self, query: &[f32], params: &SearchParams) -> Result<Vec<Hit>, ShardError> {
+        let query = self.prepare_query(query)?;
+        let mask = self.pass_mask(params.filter.as_ref());
+        let index = self.index();
+        let hits = match self.scratch.try_lock() {
+            Ok(mut scratch) => index.search(&query, params.k, params.ef, mask.as_ref(), &mut scratch),
+            Err(_) => index.search(&query, params.k, params.ef, mask.as_ref(), &mut Scratch::default()),
+        };
+        Ok(hits)
+    }
+
+    /// Exact nearest passages by scanning every stored (quantised) vector, best first.
+    pub fn search_exact(&self, query: &[f32], k: usize, filter: Option<&Filter>) -> Result<Vec<Hit>, ShardError> {
+        let query = self.prepare_query(query)?;
+        let mask = self.pass_mask(filter);
+        Ok(self.index().exact(&query, k, mask.as_ref()))
+    }
+
+    /// The passage with ordinal `ord` (as found in a [`Hit`]).
+    pub fn passage(&self, ord: u32) -> Result<Passage, ShardError> {
+        if ord >= self.meta.count {
+            return Err(ShardError::OrdinalOutOfRange { ord, count: self.meta.count });
+        }
+        let data = self.data();
+        let index = ord as usize;
+        let id = match &data.ids {
+            ArchivedStoredIds::Int(ids) => DocId::Int(ids[index].to_native()),
+            ArchivedStoredIds::Str(ids) => DocId::Str(ids.get(index)?.to_owned()),
+        };
+        let mut metadata = serde_json::Map::new();
+        for column in data.metadata.iter() {
+            let value_id = column.doc_values[index].to_native();
+            if value_id == NO_VALUE {
+                continue;
+            }
+            let text = column.values[value_id as usize].as_str();
+            let value = serde_json::from_str(text)
+                .map_err(|e| ShardError::Inconsistent(format!("metadata value {text:?} is not JSON: {e}")))?;
+            metadata.insert(column.field.as_str().to_owned(), value);
+        }
+        Ok(Passage { id, text: data.texts.get(index)?.to_owned(), metadata })
+    }
+}

@@ -1,0 +1,214 @@
+//! HNSW search over the archived graph, in place: greedy descent (ef = 1) through the upper layers
+//! from entry point 0, then a beam search with width ef on layer 0; optionally restricted by a
+//! filter pass mask, switching to an exact scan when few documents pass.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+
+use rkyv::rend::u32_le;
+use rkyv::vec::ArchivedVec;
+
+use super::filter::PassMask;
+use super::format::{native_u32, LAYER0_STRIDE, NO_NEIGHBOUR, UPPER_STRIDE};
+use super::metric::Metric;
+use super::quant;
+
+/// One search result within a shard: the document ordinal and its internal distance (smaller = closer).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    pub ord: u32,
+    pub distance: f32,
+}
+
+impl Eq for Hit {}
+impl Ord for Hit {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.distance.total_cmp(&other.distance).then(self.ord.cmp(&other.ord))
+    }
+}
+impl PartialOrd for Hit {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Stored vectors as native slices.
+pub(crate) enum VectorView<'a> {
+    F16 { bits: &'a [u16] },
+    I8 { codes: &'a [i8], scales: &'a [f32] },
+}
+
+/// What a search reads: graph layers and vectors of one shard.
+pub(crate) struct SearchIndex<'a> {
+    pub(crate) layer0: &'a [u32],
+    pub(crate) upper_layers: &'a [ArchivedVec<u32_le>],
+    pub(crate) vectors: VectorView<'a>,
+    pub(crate) dims: usize,
+    pub(crate) metric: Metric,
+    pub(crate) count: usize,
+}
+
+impl SearchIndex<'_> {
+    /// Internal distance from the (prepared) query to document `ord`.
+    fn distance(&self, query: &[f32], ord: u32) -> f32 {
+        let start = ord as usize * self.dims;
+        let end = start + self.dims;
+        match self.vectors {
+            VectorView::F16 { bits } => {
+                let vector = &bits[start..end];
+                match self.metric {
+                    Metric::Cosine => 1.0 - quant::dot_f16(query, vector),
+                    Metric::Dot => -quant::dot_f16(query, vector),
+                    Metric::L2 => quant::l2sq_f16(query, vector),
+                }
+            }
+            VectorView::I8 { codes, scales } => {
+                let (vector, scale) = (&codes[start..end], scales[ord as usize]);
+                match self.metric {
+                    Metric::Cosine => 1.0 - scale * quant::dot_i8(query, vector),
+                    Metric::Dot => -scale * quant::dot_i8(query, vector),
+                    Metric::L2 => quant::l2sq_i8(query, vector, scale),
+                }
+            }
+        }
+    }
+
+    /// The `k` closest documents (that pass `mask`), best first, by the graph.
+    pub(crate) fn search(&self, query: &[f32], k: usize, ef: usize, mask: Option<&PassMask>, scratch: &mut Scratch) -> Vec<Hit> {
+        if k == 0 || self.count == 0 || mask.is_some_and(|m| m.passing == 0) {
+            return Vec::new();
+        }
+        let ef = ef.max(k);
+        if let Some(mask) = mask {
+            if exact_scan_is_cheaper(mask.passing, self.count, ef) {
+                return self.exact(query, k, Some(mask));
+            }
+        }
+        let entry = self.descend(query);
+        self.beam_layer0(query, entry, ef, mask, scratch);
+        let mut hits: Vec<Hit> = scratch.results.drain().collect();
+        hits.sort_unstable();
+        hits.truncate(k);
+        hits
+    }
+
+    /// Brute force over all (passing) documents: the reference the graph search is measured against.
+    pub(crate) fn exact(&self, query: &[f32], k: usize, mask: Option<&PassMask>) -> Vec<Hit> {
+        if k == 0 {
+            return Vec::new();
+        }
+        let mut best: BinaryHeap<Hit> = BinaryHeap::with_capacity(k + 1);
+        for ord in 0..self.count as u32 {
+            if mask.is_some_and(|m| !m.allows(ord)) {
+                continue;
+            }
+            let hit = Hit { ord, distance: self.distance(query, ord) };
+            if best.len() < k {
+                best.push(hit);
+            } else if best.peek().is_some_and(|worst| hit < *worst) {
+                best.pop();
+                best.push(hit);
+            }
+        }
+        best.into_sorted_vec()
+    }
+
+    /// Greedy walk (ef = 1) from entry point 0 down to layer 1; returns the layer-0 entry.
+    fn descend(&self, query: &[f32]) -> Hit {
+        let mut current = Hit { ord: 0, distance: self.distance(query, 0) };
+        for layer in self.upper_layers.iter().rev() {
+            let layer = native_u32(layer);
+            loop {
+                let start = current.ord as usize * UPPER_STRIDE;
+                let mut moved = false;
+                for &neighbour in layer[start..start + UPPER_STRIDE].iter().take_while(|&&n| n != NO_NEIGHBOUR) {
+                    let candidate = Hit { ord: neighbour, distance: self.distance(query, neighbour) };
+                    if candidate < current {
+                        current = candidate;
+                        moved = true;
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+        }
+        current
+    }
+
+    /// Beam search on layer 0; leaves up to `ef` passing results in `scratch.results`.
+    /// Non-passing nodes are still expanded so the beam can cross them to reach passing ones.
+    fn beam_layer0(&self, query: &[f32], entry: Hit, ef: usize, mask: Option<&PassMask>, scratch: &mut Scratch) {
+        scratch.begin(self.count);
+        let allows = |ord: u32| mask.is_none_or(|m| m.allows(ord));
+        scratch.first_visit(entry.ord);
+        scratch.candidates.push(Reverse(entry));
+        if allows(entry.ord) {
+            scratch.results.push(entry);
+        }
+        while let Some(Reverse(closest)) = scratch.candidates.pop() {
+            let full = scratch.results.len() >= ef;
+            if full && scratch.results.peek().is_some_and(|worst| closest > *worst) {
+                break;
+            }
+            let start = closest.ord as usize * LAYER0_STRIDE;
+            for &neighbour in self.layer0[start..start + LAYER0_STRIDE].iter().take_while(|&&n| n != NO_NEIGHBOUR) {
+                if !scratch.first_visit(neighbour) {
+                    continue;
+                }
+                let hit = Hit { ord: neighbour, distance: self.distance(query, neighbour) };
+                let full = scratch.results.len() >= ef;
+                if full && scratch.results.peek().is_some_and(|worst| hit > *worst) {
+                    continue;
+                }
+                scratch.candidates.push(Reverse(hit));
+                if allows(neighbour) {
+                    scratch.results.push(hit);
+                    if scratch.results.len() > ef {
+                        scratch.results.pop();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A filtered beam search visits roughly ef / selectivity nodes; scanning the passing documents
+/// costs `passing`. Scan when few pass (under 1 in 16, or a handful of beams' worth).
+fn exact_scan_is_cheaper(passing: usize, count: usize, ef: usize) -> bool {
+    passing * 16 <= count || passing <= ef * 4
+}
+
+/// Reusable per-search memory: a generation-stamped visited set and the two heaps.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    stamps: Vec<u32>,
+    generation: u32,
+    candidates: BinaryHeap<Reverse<Hit>>,
+    results: BinaryHeap<Hit>,
+}
+
+impl Scratch {
+    /// Starts a new search: bumping the generation clears the visited set without touching it.
+    fn begin(&mut self, count: usize) {
+        if self.stamps.len() != count {
+            self.stamps = vec![0; count];
+            self.generation = 0;
+        }
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.stamps.fill(0);
+            self.generation = 1;
+        }
+        self.candidates.clear();
+        self.results.clear();
+    }
+
+    /// Marks `ord` visited; false if it already was in this search.
+    fn first_visit(&mut self, ord: u32) -> bool {
+        let stamp = &mut self.stamps[ord as usize];
+        let first = *stamp != self.generation;
+        *stamp = self.generation;
+        first
+    }
+}

@@ -1,0 +1,134 @@
+"""Fixtures for the end-to-end suite: a small index built by `shardc build`, published into local
+R2, and the real worker under `wrangler dev` (local and durable serving modes)."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PYDOCS = os.path.join(ROOT, "..", "shared", "data", "pydocs")
+DIMS = 384
+SHARDC = os.environ.get("SHARDC", os.path.join(ROOT, "target", "release", "shardc"))
+
+
+def log(msg):
+    print(f"[e2e] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Worker:
+    """HTTP helper for one `wrangler dev` instance."""
+
+    def __init__(self, port, persist, proc):
+        self.base, self.persist, self.proc = f"http://127.0.0.1:{port}", persist, proc
+
+    def call(self, method, path, body=None, headers=None, raw=None):
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        hdrs = {"content-type": "application/json"} if data is not None else {}
+        hdrs.update(headers or {})
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=hdrs)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, dict(r.headers), json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), json.loads(e.read() or b"null")
+
+    def search(self, **body):
+        return self.call("POST", "/v1/search", body)
+
+
+def corpus(tmp):
+    """(passages.jsonl, vectors.f32, queries.f32): 3000 pydocs passages, else the demo corpus."""
+    if os.path.isdir(PYDOCS):
+        n = 3000
+        passages = os.path.join(tmp, "passages.jsonl")
+        with open(os.path.join(PYDOCS, "passages.jsonl")) as src, open(passages, "w") as dst:
+            for _ in range(n):
+                dst.write(src.readline())
+        vectors = os.path.join(tmp, "vectors.f32")
+        with open(os.path.join(PYDOCS, "base.f32"), "rb") as src, open(vectors, "wb") as dst:
+            dst.write(src.read(n * DIMS * 4))
+        return passages, vectors, os.path.join(PYDOCS, "queries_public.f32")
+    demo = os.path.join(ROOT, "shards", "demo")
+    return (os.path.join(demo, "passages.jsonl"), os.path.join(demo, "vectors.f32"),
+            os.path.join(demo, "queries.f32"))
+
+
+def shardc(*args):
+    return subprocess.run([SHARDC, *args], check=True, text=True, stdout=subprocess.PIPE).stdout
+
+
+def build_index(tmp, name, shards, passages, vectors, extra_dir=""):
+    out = os.path.join(tmp, name + extra_dir)
+    shardc("build", "--passages", passages, "--vectors", vectors, "--dims", str(DIMS), "--shards", str(shards),
+           "--regions", "weur,enam", "--name", name, "--out", out)
+    return out
+
+
+def publish(index_dir, persist):
+    out = subprocess.run([os.path.join(ROOT, "scripts", "publish"), index_dir, "--local", "--persist-to", persist],
+                         check=True, text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def start_worker(persist, mode, logfile):
+    port = free_port()
+    env = dict(os.environ, WRANGLER_SEND_METRICS="false")
+    proc = subprocess.Popen(
+        [os.path.join(ROOT, "scripts", "serve"), "--port", str(port), "--persist-to", persist, "--",
+         "--var", f"SERVING_MODE:{mode}", "--var", "CURRENT_TTL_MS:0"],
+        cwd=ROOT, env=env, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
+    worker = Worker(port, persist, proc)
+    deadline = time.time() + 600  # the first start compiles the worker
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"wrangler dev exited with {proc.returncode}; see {logfile.name}")
+        try:
+            if worker.call("GET", "/healthz")[0] == 200:
+                return worker
+        except OSError:
+            pass
+        time.sleep(1)
+    raise RuntimeError("wrangler dev did not answer /healthz")
+
+
+def stop(worker):
+    os.killpg(worker.proc.pid, 15)
+    worker.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def env():
+    """Indexes `docs` (4 shards) and `other` (1 shard) published into two local R2 states,
+    one served in `local` mode and one in `durable` mode."""
+    if not os.path.exists(SHARDC):
+        subprocess.run(["cargo", "build", "--release", "--bin", "shardc"], cwd=ROOT, check=True)
+    tmp = tempfile.mkdtemp(prefix="edgerag-e2e-")
+    passages, vectors, queries = corpus(tmp)
+    docs = build_index(tmp, "docs", 4, passages, vectors)
+    other = build_index(tmp, "other", 1, passages, vectors)
+    workers = {}
+    for mode in ("local", "durable"):
+        persist = os.path.join(tmp, f"state-{mode}")
+        for index in (docs, other):
+            publish(index, persist)
+        logfile = open(os.path.join(tmp, f"wrangler-{mode}.log"), "w")
+        log(f"starting wrangler dev ({mode}); log {logfile.name}")
+        workers[mode] = start_worker(persist, mode, logfile)
+    yield dict(tmp=tmp, docs=docs, other=other, passages=passages, vectors=vectors, queries=queries, **workers)
+    for worker in workers.values():
+        stop(worker)
+    shutil.rmtree(tmp, ignore_errors=True)
