@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::error::ShardError;
 use super::format::{native_u32, ArchivedMetadataColumn};
 
 /// Passages pass when every named metadata field equals the given JSON value, e.g.
@@ -56,27 +57,24 @@ impl PassMask {
         filter: &Filter,
         columns: &[ArchivedMetadataColumn],
         count: usize,
-    ) -> PassMask {
+    ) -> Result<PassMask, ShardError> {
         let mut conditions = Vec::with_capacity(filter.equals.len());
         for (field, value) in &filter.equals {
             let wanted = canonical_json(value);
-            let resolved = columns
-                .iter()
-                .find(|c| c.field.as_str() == field)
-                .and_then(|column| {
-                    let value_id = column
-                        .values
-                        .binary_search_by(|v| v.as_str().cmp(wanted.as_str()))
-                        .ok()?;
-                    Some((native_u32(&column.doc_values), value_id as u32))
-                });
+            let resolved = match columns.iter().find(|c| c.field.as_str() == field) {
+                Some(column) => column
+                    .values
+                    .binary_search(&wanted)?
+                    .map(|value_id| (native_u32(&column.doc_values), value_id as u32)),
+                None => None,
+            };
             match resolved {
                 Some(condition) => conditions.push(condition),
                 None => {
-                    return PassMask {
+                    return Ok(PassMask {
                         words: vec![0; count.div_ceil(64)],
                         passing: 0,
-                    }
+                    })
                 }
             }
         }
@@ -91,7 +89,7 @@ impl PassMask {
                 passing += 1;
             }
         }
-        PassMask { words, passing }
+        Ok(PassMask { words, passing })
     }
 }
 

@@ -196,17 +196,39 @@ impl Default for StringColumn {
 }
 
 impl ArchivedStringColumn {
+    /// How many strings the column holds.
+    pub(crate) fn len(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+
     /// String `index`; its bytes are checked for UTF-8 here, on read, rather than all at open.
     pub(crate) fn get(&self, index: usize) -> Result<&str, ShardError> {
+        std::str::from_utf8(self.bytes_of(index)?)
+            .map_err(|_| inconsistent(format!("string {index} is not UTF-8")))
+    }
+
+    /// Position of `wanted` in a column sorted by bytes (UTF-8 byte order is `str` order).
+    pub(crate) fn binary_search(&self, wanted: &str) -> Result<Option<usize>, ShardError> {
+        let (mut low, mut high) = (0, self.len());
+        while low < high {
+            let mid = low + (high - low) / 2;
+            match self.bytes_of(mid)?.cmp(wanted.as_bytes()) {
+                std::cmp::Ordering::Less => low = mid + 1,
+                std::cmp::Ordering::Greater => high = mid,
+                std::cmp::Ordering::Equal => return Ok(Some(mid)),
+            }
+        }
+        Ok(None)
+    }
+
+    fn bytes_of(&self, index: usize) -> Result<&[u8], ShardError> {
         let offsets = native_u32(&self.offsets);
         let (Some(&start), Some(&end)) = (offsets.get(index), offsets.get(index + 1)) else {
             return Err(inconsistent(format!("string {index} out of range")));
         };
-        let bytes = self
-            .bytes
+        self.bytes
             .get(start as usize..end as usize)
-            .ok_or_else(|| inconsistent("string offsets out of range"))?;
-        std::str::from_utf8(bytes).map_err(|_| inconsistent(format!("string {index} is not UTF-8")))
+            .ok_or_else(|| inconsistent("string offsets out of range"))
     }
 }
 
@@ -228,6 +250,8 @@ pub enum StoredIds {
 
 /// One metadata field, dictionary encoded: `values` are distinct canonical JSON texts (sorted, so a
 /// filter finds its value id by binary search) and `doc_values[ord]` indexes them or is [`NO_VALUE`].
+/// The dictionary is a flat [`StringColumn`], not a `Vec<String>`, so that validating it at open
+/// costs the same for ten distinct values as for a hundred thousand.
 #[derive(
     Debug,
     Clone,
@@ -240,7 +264,7 @@ pub enum StoredIds {
 )]
 pub struct MetadataColumn {
     pub field: String,
-    pub values: Vec<String>,
+    pub values: StringColumn,
     pub doc_values: Vec<u32>,
 }
 
@@ -296,11 +320,15 @@ pub(crate) fn check_structure(data: &ArchivedShardData) -> Result<(), ShardError
     }
     for column in data.metadata.iter() {
         check_len("metadata column", column.doc_values.len(), Some(count))?;
+        check_strings("metadata values", &column.values, column.values.len())?;
         let distinct = column.values.len();
-        if native_u32(&column.doc_values)
+        // Same wrap-around trick as `check_neighbours`: NO_VALUE + 1 == 0.
+        let highest = native_u32(&column.doc_values)
             .iter()
-            .any(|&v| v != NO_VALUE && v as usize >= distinct)
-        {
+            .map(|v| v.wrapping_add(1))
+            .max()
+            .unwrap_or(0);
+        if highest as usize > distinct {
             return Err(inconsistent(format!(
                 "metadata field {:?} refers past its dictionary",
                 column.field.as_str()
@@ -325,15 +353,16 @@ fn check_len(what: &str, actual: usize, expected: Option<usize>) -> Result<(), S
 }
 
 fn check_neighbours(layer: &str, neighbours: &[u32], nodes: usize) -> Result<(), ShardError> {
-    match neighbours
-        .iter()
-        .find(|&&n| n != NO_NEIGHBOUR && n as usize >= nodes)
-    {
-        Some(bad) => Err(inconsistent(format!(
-            "{layer} links to node {bad}, layer has {nodes}"
-        ))),
-        None => Ok(()),
+    // Branch-free scan first (it vectorises; opening a shard runs it over every link): with
+    // NO_NEIGHBOUR = u32::MAX, `n + 1` wraps to 0, so every link is valid iff max(n + 1) <= nodes.
+    let highest = neighbours.iter().map(|n| n.wrapping_add(1)).max().unwrap_or(0);
+    if highest as usize <= nodes {
+        return Ok(());
     }
+    let bad = highest - 1;
+    Err(inconsistent(format!(
+        "{layer} links to node {bad}, layer has {nodes}"
+    )))
 }
 
 fn check_strings(

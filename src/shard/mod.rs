@@ -172,14 +172,16 @@ impl Shard {
         Ok(prepared)
     }
 
-    fn pass_mask(&self, filter: Option<&Filter>) -> Option<PassMask> {
-        filter.map(|f| PassMask::resolve(f, &self.data().metadata, self.meta.count as usize))
+    fn pass_mask(&self, filter: Option<&Filter>) -> Result<Option<PassMask>, ShardError> {
+        filter
+            .map(|f| PassMask::resolve(f, &self.data().metadata, self.meta.count as usize))
+            .transpose()
     }
 
     /// Approximate nearest passages by the graph, best first.
     pub fn search(&self, query: &[f32], params: &SearchParams) -> Result<Vec<Hit>, ShardError> {
         let query = self.prepare_query(query)?;
-        let mask = self.pass_mask(params.filter.as_ref());
+        let mask = self.pass_mask(params.filter.as_ref())?;
         let index = self.index();
         let hits = match self.scratch.try_lock() {
             Ok(mut scratch) => {
@@ -204,7 +206,7 @@ impl Shard {
         filter: Option<&Filter>,
     ) -> Result<Vec<Hit>, ShardError> {
         let query = self.prepare_query(query)?;
-        let mask = self.pass_mask(filter);
+        let mask = self.pass_mask(filter)?;
         Ok(self.index().exact(&query, k, mask.as_ref()))
     }
 
@@ -228,7 +230,7 @@ impl Shard {
             if value_id == NO_VALUE {
                 continue;
             }
-            let text = column.values[value_id as usize].as_str();
+            let text = column.values.get(value_id as usize)?;
             let value = serde_json::from_str(text).map_err(|e| {
                 ShardError::Inconsistent(format!("metadata value {text:?} is not JSON: {e}"))
             })?;
