@@ -441,7 +441,9 @@ fn run_bench_load(index_path: &Path, repeat: usize, as_json: bool) -> CliResult 
     )?;
     let entry = manifest.shards.first().ok_or("index has no shards")?;
     let blob = std::fs::read(index_path.join(&entry.file))?;
-    let query = vec![1.0f32; manifest.dims];
+    // The shard's centroid: an in-distribution query, unlike a constant vector that lands far
+    // from every passage and walks much more of the graph than a real query does.
+    let query = entry.centroid.clone();
     let params = SearchParams {
         k: 10,
         ef: 64,
