@@ -54,6 +54,10 @@ enum Command {
         seed: u64,
         #[arg(long, default_value_t = DEFAULT_EF_CONSTRUCTION)]
         ef_construction: usize,
+        /// Graph-building threads (default: one per core); 1 gives the same bytes and version
+        /// for the same input and seed.
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Search every shard of an index with one query vector and print the matches.
     Query {
@@ -130,6 +134,7 @@ fn main() -> ExitCode {
             out,
             seed,
             ef_construction,
+            threads,
         } => {
             let config = BuildConfig {
                 passages,
@@ -143,6 +148,7 @@ fn main() -> ExitCode {
                 out,
                 seed,
                 ef_construction,
+                threads,
                 progress: true,
             };
             run_build(&config)
