@@ -38,7 +38,10 @@ impl Probe {
             rest = tail;
         }
         if !rest.is_empty() {
-            return Err(JsError::new(&format!("{} bytes after the last shard", rest.len())));
+            return Err(JsError::new(&format!(
+                "{} bytes after the last shard",
+                rest.len()
+            )));
         }
         let index = LocalIndex::open(manifest, parts)?;
         Ok(Probe {

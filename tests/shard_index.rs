@@ -486,7 +486,14 @@ fn single_threaded_builds_are_reproducible() {
     assert_eq!(first.version, second.version);
     assert_eq!(first, second);
     assert!(first_blobs == second_blobs, "shard bytes differ");
-    let mut zero = config(&passages, Some(&vectors), 16, Quant::F16, 2, &work.path().join("c"));
+    let mut zero = config(
+        &passages,
+        Some(&vectors),
+        16,
+        Quant::F16,
+        2,
+        &work.path().join("c"),
+    );
     zero.threads = Some(0);
     assert!(matches!(build_index(&zero), Err(BuildError::Invalid(_))));
 }
