@@ -6,6 +6,7 @@
 //! - [`api`]: HTTP request parsing/validation and RFC 9457 problem documents (pure).
 //! - [`store`]: region choice, version pinning, and the byte-bounded single-flight shard cache (pure).
 //! - [`fanout`]: which shards a query visits, and the exact merge of their answers (pure).
+//! - [`index`]: an index held whole in memory, searched shard by shard (`shardc`, tests, the wasm probe).
 //! - [`balancer`]: inference-origin pools: routing strategies, health, retry budget, affinity (pure, clock passed in).
 //! - [`rag`]: OpenAI wire types, prompt building within a token budget, SSE parsing and formatting (pure).
 //! - `build` (native only): turns a corpus into shards and a manifest (used by `shardc`).
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod balancer;
 pub mod fanout;
+pub mod index;
 pub mod manifest;
 pub mod rag;
 pub mod shard;

@@ -3,6 +3,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::ApiError;
+use crate::shard::{DocId, Passage};
 
 pub const K_DEFAULT: usize = 10;
 pub const K_MAX: usize = 100;
@@ -122,6 +123,17 @@ pub struct Match {
     pub text: String,
     pub metadata: Map<String, Value>,
     pub shard: String,
+}
+
+impl Match {
+    /// A found passage as the API shows it: the id as the corpus gave it, the metric's public score.
+    pub fn new(passage: Passage, score: f32, shard: &str) -> Match {
+        let id = match passage.id {
+            DocId::Int(id) => Value::from(id),
+            DocId::Str(id) => Value::String(id),
+        };
+        Match { id, score, text: passage.text, metadata: passage.metadata, shard: shard.to_string() }
+    }
 }
 
 #[derive(Debug, Serialize)]

@@ -54,6 +54,10 @@ enum Command {
         seed: u64,
         #[arg(long, default_value_t = DEFAULT_EF_CONSTRUCTION)]
         ef_construction: usize,
+        /// Graph-building threads (default: one per core); 1 gives the same bytes and version
+        /// for the same input and seed.
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Search every shard of an index with one query vector and print the matches.
     Query {
@@ -130,6 +134,7 @@ fn main() -> ExitCode {
             out,
             seed,
             ef_construction,
+            threads,
         } => {
             let config = BuildConfig {
                 passages,
@@ -143,6 +148,7 @@ fn main() -> ExitCode {
                 out,
                 seed,
                 ef_construction,
+                threads,
                 progress: true,
             };
             run_build(&config)
@@ -255,35 +261,17 @@ fn run_query(index: &Path, vector_file: &Path, params: &QueryParams, as_json: bo
         filter,
     };
     let hits = index.search_shards(query, &search, params.probe.unwrap_or(index.shards.len()))?;
-    let matches = hits
-        .iter()
-        .map(|hit| {
-            let shard = &index.shards[hit.shard];
-            let passage = shard.passage(hit.ord)?;
-            Ok(json!({
-                "id": passage.id,
-                "score": index.manifest.metric.score(hit.distance),
-                "text": passage.text,
-                "metadata": passage.metadata,
-                "shard": index.manifest.shards[hit.shard].name,
-            }))
-        })
-        .collect::<Result<Vec<_>, Box<dyn Error>>>()?;
+    let matches = index.matches(&hits)?;
     if as_json {
         println!("{}", json!({ "matches": matches }));
     } else {
         for m in &matches {
             println!(
                 "{:>8.4}  {:<10} {:<10} {}",
-                m["score"].as_f64().unwrap_or_default(),
-                m["id"],
-                m["shard"].as_str().unwrap_or_default(),
-                m["text"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .chars()
-                    .take(80)
-                    .collect::<String>()
+                m.score,
+                m.id,
+                m.shard,
+                m.text.chars().take(80).collect::<String>()
             );
         }
     }

@@ -35,6 +35,10 @@ pub struct BuildConfig {
     pub out: PathBuf,
     pub seed: u64,
     pub ef_construction: usize,
+    /// Graph-building threads; `Some(1)` makes the output a function of the input and seed
+    /// (instant-distance inserts in parallel, so with more threads the graph and version vary).
+    /// `None`: one per core.
+    pub threads: Option<usize>,
     /// Show progress bars on stderr.
     pub progress: bool,
 }
@@ -55,6 +59,10 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
             config.shards
         )));
     }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(config.threads.unwrap_or(0))
+        .build()
+        .map_err(|e| BuildError::Invalid(format!("graph thread pool: {e}")))?;
     let partition = partition::balanced_kmeans(&corpus, config.shards, config.metric, config.seed);
     let mut entries = Vec::with_capacity(config.shards);
     let mut blobs = Vec::with_capacity(config.shards);
@@ -69,7 +77,9 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
             ef_construction: config.ef_construction,
             seed: config.seed.wrapping_add(index as u64),
         };
-        let graph = graph::build_graph(&vectors, corpus.dims, config.metric, &params, bar.clone())?;
+        let graph = pool.install(|| {
+            graph::build_graph(&vectors, corpus.dims, config.metric, &params, bar.clone())
+        })?;
         bar.finish_and_clear();
         let names = assemble::ShardNames {
             index: &config.name,
@@ -125,6 +135,9 @@ fn check_config(config: &BuildConfig) -> Result<(), BuildError> {
     }
     if config.name.is_empty() {
         return Err(BuildError::Invalid("--name must not be empty".into()));
+    }
+    if config.threads == Some(0) {
+        return Err(BuildError::Invalid("--threads must be at least 1".into()));
     }
     if config.ef_construction == 0 {
         return Err(BuildError::Invalid(

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use worker::*;
 
-use super::search::{search_loaded, to_match};
+use super::search::search_loaded;
 use super::{r2::R2, store, Config, Timing};
 use crate::api::{ApiError, Match};
 use crate::shard::{Filter, SearchParams};
@@ -88,7 +88,7 @@ impl ShardHost {
             .map(|hit| {
                 let passage = got.value.shard.passage(hit.ord).map_err(|e| ApiError::Unavailable(e.to_string()))?;
                 let score = pinned.manifest.metric.score(hit.distance);
-                Ok(HostMatch { ord: hit.ord, distance: hit.distance, found: to_match(passage, score, &shard_name) })
+                Ok(HostMatch { ord: hit.ord, distance: hit.distance, found: Match::new(passage, score, &shard_name) })
             })
             .collect::<std::result::Result<_, ApiError>>()?;
         Ok(HostAnswer { matches, timing })

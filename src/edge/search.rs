@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use futures::future::{select, Either};
 use futures::stream::{self, StreamExt};
-use serde_json::Value;
 use worker::{Delay, Request};
 
 use super::{host, now_ms, Ctx, Mode, Timing};
 use crate::api::{parse_search, ApiError, Match, Query, SearchRequest, SearchResponse, BODY_LIMIT};
 use crate::fanout::{self, Answer, Gather, MAX_IN_FLIGHT};
-use crate::shard::{DocId, Filter, Hit, Metric, Passage, SearchParams};
+use crate::shard::{Filter, Hit, Metric, SearchParams};
 use crate::store::{Got, LoadedShard, Pinned};
 
 pub async fn handle(req: &mut Request, ctx: &mut Ctx) -> Result<SearchResponse, ApiError> {
@@ -59,7 +58,7 @@ pub async fn handle(req: &mut Request, ctx: &mut Ctx) -> Result<SearchResponse, 
             let gather = gather_within(planned, deadline, &mut ctx.timing, run).await;
             finish(&gather, &pinned, request.k, &mut ctx.timing, |hit, loaded: &Rc<LoadedShard>| {
                 let passage = loaded.shard.passage(hit.ord).map_err(|e| e.to_string())?;
-                Ok(to_match(passage, pinned.manifest.metric.score(hit.distance), &loaded.shard.meta().shard_name))
+                Ok(Match::new(passage, pinned.manifest.metric.score(hit.distance), &loaded.shard.meta().shard_name))
             })?
         }
         Mode::Durable => {
@@ -167,12 +166,4 @@ pub(crate) fn search_loaded(got: &Got<LoadedShard>, vector: &[f32], params: &Sea
         timing.validate = got.value.validate_ms;
     }
     Ok((hits, timing))
-}
-
-pub(crate) fn to_match(passage: Passage, score: f32, shard: &str) -> Match {
-    let id = match passage.id {
-        DocId::Int(id) => Value::from(id),
-        DocId::Str(id) => Value::String(id),
-    };
-    Match { id, score, text: passage.text, metadata: passage.metadata, shard: shard.to_string() }
 }

@@ -1,0 +1,56 @@
+"""The library's search compiled to wasm32 (examples/wasm_search.rs, run under Node by
+scripts/wasm-search) answers the same queries exactly as native `shardc query` does: same ids in
+the same order, same scores, texts, metadata and shard names. Needs no worker."""
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import DIMS, ROOT, SHARDC, shardc
+
+DEMO = os.path.join(ROOT, "shards", "demo")
+QUERIES = os.path.join(DEMO, "queries.f32")
+ROWS = 16
+K = 10
+EFS = [16, 64]
+
+
+@pytest.fixture(scope="module", params=["f16", "i8"])
+def index(request, tmp_path_factory):
+    if not os.path.exists(SHARDC):
+        subprocess.run(["cargo", "build", "--release", "--bin", "shardc"], cwd=ROOT, check=True)
+    out = str(tmp_path_factory.mktemp("wasm") / f"demo-{request.param}")
+    shardc("build", "--passages", os.path.join(DEMO, "passages.jsonl"), "--vectors", os.path.join(DEMO, "vectors.f32"),
+           "--dims", str(DIMS), "--metric", "cosine", "--quant", request.param, "--shards", "2",
+           "--regions", "weur", "--name", "demo", "--out", out)
+    return out
+
+
+def wasm_search(index_dir):
+    """{ef: [matches per query row]} from the wasm probe (built by the script on first use)."""
+    out = subprocess.run([os.path.join(ROOT, "scripts", "wasm-search"), "--index", index_dir, "--queries", QUERIES,
+                          "--k", str(K), "--ef", ",".join(map(str, EFS)), "--limit", str(ROWS), "--matches"],
+                         cwd=ROOT, check=True, text=True, stdout=subprocess.PIPE).stdout
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [line["ef"] for line in lines] == EFS and all(line["queries"] == ROWS for line in lines)
+    return {line["ef"]: [r["matches"] for r in line["results"]] for line in lines}
+
+
+def native_search(index_dir, row, ef):
+    return json.loads(shardc("query", "--index", index_dir, "--vector-file", QUERIES, "--row", str(row),
+                             "--k", str(K), "--ef", str(ef), "--json"))["matches"]
+
+
+def test_wasm_search_equals_native(index):
+    wasm = wasm_search(index)
+    for ef in EFS:
+        for row in range(ROWS):
+            got, want = wasm[ef][row], native_search(index, row, ef)
+            assert len(want) == K
+            assert [m["id"] for m in got] == [m["id"] for m in want], (ef, row)
+            for g, w in zip(got, want):
+                assert abs(g["score"] - w["score"]) <= 1e-6, (ef, row, g["id"], g["score"], w["score"])
+                assert (g["text"], g["metadata"], g["shard"]) == (w["text"], w["metadata"], w["shard"])
+    # Both shards must have contributed somewhere, or the merge went untested.
+    assert len({m["shard"] for ef in EFS for matches in wasm[ef] for m in matches}) == 2
