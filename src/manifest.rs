@@ -26,7 +26,13 @@ pub enum ManifestError {
     #[error("manifest version {declared} does not match its content (hashes to {actual})")]
     VersionMismatch { declared: String, actual: String },
     #[error("shard {shard}: expected {expected_bytes} bytes with checksum {expected}, got {actual_bytes} bytes with checksum {actual}")]
-    ShardMismatch { shard: String, expected_bytes: u64, expected: String, actual_bytes: u64, actual: String },
+    ShardMismatch {
+        shard: String,
+        expected_bytes: u64,
+        expected: String,
+        actual_bytes: u64,
+        actual: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,7 +68,8 @@ pub struct ShardEntry {
 impl Manifest {
     /// Parses and validates.
     pub fn from_json(bytes: &[u8]) -> Result<Manifest, ManifestError> {
-        let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
+        let manifest: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
         manifest.validate()?;
         Ok(manifest)
     }
@@ -74,14 +81,20 @@ impl Manifest {
 
     /// The content hash a manifest's `version` must equal: the checksum of its JSON with `version` empty.
     pub fn content_version(&self) -> String {
-        let unversioned = Manifest { version: String::new(), ..self.clone() };
+        let unversioned = Manifest {
+            version: String::new(),
+            ..self.clone()
+        };
         checksum_hex(unversioned.to_json_pretty().as_bytes())
     }
 
     pub fn validate(&self) -> Result<(), ManifestError> {
         let invalid = |message: String| Err(ManifestError::Invalid(message));
         if self.format_version != MANIFEST_FORMAT_VERSION {
-            return Err(ManifestError::UnsupportedVersion { found: self.format_version, supported: MANIFEST_FORMAT_VERSION });
+            return Err(ManifestError::UnsupportedVersion {
+                found: self.format_version,
+                supported: MANIFEST_FORMAT_VERSION,
+            });
         }
         if self.name.is_empty() {
             return invalid("name is empty".into());
@@ -98,25 +111,48 @@ impl Manifest {
                 return invalid(format!("shard name {:?} appears twice", shard.name));
             }
             if !is_plain_file_name(&shard.file) {
-                return invalid(format!("shard {:?}: file {:?} must be a plain file name", shard.name, shard.file));
+                return invalid(format!(
+                    "shard {:?}: file {:?} must be a plain file name",
+                    shard.name, shard.file
+                ));
             }
             if shard.centroid.len() != self.dims || shard.centroid.iter().any(|x| !x.is_finite()) {
-                return invalid(format!("shard {:?}: centroid must be {} finite numbers", shard.name, self.dims));
+                return invalid(format!(
+                    "shard {:?}: centroid must be {} finite numbers",
+                    shard.name, self.dims
+                ));
             }
-            if shard.checksum.len() != 16 || !shard.checksum.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-                return invalid(format!("shard {:?}: checksum {:?} is not 16 lowercase hex digits", shard.name, shard.checksum));
+            if shard.checksum.len() != 16
+                || !shard
+                    .checksum
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return invalid(format!(
+                    "shard {:?}: checksum {:?} is not 16 lowercase hex digits",
+                    shard.name, shard.checksum
+                ));
             }
             if let Some(region) = shard.regions.iter().find(|r| !self.regions.contains(r)) {
-                return invalid(format!("shard {:?}: region {region:?} is not in the manifest's regions", shard.name));
+                return invalid(format!(
+                    "shard {:?}: region {region:?} is not in the manifest's regions",
+                    shard.name
+                ));
             }
         }
         let total: u64 = self.shards.iter().map(|s| u64::from(s.count)).sum();
         if total != self.count {
-            return invalid(format!("shard counts add up to {total}, manifest says {}", self.count));
+            return invalid(format!(
+                "shard counts add up to {total}, manifest says {}",
+                self.count
+            ));
         }
         let actual = self.content_version();
         if self.version != actual {
-            return Err(ManifestError::VersionMismatch { declared: self.version.clone(), actual });
+            return Err(ManifestError::VersionMismatch {
+                declared: self.version.clone(),
+                actual,
+            });
         }
         Ok(())
     }
@@ -148,7 +184,11 @@ impl Manifest {
             .iter()
             .enumerate()
             .map(|(i, shard)| {
-                let distance = if query.len() == self.dims { self.metric.distance_f32(query, &shard.centroid) } else { 0.0 };
+                let distance = if query.len() == self.dims {
+                    self.metric.distance_f32(query, &shard.centroid)
+                } else {
+                    0.0
+                };
                 (distance, i)
             })
             .collect();
@@ -158,7 +198,11 @@ impl Manifest {
 }
 
 fn is_plain_file_name(name: &str) -> bool {
-    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\']) && !name.starts_with('.')
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\'])
+        && !name.starts_with('.')
 }
 
 #[cfg(test)]
@@ -183,7 +227,10 @@ mod tests {
             metric: Metric::Cosine,
             quant: Quant::F16,
             count: 10,
-            shards: vec![entry("s0", vec![1.0, 0.0], &["weur"]), entry("s1", vec![0.0, 1.0], &["enam"])],
+            shards: vec![
+                entry("s0", vec![1.0, 0.0], &["weur"]),
+                entry("s1", vec![0.0, 1.0], &["enam"]),
+            ],
             regions: vec!["weur".into(), "enam".into()],
         };
         manifest.version = manifest.content_version();
@@ -205,21 +252,34 @@ mod tests {
         let mut wrong_count = sample();
         wrong_count.count = 11;
         wrong_count.version = wrong_count.content_version();
-        assert!(matches!(wrong_count.validate(), Err(ManifestError::Invalid(m)) if m.contains("add up")));
+        assert!(
+            matches!(wrong_count.validate(), Err(ManifestError::Invalid(m)) if m.contains("add up"))
+        );
 
         let mut tampered = sample();
         tampered.shards[0].bytes = 11;
-        assert!(matches!(tampered.validate(), Err(ManifestError::VersionMismatch { .. })));
+        assert!(matches!(
+            tampered.validate(),
+            Err(ManifestError::VersionMismatch { .. })
+        ));
 
         let mut escaping = sample();
         escaping.shards[0].file = "../etc/passwd".into();
         escaping.version = escaping.content_version();
-        assert!(matches!(escaping.validate(), Err(ManifestError::Invalid(m)) if m.contains("plain file name")));
+        assert!(
+            matches!(escaping.validate(), Err(ManifestError::Invalid(m)) if m.contains("plain file name"))
+        );
 
-        assert!(matches!(Manifest::from_json(b"{"), Err(ManifestError::Json(_))));
+        assert!(matches!(
+            Manifest::from_json(b"{"),
+            Err(ManifestError::Json(_))
+        ));
         let mut future = sample();
         future.format_version = 99;
-        assert!(matches!(future.validate(), Err(ManifestError::UnsupportedVersion { found: 99, .. })));
+        assert!(matches!(
+            future.validate(),
+            Err(ManifestError::UnsupportedVersion { found: 99, .. })
+        ));
     }
 
     #[test]
@@ -228,7 +288,10 @@ mod tests {
         manifest.shards[0].bytes = 2;
         manifest.shards[0].checksum = checksum_hex(b"ok");
         assert!(manifest.verify_shard(0, b"ok").is_ok());
-        assert!(matches!(manifest.verify_shard(0, b"no"), Err(ManifestError::ShardMismatch { .. })));
+        assert!(matches!(
+            manifest.verify_shard(0, b"no"),
+            Err(ManifestError::ShardMismatch { .. })
+        ));
         assert!(manifest.verify_shard(7, b"ok").is_err());
     }
 }

@@ -31,7 +31,11 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: &str, content: &str) -> ChatMessage {
-        ChatMessage { role: role.into(), content: Value::String(content.into()), extra: Map::new() }
+        ChatMessage {
+            role: role.into(),
+            content: Value::String(content.into()),
+            extra: Map::new(),
+        }
     }
 
     /// The message's text: the string content, or its text parts joined by newlines.
@@ -236,7 +240,11 @@ pub fn build_context(system: &str, passages: &[Passage], budget: usize) -> Conte
     }
     // The running sum of per-line ceilings is an upper bound; report the exact count of the text.
     let tokens = approx_tokens(&text);
-    Context { text, included, tokens }
+    Context {
+        text,
+        included,
+        tokens,
+    }
 }
 
 /// Passages inside one prompt line: newlines would break the `[n]` numbering for readers
@@ -263,7 +271,12 @@ pub struct Augmented {
 
 /// Rewrites the last user message as the context block followed by the original question.
 /// The question itself is never cut; the budget applies to system text plus passages.
-pub fn augment(request: &mut ChatCompletionRequest, system: &str, passages: &[Passage], budget: usize) -> Result<Augmented, RagError> {
+pub fn augment(
+    request: &mut ChatCompletionRequest,
+    system: &str,
+    passages: &[Passage],
+    budget: usize,
+) -> Result<Augmented, RagError> {
     let index = request.last_user_index().ok_or(RagError::NoUserMessage)?;
     let context = build_context(system, passages, budget);
     let prefix = format!("{}\n\nQuestion: ", context.text);
@@ -271,12 +284,21 @@ pub fn augment(request: &mut ChatCompletionRequest, system: &str, passages: &[Pa
     match &mut message.content {
         Value::String(question) => *question = format!("{prefix}{question}"),
         // Multimodal content: the context goes in as a leading text part, other parts stay.
-        Value::Array(parts) => parts.insert(0, serde_json::json!({"type": "text", "text": prefix.trim_end()})),
+        Value::Array(parts) => parts.insert(
+            0,
+            serde_json::json!({"type": "text", "text": prefix.trim_end()}),
+        ),
         other => {
-            return Err(RagError::UnsupportedContent { index, reason: format!("expected a string or an array of parts, got {other}") });
+            return Err(RagError::UnsupportedContent {
+                index,
+                reason: format!("expected a string or an array of parts, got {other}"),
+            });
         }
     }
-    Ok(Augmented { included: context.included, context_tokens: context.tokens })
+    Ok(Augmented {
+        included: context.included,
+        context_tokens: context.tokens,
+    })
 }
 
 /// The `[n] text` passages of a prompt built by [`build_context`], with their sources stripped:
@@ -425,7 +447,10 @@ pub fn sources_event(passages: &[Passage]) -> String {
             s
         })
         .collect();
-    format_event(Some("sources"), &serde_json::json!({"object": "edgerag.sources", "sources": sources}).to_string())
+    format_event(
+        Some("sources"),
+        &serde_json::json!({"object": "edgerag.sources", "sources": sources}).to_string(),
+    )
 }
 
 #[cfg(test)]
@@ -433,16 +458,28 @@ mod tests {
     use super::*;
 
     fn passage(id: u64, source: &str, text: &str) -> Passage {
-        Passage { id: id.into(), source: source.into(), title: None, text: text.into(), score: Some(0.5) }
+        Passage {
+            id: id.into(),
+            source: source.into(),
+            title: None,
+            text: text.into(),
+            score: Some(0.5),
+        }
     }
 
     fn words(n: usize, tag: &str) -> String {
-        (0..n).map(|i| format!("{tag}{i}")).collect::<Vec<_>>().join(" ")
+        (0..n)
+            .map(|i| format!("{tag}{i}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     #[test]
     fn context_numbers_passages_and_respects_the_budget() {
-        let ps = vec![passage(7, "library/os.html", "Use os.walk.\nIt yields."), passage(9, "faq", "Second passage.")];
+        let ps = vec![
+            passage(7, "library/os.html", "Use os.walk.\nIt yields."),
+            passage(9, "faq", "Second passage."),
+        ];
         let c = build_context("Be brief.", &ps, 1000);
         assert_eq!(c.text, "Be brief.\n\n[1] (library/os.html) Use os.walk. It yields.\n\n[2] (faq) Second passage.");
         assert_eq!(c.included, 2);
@@ -453,13 +490,26 @@ mod tests {
 
     #[test]
     fn lowest_ranked_passages_go_first_and_the_boundary_one_is_cut() {
-        let ps: Vec<Passage> = (0..5).map(|i| passage(i, "s", &words(60, &format!("p{i}w")))).collect();
+        let ps: Vec<Passage> = (0..5)
+            .map(|i| passage(i, "s", &words(60, &format!("p{i}w"))))
+            .collect();
         for budget in [50, 120, 200, 400, 10_000] {
             let c = build_context(DEFAULT_SYSTEM, &ps, budget);
-            assert!(c.tokens <= budget.max(approx_tokens(DEFAULT_SYSTEM)), "budget {budget}: {} tokens", c.tokens);
-            assert_eq!(c.tokens, approx_tokens(&c.text), "tokens are counted on the final text");
+            assert!(
+                c.tokens <= budget.max(approx_tokens(DEFAULT_SYSTEM)),
+                "budget {budget}: {} tokens",
+                c.tokens
+            );
+            assert_eq!(
+                c.tokens,
+                approx_tokens(&c.text),
+                "tokens are counted on the final text"
+            );
             // A prefix of the ranking survives, in order.
-            let kept: Vec<usize> = parse_numbered_passages(&c.text).iter().map(|(n, _)| *n).collect();
+            let kept: Vec<usize> = parse_numbered_passages(&c.text)
+                .iter()
+                .map(|(n, _)| *n)
+                .collect();
             assert_eq!(kept, (1..=c.included).collect::<Vec<_>>());
             for (n, text) in parse_numbered_passages(&c.text) {
                 assert!(text.starts_with(&format!("p{}w0", n - 1)), "{text}");
@@ -479,8 +529,17 @@ mod tests {
             {"role":"assistant","content":"ok"},
             {"role":"user","content":"How do I walk a directory?","name":"alice"}]}"#;
         let mut req: ChatCompletionRequest = serde_json::from_str(json).expect("valid request");
-        assert_eq!(req.last_user_text().as_deref(), Some("How do I walk a directory?"));
-        let a = augment(&mut req, "Use the sources.", &[passage(1, "os", "os.walk() generates file names.")], 500).expect("augmented");
+        assert_eq!(
+            req.last_user_text().as_deref(),
+            Some("How do I walk a directory?")
+        );
+        let a = augment(
+            &mut req,
+            "Use the sources.",
+            &[passage(1, "os", "os.walk() generates file names.")],
+            500,
+        )
+        .expect("augmented");
         assert_eq!(a.included, 1);
         let text = req.messages[3].text();
         assert!(text.starts_with("Use the sources.\n\n[1] (os) os.walk() generates file names.\n\nQuestion: How do I walk"), "{text}");
@@ -497,27 +556,52 @@ mod tests {
         assert_eq!(parts.messages[0].text(), "S\n\n[1] (a) b\n\nQuestion:\nQ?");
 
         let mut no_user: ChatCompletionRequest =
-            serde_json::from_str(r#"{"model":"m","messages":[{"role":"system","content":"x"}]}"#).expect("valid");
-        assert_eq!(augment(&mut no_user, "S", &[], 100), Err(RagError::NoUserMessage));
+            serde_json::from_str(r#"{"model":"m","messages":[{"role":"system","content":"x"}]}"#)
+                .expect("valid");
+        assert_eq!(
+            augment(&mut no_user, "S", &[], 100),
+            Err(RagError::NoUserMessage)
+        );
     }
 
     #[test]
     fn embeddings_input_accepts_one_or_many() {
-        let one: EmbeddingsRequest = serde_json::from_str(r#"{"model":"m","input":"hi"}"#).expect("one");
+        let one: EmbeddingsRequest =
+            serde_json::from_str(r#"{"model":"m","input":"hi"}"#).expect("one");
         assert_eq!(one.input.texts(), vec!["hi"]);
-        let many: EmbeddingsRequest = serde_json::from_str(r#"{"model":"m","input":["a","b"],"encoding_format":"float"}"#).expect("many");
+        let many: EmbeddingsRequest =
+            serde_json::from_str(r#"{"model":"m","input":["a","b"],"encoding_format":"float"}"#)
+                .expect("many");
         assert_eq!(many.input.texts(), vec!["a", "b"]);
-        assert!(serde_json::from_str::<EmbeddingsRequest>(r#"{"model":"m","input":[[1,2]]}"#).is_err());
+        assert!(
+            serde_json::from_str::<EmbeddingsRequest>(r#"{"model":"m","input":[[1,2]]}"#).is_err()
+        );
     }
 
     const STREAM: &str = "event: sources\ndata: {\"a\":1}\n\n: keep-alive\n\ndata: line one\r\ndata: line two\r\n\r\nid: 7\ndata: é ✓\n\ndata: [DONE]\n\n";
 
     fn expected() -> Vec<SseEvent> {
         vec![
-            SseEvent { event: Some("sources".into()), data: "{\"a\":1}".into(), id: None },
-            SseEvent { event: None, data: "line one\nline two".into(), id: None },
-            SseEvent { event: None, data: "é ✓".into(), id: Some("7".into()) },
-            SseEvent { event: None, data: "[DONE]".into(), id: None },
+            SseEvent {
+                event: Some("sources".into()),
+                data: "{\"a\":1}".into(),
+                id: None,
+            },
+            SseEvent {
+                event: None,
+                data: "line one\nline two".into(),
+                id: None,
+            },
+            SseEvent {
+                event: None,
+                data: "é ✓".into(),
+                id: Some("7".into()),
+            },
+            SseEvent {
+                event: None,
+                data: "[DONE]".into(),
+                id: None,
+            },
         ]
     }
 
@@ -532,20 +616,34 @@ mod tests {
             assert_eq!(got, expected(), "split at {split}");
         }
         let mut p = SseParser::new();
-        let got: Vec<SseEvent> = bytes.iter().flat_map(|b| p.push(std::slice::from_ref(b))).collect();
+        let got: Vec<SseEvent> = bytes
+            .iter()
+            .flat_map(|b| p.push(std::slice::from_ref(b)))
+            .collect();
         assert_eq!(got, expected());
         assert!(got[3].is_done());
     }
 
     #[test]
     fn formatted_events_parse_back() {
-        let ps = vec![Passage { title: Some("os.walk".into()), ..passage(3, "library/os.html", "t") }];
-        let text = format!("{}{}{}", sources_event(&ps), format_event(None, "multi\nline"), SSE_DONE);
+        let ps = vec![Passage {
+            title: Some("os.walk".into()),
+            ..passage(3, "library/os.html", "t")
+        }];
+        let text = format!(
+            "{}{}{}",
+            sources_event(&ps),
+            format_event(None, "multi\nline"),
+            SSE_DONE
+        );
         let events = SseParser::new().push(text.as_bytes());
         assert_eq!(events.len(), 3);
         assert_eq!(events[0].event.as_deref(), Some("sources"));
         let sources: Value = serde_json::from_str(&events[0].data).expect("json");
-        assert_eq!(sources["sources"][0], serde_json::json!({"n":1,"id":3,"source":"library/os.html","title":"os.walk","score":0.5}));
+        assert_eq!(
+            sources["sources"][0],
+            serde_json::json!({"n":1,"id":3,"source":"library/os.html","title":"os.walk","score":0.5})
+        );
         assert_eq!(events[1].data, "multi\nline");
         assert!(events[2].is_done());
     }

@@ -15,7 +15,13 @@ pub(super) struct RetryBudget {
 impl RetryBudget {
     /// Starts full, so the first failures after a cold start can be retried.
     pub fn new(ratio: f64, floor_per_sec: f64, burst: f64) -> RetryBudget {
-        RetryBudget { tokens: burst, at: Duration::ZERO, ratio, floor_per_sec, burst }
+        RetryBudget {
+            tokens: burst,
+            at: Duration::ZERO,
+            ratio,
+            floor_per_sec,
+            burst,
+        }
     }
 
     fn refill(&mut self, now: Duration) {
@@ -58,7 +64,10 @@ mod tests {
                 granted += 1;
             }
         }
-        assert!(granted as f64 <= 0.2 * 1000.0 + 1.0 * 10.0 + 5.0, "{granted}");
+        assert!(
+            granted as f64 <= 0.2 * 1000.0 + 1.0 * 10.0 + 5.0,
+            "{granted}"
+        );
         assert!(granted >= 200, "{granted}");
     }
 }

@@ -69,8 +69,11 @@ impl Routing {
 
 /// Parses the `ORIGINS` variable: a JSON array of origin objects.
 pub fn parse_origins(json: &str) -> Result<Vec<OriginConfig>, BalancerError> {
-    let value: Value = serde_json::from_str(json).map_err(|e| err("ORIGINS", format!("not valid JSON: {e}")))?;
-    let items = value.as_array().ok_or_else(|| err("ORIGINS", "must be a JSON array of origins".into()))?;
+    let value: Value =
+        serde_json::from_str(json).map_err(|e| err("ORIGINS", format!("not valid JSON: {e}")))?;
+    let items = value
+        .as_array()
+        .ok_or_else(|| err("ORIGINS", "must be a JSON array of origins".into()))?;
     if items.is_empty() {
         return Err(err("ORIGINS", "must list at least one origin".into()));
     }
@@ -79,7 +82,10 @@ pub fn parse_origins(json: &str) -> Result<Vec<OriginConfig>, BalancerError> {
         let at = format!("ORIGINS[{i}]");
         let origin = parse_origin(&at, item)?;
         if origins.iter().any(|o| o.name == origin.name) {
-            return Err(err(&format!("{at}.name"), format!("duplicate origin name {:?}", origin.name)));
+            return Err(err(
+                &format!("{at}.name"),
+                format!("duplicate origin name {:?}", origin.name),
+            ));
         }
         origins.push(origin);
     }
@@ -92,28 +98,52 @@ pub fn parse_affinity(json: Option<&str>) -> Result<Vec<(String, f64)>, Balancer
     let Some(json) = json.map(str::trim).filter(|s| !s.is_empty()) else {
         return Ok(Vec::new());
     };
-    let value: Value = serde_json::from_str(json).map_err(|e| err("AFFINITY", format!("not valid JSON: {e}")))?;
-    let map = value
-        .as_object()
-        .ok_or_else(|| err("AFFINITY", "must be a JSON object mapping model to load factor".into()))?;
+    let value: Value =
+        serde_json::from_str(json).map_err(|e| err("AFFINITY", format!("not valid JSON: {e}")))?;
+    let map = value.as_object().ok_or_else(|| {
+        err(
+            "AFFINITY",
+            "must be a JSON object mapping model to load factor".into(),
+        )
+    })?;
     map.iter()
         .map(|(model, c)| {
             let field = format!("AFFINITY.{model}");
             match c.as_f64() {
                 // A factor below 1 would refuse the average origin its share and disable affinity.
                 Some(c) if c >= 1.0 && c.is_finite() => Ok((model.clone(), c)),
-                _ => Err(err(&field, format!("load factor must be a number >= 1, got {c}"))),
+                _ => Err(err(
+                    &field,
+                    format!("load factor must be a number >= 1, got {c}"),
+                )),
             }
         })
         .collect()
 }
 
-const FIELDS: [&str; 8] = ["name", "url", "models", "region", "weight", "max_inflight", "kind", "api_key_secret"];
+const FIELDS: [&str; 8] = [
+    "name",
+    "url",
+    "models",
+    "region",
+    "weight",
+    "max_inflight",
+    "kind",
+    "api_key_secret",
+];
 
 fn parse_origin(at: &str, item: &Value) -> Result<OriginConfig, BalancerError> {
-    let obj = item.as_object().ok_or_else(|| err(at, "must be a JSON object".into()))?;
+    let obj = item
+        .as_object()
+        .ok_or_else(|| err(at, "must be a JSON object".into()))?;
     if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(err(at, format!("unknown field {unknown:?}; known fields: {}", FIELDS.join(", "))));
+        return Err(err(
+            at,
+            format!(
+                "unknown field {unknown:?}; known fields: {}",
+                FIELDS.join(", ")
+            ),
+        ));
     }
     let field = |name: &str| format!("{at}.{name}");
 
@@ -127,17 +157,30 @@ fn parse_origin(at: &str, item: &Value) -> Result<OriginConfig, BalancerError> {
             .enumerate()
             .map(|(j, m)| match m.as_str() {
                 Some(s) if !s.trim().is_empty() => Ok(s.to_string()),
-                _ => Err(err(&format!("{at}.models[{j}]"), "must be a non-empty string".into())),
+                _ => Err(err(
+                    &format!("{at}.models[{j}]"),
+                    "must be a non-empty string".into(),
+                )),
             })
             .collect::<Result<Vec<_>, _>>()?,
-        Some(_) => return Err(err(&field("models"), "must be a non-empty array of model names (\"*\" for any)".into())),
+        Some(_) => {
+            return Err(err(
+                &field("models"),
+                "must be a non-empty array of model names (\"*\" for any)".into(),
+            ))
+        }
         None => return Err(err(&field("models"), "is required".into())),
     };
 
     let kind = match required_str(obj, at, "kind")?.as_str() {
         "chat" => Kind::Chat,
         "embeddings" => Kind::Embeddings,
-        other => return Err(err(&field("kind"), format!("must be \"chat\" or \"embeddings\", got {other:?}"))),
+        other => {
+            return Err(err(
+                &field("kind"),
+                format!("must be \"chat\" or \"embeddings\", got {other:?}"),
+            ))
+        }
     };
 
     let region = optional_str(obj, at, "region")?;
@@ -147,29 +190,55 @@ fn parse_origin(at: &str, item: &Value) -> Result<OriginConfig, BalancerError> {
         None | Some(Value::Null) => 1.0,
         Some(v) => match v.as_f64() {
             Some(w) if w > 0.0 && w.is_finite() => w,
-            _ => return Err(err(&field("weight"), format!("must be a positive number, got {v}"))),
+            _ => {
+                return Err(err(
+                    &field("weight"),
+                    format!("must be a positive number, got {v}"),
+                ))
+            }
         },
     };
     let max_inflight = match obj.get("max_inflight") {
         None | Some(Value::Null) => DEFAULT_MAX_INFLIGHT,
         Some(v) => match v.as_u64() {
             Some(n) if n >= 1 && n <= u64::from(u32::MAX) => n as u32,
-            _ => return Err(err(&field("max_inflight"), format!("must be a positive integer, got {v}"))),
+            _ => {
+                return Err(err(
+                    &field("max_inflight"),
+                    format!("must be a positive integer, got {v}"),
+                ))
+            }
         },
     };
 
-    Ok(OriginConfig { name, url, models, region, weight, max_inflight, kind, api_key_secret })
+    Ok(OriginConfig {
+        name,
+        url,
+        models,
+        region,
+        weight,
+        max_inflight,
+        kind,
+        api_key_secret,
+    })
 }
 
 fn required_str(obj: &Map<String, Value>, at: &str, name: &str) -> Result<String, BalancerError> {
     optional_str(obj, at, name)?.ok_or_else(|| err(&format!("{at}.{name}"), "is required".into()))
 }
 
-fn optional_str(obj: &Map<String, Value>, at: &str, name: &str) -> Result<Option<String>, BalancerError> {
+fn optional_str(
+    obj: &Map<String, Value>,
+    at: &str,
+    name: &str,
+) -> Result<Option<String>, BalancerError> {
     match obj.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
-        Some(v) => Err(err(&format!("{at}.{name}"), format!("must be a non-empty string, got {v}"))),
+        Some(v) => Err(err(
+            &format!("{at}.{name}"),
+            format!("must be a non-empty string, got {v}"),
+        )),
     }
 }
 
@@ -184,7 +253,9 @@ fn validate_url(url: &str) -> Result<(), String> {
         return Err(format!("has no host: {url:?}"));
     }
     if rest.contains(['?', '#']) {
-        return Err(format!("must be a base URL without query or fragment: {url:?}"));
+        return Err(format!(
+            "must be a base URL without query or fragment: {url:?}"
+        ));
     }
     if rest.chars().any(char::is_whitespace) {
         return Err(format!("contains whitespace: {url:?}"));
@@ -193,7 +264,10 @@ fn validate_url(url: &str) -> Result<(), String> {
 }
 
 fn err(field: &str, reason: String) -> BalancerError {
-    BalancerError::Config { field: field.to_string(), reason }
+    BalancerError::Config {
+        field: field.to_string(),
+        reason,
+    }
 }
 
 #[cfg(test)]
@@ -231,32 +305,95 @@ mod tests {
     fn errors_name_the_field() {
         let base = r#"{"name":"x","url":"https://x.example","models":["m"],"kind":"chat"}"#;
         let with = |extra: &str| format!("[{base},{{{extra}}}]");
-        assert_eq!(field_of(&with(r#""name":"y","url":"ftp://x","models":["m"],"kind":"chat""#)), "ORIGINS[1].url");
-        assert_eq!(field_of(&with(r#""name":"y","url":"https://","models":["m"],"kind":"chat""#)), "ORIGINS[1].url");
-        assert_eq!(field_of(&with(r#""name":"y","url":"https://y","models":[],"kind":"chat""#)), "ORIGINS[1].models");
-        assert_eq!(field_of(&with(r#""name":"y","url":"https://y","models":["m", 3],"kind":"chat""#)), "ORIGINS[1].models[1]");
-        assert_eq!(field_of(&with(r#""name":"y","url":"https://y","models":["m"],"kind":"image""#)), "ORIGINS[1].kind");
-        assert_eq!(field_of(&with(r#""name":"y","url":"https://y","models":["m"],"kind":"chat","weight":0"#)), "ORIGINS[1].weight");
-        assert_eq!(field_of(&with(r#""name":"y","url":"https://y","models":["m"],"kind":"chat","max_inflight":-1"#)), "ORIGINS[1].max_inflight");
-        assert_eq!(field_of(&with(r#""name":"x","url":"https://y","models":["m"],"kind":"chat""#)), "ORIGINS[1].name");
-        assert_eq!(field_of(&with(r#""url":"https://y","models":["m"],"kind":"chat""#)), "ORIGINS[1].name");
-        assert_eq!(field_of(&with(r#""name":"y","url":"https://y","models":["m"],"kind":"chat","wieght":1"#)), "ORIGINS[1]");
+        assert_eq!(
+            field_of(&with(
+                r#""name":"y","url":"ftp://x","models":["m"],"kind":"chat""#
+            )),
+            "ORIGINS[1].url"
+        );
+        assert_eq!(
+            field_of(&with(
+                r#""name":"y","url":"https://","models":["m"],"kind":"chat""#
+            )),
+            "ORIGINS[1].url"
+        );
+        assert_eq!(
+            field_of(&with(
+                r#""name":"y","url":"https://y","models":[],"kind":"chat""#
+            )),
+            "ORIGINS[1].models"
+        );
+        assert_eq!(
+            field_of(&with(
+                r#""name":"y","url":"https://y","models":["m", 3],"kind":"chat""#
+            )),
+            "ORIGINS[1].models[1]"
+        );
+        assert_eq!(
+            field_of(&with(
+                r#""name":"y","url":"https://y","models":["m"],"kind":"image""#
+            )),
+            "ORIGINS[1].kind"
+        );
+        assert_eq!(
+            field_of(&with(
+                r#""name":"y","url":"https://y","models":["m"],"kind":"chat","weight":0"#
+            )),
+            "ORIGINS[1].weight"
+        );
+        assert_eq!(
+            field_of(&with(
+                r#""name":"y","url":"https://y","models":["m"],"kind":"chat","max_inflight":-1"#
+            )),
+            "ORIGINS[1].max_inflight"
+        );
+        assert_eq!(
+            field_of(&with(
+                r#""name":"x","url":"https://y","models":["m"],"kind":"chat""#
+            )),
+            "ORIGINS[1].name"
+        );
+        assert_eq!(
+            field_of(&with(r#""url":"https://y","models":["m"],"kind":"chat""#)),
+            "ORIGINS[1].name"
+        );
+        assert_eq!(
+            field_of(&with(
+                r#""name":"y","url":"https://y","models":["m"],"kind":"chat","wieght":1"#
+            )),
+            "ORIGINS[1]"
+        );
         assert_eq!(field_of("{}"), "ORIGINS");
         assert_eq!(field_of("[]"), "ORIGINS");
         assert_eq!(field_of("not json"), "ORIGINS");
-        let message = parse_origins(&with(r#""name":"y","url":"ftp://x","models":["m"],"kind":"chat""#))
-            .expect_err("bad url")
-            .to_string();
-        assert!(message.starts_with("ORIGINS[1].url: must start with http"), "{message}");
+        let message = parse_origins(&with(
+            r#""name":"y","url":"ftp://x","models":["m"],"kind":"chat""#,
+        ))
+        .expect_err("bad url")
+        .to_string();
+        assert!(
+            message.starts_with("ORIGINS[1].url: must start with http"),
+            "{message}"
+        );
     }
 
     #[test]
     fn routing_and_affinity_vars() {
         assert_eq!(Routing::parse(None).ok(), Some(Routing::P2cEwma));
-        assert_eq!(Routing::parse(Some("weighted")).ok(), Some(Routing::Weighted));
-        assert!(matches!(Routing::parse(Some("random")), Err(BalancerError::Config { field, .. }) if field == "ROUTING"));
-        assert_eq!(parse_affinity(Some(r#"{"llama": 1.5}"#)).ok(), Some(vec![("llama".to_string(), 1.5)]));
+        assert_eq!(
+            Routing::parse(Some("weighted")).ok(),
+            Some(Routing::Weighted)
+        );
+        assert!(
+            matches!(Routing::parse(Some("random")), Err(BalancerError::Config { field, .. }) if field == "ROUTING")
+        );
+        assert_eq!(
+            parse_affinity(Some(r#"{"llama": 1.5}"#)).ok(),
+            Some(vec![("llama".to_string(), 1.5)])
+        );
         assert!(parse_affinity(None).is_ok_and(|a| a.is_empty()));
-        assert!(matches!(parse_affinity(Some(r#"{"llama": 0.5}"#)), Err(BalancerError::Config { field, .. }) if field == "AFFINITY.llama"));
+        assert!(
+            matches!(parse_affinity(Some(r#"{"llama": 0.5}"#)), Err(BalancerError::Config { field, .. }) if field == "AFFINITY.llama")
+        );
     }
 }

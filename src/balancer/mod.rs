@@ -9,7 +9,7 @@
 //!     let Some(id) = balancer.pick(&target, &plan, now) else { /* 503: no origin */ };
 //!     balancer.on_start(id, &mut plan, now);
 //!     // send to balancer.origin(id).url with timeout plan.try_timeout(now)
-//!     // response head arrived (not 429/5xx): balancer.on_first_byte(id, elapsed, &mut plan, now),
+//!     // FailureKind::from_status(status, retry_after) is None: balancer.on_first_byte(id, elapsed, &mut plan, now),
 //!     //   stream it, then balancer.on_success(id, now) or on_failure(id, Interrupted, now)
 //!     // otherwise: balancer.on_failure(id, kind, now) and
 //!     //   match balancer.should_retry(&plan, kind, now) { Retry { after } => sleep, continue; GiveUp(_) => fail }
@@ -54,6 +54,24 @@ pub enum FailureKind {
     RateLimited { retry_after: Option<Duration> },
     /// The response broke off after its first byte; never retried (the client has bytes already).
     Interrupted,
+}
+
+impl FailureKind {
+    /// Classifies an origin's response status: `None` when the response is to be relayed (2xx,
+    /// and 4xx other than 429, which are the request's fault, not the origin's). `retry_after` is
+    /// the raw Retry-After header; only the delta-seconds form is understood (an HTTP date falls
+    /// back to the policy's default wait).
+    pub fn from_status(status: u16, retry_after: Option<&str>) -> Option<FailureKind> {
+        match status {
+            429 => Some(FailureKind::RateLimited {
+                retry_after: retry_after
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs),
+            }),
+            500..=599 => Some(FailureKind::ServerError { status }),
+            _ => None,
+        }
+    }
 }
 
 /// What to route: the caller's kind, model, region and optional context-affinity key.
@@ -152,7 +170,9 @@ impl Plan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryDecision {
     /// Wait `after` (jittered backoff), then `pick` again.
-    Retry { after: Duration },
+    Retry {
+        after: Duration,
+    },
     GiveUp(GiveUpReason),
 }
 
@@ -180,15 +200,45 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    pub fn new(configs: Vec<OriginConfig>, routing: Routing, affinity: Vec<(String, f64)>, policy: Policy, seed: u64) -> Balancer {
+    pub fn new(
+        configs: Vec<OriginConfig>,
+        routing: Routing,
+        affinity: Vec<(String, f64)>,
+        policy: Policy,
+        seed: u64,
+    ) -> Balancer {
         let states = configs.iter().map(|_| OriginState::new(&policy)).collect();
-        let budget = RetryBudget::new(policy.retry_ratio, policy.retry_floor_per_sec, policy.retry_burst);
-        Balancer { configs, states, routing, affinity, policy, budget, rng: Rng::new(seed), round_robin: 0 }
+        let budget = RetryBudget::new(
+            policy.retry_ratio,
+            policy.retry_floor_per_sec,
+            policy.retry_burst,
+        );
+        Balancer {
+            configs,
+            states,
+            routing,
+            affinity,
+            policy,
+            budget,
+            rng: Rng::new(seed),
+            round_robin: 0,
+        }
     }
 
     /// Builds from the Worker's variables `ORIGINS`, `ROUTING` and `AFFINITY` with default policy.
-    pub fn from_vars(origins: &str, routing: Option<&str>, affinity: Option<&str>, seed: u64) -> Result<Balancer, BalancerError> {
-        Ok(Balancer::new(parse_origins(origins)?, Routing::parse(routing)?, parse_affinity(affinity)?, Policy::default(), seed))
+    pub fn from_vars(
+        origins: &str,
+        routing: Option<&str>,
+        affinity: Option<&str>,
+        seed: u64,
+    ) -> Result<Balancer, BalancerError> {
+        Ok(Balancer::new(
+            parse_origins(origins)?,
+            Routing::parse(routing)?,
+            parse_affinity(affinity)?,
+            Policy::default(),
+            seed,
+        ))
     }
 
     pub fn origin(&self, id: OriginId) -> &OriginConfig {
@@ -210,7 +260,12 @@ impl Balancer {
     /// Starts a client request: sets its deadline and earns the retry budget its share.
     pub fn begin(&mut self, now: Duration) -> Plan {
         self.budget.deposit(now);
-        Plan { deadline: now + self.policy.deadline, per_try_timeout: self.policy.per_try_timeout, tried: Vec::new(), first_byte: false }
+        Plan {
+            deadline: now + self.policy.deadline,
+            per_try_timeout: self.policy.per_try_timeout,
+            tried: Vec::new(),
+            first_byte: false,
+        }
     }
 
     /// Chooses the origin for the next attempt, or `None` when no origin serving the target is
@@ -226,7 +281,10 @@ impl Balancer {
             candidates.retain(|&i| !plan.tried_origin(OriginId(i)));
         }
         if let Some(region) = target.region {
-            if candidates.iter().any(|&i| self.configs[i].region.as_deref() == Some(region)) {
+            if candidates
+                .iter()
+                .any(|&i| self.configs[i].region.as_deref() == Some(region))
+            {
                 candidates.retain(|&i| self.configs[i].region.as_deref() == Some(region));
             }
         }
@@ -235,11 +293,18 @@ impl Balancer {
         }
         // A half-open origin gets the request: one probe per backoff period is cheap, and without
         // real traffic it would never be readmitted.
-        if let Some(&probe) = candidates.iter().find(|&&i| self.states[i].availability(now) == Availability::Probe) {
+        if let Some(&probe) = candidates
+            .iter()
+            .find(|&&i| self.states[i].availability(now) == Availability::Probe)
+        {
             return Some(OriginId(probe));
         }
         if let Some(key) = target.affinity_key {
-            if let Some(&(_, c)) = self.affinity.iter().find(|(model, _)| model == target.model) {
+            if let Some(&(_, c)) = self
+                .affinity
+                .iter()
+                .find(|(model, _)| model == target.model)
+            {
                 if let Some(i) = self.rendezvous(&candidates, key, c) {
                     return Some(OriginId(i));
                 }
@@ -270,7 +335,10 @@ impl Balancer {
             Routing::LeastInflight => {
                 // Start the scan at a random offset so ties do not all land on the first origin.
                 let offset = self.rng.below(n);
-                (0..n).map(|k| candidates[(offset + k) % n]).min_by_key(|&i| self.states[i].inflight).unwrap_or(candidates[0])
+                (0..n)
+                    .map(|k| candidates[(offset + k) % n])
+                    .min_by_key(|&i| self.states[i].inflight)
+                    .unwrap_or(candidates[0])
             }
             Routing::RoundRobin => {
                 self.round_robin = self.round_robin.wrapping_add(1);
@@ -307,7 +375,10 @@ impl Balancer {
             })
             .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-        scored.into_iter().map(|(_, i)| i).find(|&i| f64::from(self.states[i].inflight + 1) <= bound)
+        scored
+            .into_iter()
+            .map(|(_, i)| i)
+            .find(|&i| f64::from(self.states[i].inflight + 1) <= bound)
     }
 
     /// An attempt is being sent to `id`.
@@ -317,7 +388,13 @@ impl Balancer {
     }
 
     /// The response head arrived after `latency`; from now on the request is not retried.
-    pub fn on_first_byte(&mut self, id: OriginId, latency: Duration, plan: &mut Plan, now: Duration) {
+    pub fn on_first_byte(
+        &mut self,
+        id: OriginId,
+        latency: Duration,
+        plan: &mut Plan,
+        now: Duration,
+    ) {
         self.states[id.0].on_first_byte(latency, now, &self.policy);
         plan.first_byte = true;
     }
@@ -346,7 +423,11 @@ impl Balancer {
             return RetryDecision::GiveUp(GiveUpReason::AttemptsExhausted);
         }
         let exponent = plan.attempts().saturating_sub(1).min(16);
-        let ceiling = self.policy.backoff_base.saturating_mul(1 << exponent).min(self.policy.backoff_cap);
+        let ceiling = self
+            .policy
+            .backoff_base
+            .saturating_mul(1 << exponent)
+            .min(self.policy.backoff_cap);
         let after = ceiling.mul_f64(self.rng.next_f64());
         if now + after >= plan.deadline {
             return RetryDecision::GiveUp(GiveUpReason::DeadlineExceeded);
@@ -392,7 +473,13 @@ mod tests {
                 api_key_secret: None,
             })
             .collect();
-        Balancer::new(configs, routing, vec![("m".into(), 1.25)], Policy::default(), 1)
+        Balancer::new(
+            configs,
+            routing,
+            vec![("m".into(), 1.25)],
+            Policy::default(),
+            1,
+        )
     }
 
     fn start(b: &mut Balancer, id: usize, now: Duration) {
@@ -400,17 +487,51 @@ mod tests {
         b.on_start(OriginId(id), &mut plan, now);
     }
 
-    const T: Target = Target { kind: Kind::Chat, model: "m", region: None, affinity_key: None };
+    const T: Target = Target {
+        kind: Kind::Chat,
+        model: "m",
+        region: None,
+        affinity_key: None,
+    };
     const ZERO: Duration = Duration::ZERO;
 
     #[test]
     fn filters_by_kind_model_region_and_capacity() {
         let mut b = pool(4, Routing::RoundRobin);
         let plan = b.begin(ZERO);
-        assert_eq!(b.pick(&Target { model: "other", ..T }, &plan, ZERO), None);
-        assert_eq!(b.pick(&Target { kind: Kind::Embeddings, ..T }, &plan, ZERO), None);
+        assert_eq!(
+            b.pick(
+                &Target {
+                    model: "other",
+                    ..T
+                },
+                &plan,
+                ZERO
+            ),
+            None
+        );
+        assert_eq!(
+            b.pick(
+                &Target {
+                    kind: Kind::Embeddings,
+                    ..T
+                },
+                &plan,
+                ZERO
+            ),
+            None
+        );
         for _ in 0..8 {
-            let id = b.pick(&Target { region: Some("us"), ..T }, &plan, ZERO).expect("an origin");
+            let id = b
+                .pick(
+                    &Target {
+                        region: Some("us"),
+                        ..T
+                    },
+                    &plan,
+                    ZERO,
+                )
+                .expect("an origin");
             assert_eq!(b.origin(id).region.as_deref(), Some("us"));
         }
         // Fill o1 and o3 (the "us" origins) to max_inflight: "us" callers spill to "eu".
@@ -419,7 +540,16 @@ mod tests {
                 start(&mut b, id, ZERO);
             }
         }
-        let id = b.pick(&Target { region: Some("us"), ..T }, &plan, ZERO).expect("spill");
+        let id = b
+            .pick(
+                &Target {
+                    region: Some("us"),
+                    ..T
+                },
+                &plan,
+                ZERO,
+            )
+            .expect("spill");
         assert_eq!(b.origin(id).region.as_deref(), Some("eu"));
     }
 
@@ -440,7 +570,12 @@ mod tests {
 
     #[test]
     fn strategies_spread_load() {
-        for routing in [Routing::RoundRobin, Routing::LeastInflight, Routing::Weighted, Routing::P2cEwma] {
+        for routing in [
+            Routing::RoundRobin,
+            Routing::LeastInflight,
+            Routing::Weighted,
+            Routing::P2cEwma,
+        ] {
             let mut b = pool(4, routing);
             let mut seen = [0; 4];
             for _ in 0..400 {
@@ -461,13 +596,18 @@ mod tests {
         b.on_start(first, &mut plan, now);
         let kind = FailureKind::ServerError { status: 503 };
         b.on_failure(first, kind, now);
-        assert!(matches!(b.should_retry(&plan, kind, now), RetryDecision::Retry { after } if after <= b.policy.backoff_cap));
+        assert!(
+            matches!(b.should_retry(&plan, kind, now), RetryDecision::Retry { after } if after <= b.policy.backoff_cap)
+        );
         let second = b.pick(&T, &plan, now).expect("another origin");
         assert_ne!(first, second);
         b.on_start(second, &mut plan, now);
         b.on_first_byte(second, Duration::from_millis(5), &mut plan, now);
         b.on_failure(second, FailureKind::Interrupted, now);
-        assert_eq!(b.should_retry(&plan, FailureKind::Interrupted, now), RetryDecision::GiveUp(GiveUpReason::NotRetryable));
+        assert_eq!(
+            b.should_retry(&plan, FailureKind::Interrupted, now),
+            RetryDecision::GiveUp(GiveUpReason::NotRetryable)
+        );
         assert_eq!(
             b.should_retry(&plan, FailureKind::ServerError { status: 501 }, now),
             RetryDecision::GiveUp(GiveUpReason::NotRetryable)
@@ -484,18 +624,34 @@ mod tests {
             b.on_start(id, &mut plan, now);
             b.on_failure(id, FailureKind::Connect, now);
         }
-        assert_eq!(b.should_retry(&plan, FailureKind::Connect, now), RetryDecision::GiveUp(GiveUpReason::AttemptsExhausted));
+        assert_eq!(
+            b.should_retry(&plan, FailureKind::Connect, now),
+            RetryDecision::GiveUp(GiveUpReason::AttemptsExhausted)
+        );
 
         let late = now + b.policy.deadline;
         let plan = b.begin(now);
         assert_eq!(plan.try_timeout(late), None);
-        assert_eq!(b.should_retry(&plan, FailureKind::Timeout, late), RetryDecision::GiveUp(GiveUpReason::DeadlineExceeded));
+        assert_eq!(
+            b.should_retry(&plan, FailureKind::Timeout, late),
+            RetryDecision::GiveUp(GiveUpReason::DeadlineExceeded)
+        );
 
         // Drain the bucket within one instant: at most `burst` (plus this instant's deposits).
         let plan = b.begin(now);
-        let granted = (0..200).filter(|_| matches!(b.should_retry(&plan, FailureKind::Connect, now), RetryDecision::Retry { .. })).count();
+        let granted = (0..200)
+            .filter(|_| {
+                matches!(
+                    b.should_retry(&plan, FailureKind::Connect, now),
+                    RetryDecision::Retry { .. }
+                )
+            })
+            .count();
         assert!(granted as f64 <= b.policy.retry_burst, "{granted}");
-        assert_eq!(b.should_retry(&plan, FailureKind::Connect, now), RetryDecision::GiveUp(GiveUpReason::BudgetExhausted));
+        assert_eq!(
+            b.should_retry(&plan, FailureKind::Connect, now),
+            RetryDecision::GiveUp(GiveUpReason::BudgetExhausted)
+        );
     }
 
     #[test]
@@ -504,10 +660,19 @@ mod tests {
         let now = Duration::from_secs(1);
         let mut plan = b.begin(now);
         b.on_start(OriginId(0), &mut plan, now);
-        b.on_failure(OriginId(0), FailureKind::RateLimited { retry_after: Some(Duration::from_secs(3)) }, now);
+        b.on_failure(
+            OriginId(0),
+            FailureKind::RateLimited {
+                retry_after: Some(Duration::from_secs(3)),
+            },
+            now,
+        );
         let fresh = b.begin(now);
-        assert!((0..10).all(|_| b.pick(&T, &fresh, now + Duration::from_millis(2900)) == Some(OriginId(1))));
-        assert!((0..10).any(|_| b.pick(&T, &fresh, now + Duration::from_secs(3)) == Some(OriginId(0))));
+        assert!((0..10)
+            .all(|_| b.pick(&T, &fresh, now + Duration::from_millis(2900)) == Some(OriginId(1))));
+        assert!(
+            (0..10).any(|_| b.pick(&T, &fresh, now + Duration::from_secs(3)) == Some(OriginId(0)))
+        );
     }
 
     #[test]
@@ -515,19 +680,52 @@ mod tests {
         let mut b = pool(4, Routing::RoundRobin);
         let key = affinity_key(["p17", "p3", "p101"]);
         assert_ne!(key, affinity_key(["p3", "p17", "p101"]));
-        let t = Target { affinity_key: Some(key), ..T };
+        let t = Target {
+            affinity_key: Some(key),
+            ..T
+        };
         let plan = b.begin(ZERO);
         let home = b.pick(&t, &plan, ZERO).expect("an origin");
         assert!((0..20).all(|_| b.pick(&t, &plan, ZERO) == Some(home)));
         // Different keys spread over the pool.
-        let homes: std::collections::HashSet<_> =
-            (0..64).filter_map(|k: u32| b.pick(&Target { affinity_key: Some(affinity_key([k.to_le_bytes()])), ..T }, &plan, ZERO)).collect();
+        let homes: std::collections::HashSet<_> = (0..64)
+            .filter_map(|k: u32| {
+                b.pick(
+                    &Target {
+                        affinity_key: Some(affinity_key([k.to_le_bytes()])),
+                        ..T
+                    },
+                    &plan,
+                    ZERO,
+                )
+            })
+            .collect();
         assert_eq!(homes.len(), 4);
         // Load the home origin beyond c × average: the key moves.
         start(&mut b, home.0, ZERO);
         start(&mut b, home.0, ZERO);
         let moved = b.pick(&t, &plan, ZERO).expect("an origin");
         assert_ne!(moved, home);
+    }
+
+    #[test]
+    fn classifies_statuses() {
+        assert_eq!(FailureKind::from_status(200, None), None);
+        assert_eq!(FailureKind::from_status(400, None), None);
+        assert_eq!(
+            FailureKind::from_status(503, None),
+            Some(FailureKind::ServerError { status: 503 })
+        );
+        assert_eq!(
+            FailureKind::from_status(429, Some(" 7")),
+            Some(FailureKind::RateLimited {
+                retry_after: Some(Duration::from_secs(7))
+            })
+        );
+        assert_eq!(
+            FailureKind::from_status(429, Some("Wed, 21 Oct 2015 07:28:00 GMT")),
+            Some(FailureKind::RateLimited { retry_after: None })
+        );
     }
 
     #[test]
@@ -546,7 +744,10 @@ mod tests {
         assert_eq!(b.pick(&T, &plan, now), Some(OriginId(0)), "half-open probe");
         let mut probe = b.begin(now);
         b.on_start(OriginId(0), &mut probe, now);
-        assert!((0..10).all(|_| b.pick(&T, &plan, now) == Some(OriginId(1))), "one probe at a time");
+        assert!(
+            (0..10).all(|_| b.pick(&T, &plan, now) == Some(OriginId(1))),
+            "one probe at a time"
+        );
         b.on_first_byte(OriginId(0), Duration::from_millis(50), &mut probe, now);
         b.on_success(OriginId(0), now);
         assert!(!b.is_ejected(OriginId(0)));

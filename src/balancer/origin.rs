@@ -72,7 +72,10 @@ impl OriginState {
             inflight: 0,
             // Unknown origins start at a typical latency rather than zero, so that a burst does not
             // pile onto a new origin before its first response arrives.
-            ewma: PeakEwma { estimate_ms: ms(policy.default_rtt), at: Duration::ZERO },
+            ewma: PeakEwma {
+                estimate_ms: ms(policy.default_rtt),
+                at: Duration::ZERO,
+            },
             busy_since: Duration::ZERO,
             last_heard: Duration::ZERO,
             success: 1.0,
@@ -97,7 +100,11 @@ impl OriginState {
 
     /// Peak-EWMA cost used by p2c: latency × (1 + in-flight).
     pub fn cost(&self, now: Duration, policy: &Policy) -> f64 {
-        let silence = if self.inflight > 0 { ms(now.saturating_sub(self.busy_since.max(self.last_heard))) } else { 0.0 };
+        let silence = if self.inflight > 0 {
+            ms(now.saturating_sub(self.busy_since.max(self.last_heard)))
+        } else {
+            0.0
+        };
         let latency = self.ewma.estimate(now, policy.ewma_decay).max(silence);
         latency * f64::from(self.inflight + 1) / self.success.max(MIN_SUCCESS)
     }
@@ -131,7 +138,9 @@ impl OriginState {
         if let FailureKind::RateLimited { retry_after } = kind {
             // Overload is not ill health: honour the origin's own estimate of when to come back,
             // bounded so that a bogus header cannot take an origin out for hours.
-            let wait = retry_after.unwrap_or(policy.default_retry_after).min(policy.max_retry_after);
+            let wait = retry_after
+                .unwrap_or(policy.default_retry_after)
+                .min(policy.max_retry_after);
             self.rate_limited_until = self.rate_limited_until.max(now + wait);
             self.probe_in_flight = false;
             return;
@@ -139,7 +148,8 @@ impl OriginState {
         self.success *= 1.0 - SUCCESS_ALPHA;
         if kind == FailureKind::Timeout {
             // No answer within the timeout is a latency sample of at least that much.
-            self.ewma.observe(ms(policy.per_try_timeout), now, policy.ewma_decay);
+            self.ewma
+                .observe(ms(policy.per_try_timeout), now, policy.ewma_decay);
         }
         self.consecutive_failures += 1;
         match self.ejected_until {
@@ -155,7 +165,10 @@ impl OriginState {
     fn eject(&mut self, now: Duration, policy: &Policy) {
         self.ejections = self.ejections.saturating_add(1);
         let exponent = (self.ejections - 1).min(16);
-        let backoff = policy.eject_base.saturating_mul(1 << exponent).min(policy.eject_max);
+        let backoff = policy
+            .eject_base
+            .saturating_mul(1 << exponent)
+            .min(policy.eject_max);
         self.ejected_until = Some(now + backoff);
         self.probe_in_flight = false;
     }
@@ -209,7 +222,10 @@ mod tests {
         assert_eq!(o.availability(s(first)), Availability::Unavailable);
         o.on_failure(FailureKind::Connect, s(first), &p);
         // Second ejection lasts twice as long.
-        assert_eq!(o.availability(s(first + 2.0 * first - 0.001)), Availability::Unavailable);
+        assert_eq!(
+            o.availability(s(first + 2.0 * first - 0.001)),
+            Availability::Unavailable
+        );
         assert_eq!(o.availability(s(first + 2.0 * first)), Availability::Probe);
         o.on_start(s(3.0 * first));
         o.on_success();
@@ -223,7 +239,13 @@ mod tests {
         let p = Policy::default();
         let mut o = OriginState::new(&p);
         o.on_start(s(1.0));
-        o.on_failure(FailureKind::RateLimited { retry_after: Some(s(2.0)) }, s(1.0), &p);
+        o.on_failure(
+            FailureKind::RateLimited {
+                retry_after: Some(s(2.0)),
+            },
+            s(1.0),
+            &p,
+        );
         assert_eq!(o.availability(s(2.9)), Availability::Unavailable);
         assert_eq!(o.availability(s(3.0)), Availability::Available);
         assert!(!o.is_ejected());
@@ -232,11 +254,18 @@ mod tests {
     #[test]
     fn peak_ewma_jumps_up_decays_down() {
         let tau = s(1.0);
-        let mut e = PeakEwma { estimate_ms: 100.0, at: s(0.0) };
+        let mut e = PeakEwma {
+            estimate_ms: 100.0,
+            at: s(0.0),
+        };
         e.observe(500.0, s(0.1), tau);
         assert_eq!(e.estimate_ms, 500.0);
         e.observe(100.0, s(0.2), tau);
-        assert!(e.estimate_ms < 500.0 && e.estimate_ms > 400.0, "{}", e.estimate_ms);
+        assert!(
+            e.estimate_ms < 500.0 && e.estimate_ms > 400.0,
+            "{}",
+            e.estimate_ms
+        );
         // Idle for ten decay constants: the estimate has all but vanished.
         assert!(e.estimate(s(10.2), tau) < 1.0);
     }

@@ -17,7 +17,10 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::Duration;
 
-use super::{Balancer, FailureKind, Kind, OriginConfig, OriginId, Plan, Policy, RetryDecision, Rng, Routing, Target};
+use super::{
+    Balancer, FailureKind, Kind, OriginConfig, OriginId, Plan, Policy, RetryDecision, Rng, Routing,
+    Target,
+};
 
 #[derive(Debug, Clone)]
 pub struct OriginModel {
@@ -30,7 +33,12 @@ pub struct OriginModel {
 
 impl OriginModel {
     pub fn healthy(mean_service: f64) -> OriginModel {
-        OriginModel { mean_service, slots: 8, fail_rate: 0.0, dead: false }
+        OriginModel {
+            mean_service,
+            slots: 8,
+            fail_rate: 0.0,
+            dead: false,
+        }
     }
 }
 
@@ -64,7 +72,12 @@ pub struct Report {
     pub attempts_per_origin: Vec<u64>,
 }
 
-const TARGET: Target<'static> = Target { kind: Kind::Chat, model: "m", region: None, affinity_key: None };
+const TARGET: Target<'static> = Target {
+    kind: Kind::Chat,
+    model: "m",
+    region: None,
+    affinity_key: None,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
@@ -109,7 +122,8 @@ impl Sim {
     fn schedule(&mut self, time: f64, event: Event) {
         self.seq += 1;
         // Nanosecond ticks keep the heap ordering exact; seq breaks ties in insertion order.
-        self.events.push(Reverse(((time * 1e9) as u64, self.seq, event)));
+        self.events
+            .push(Reverse(((time * 1e9) as u64, self.seq, event)));
     }
 
     fn exp(&mut self, mean: f64) -> f64 {
@@ -127,8 +141,12 @@ impl Sim {
         };
         let live = |i: &usize| !self.models[*i].dead;
         let fresh = |i: &usize| !plan.tried_origin(OriginId(*i));
-        let best = |pool: Vec<usize>| pool.into_iter().min_by(|&a, &b| expected(a).total_cmp(&expected(b)));
-        best((0..self.models.len()).filter(live).filter(fresh).collect()).or_else(|| best((0..self.models.len()).filter(live).collect()))
+        let best = |pool: Vec<usize>| {
+            pool.into_iter()
+                .min_by(|&a, &b| expected(a).total_cmp(&expected(b)))
+        };
+        best((0..self.models.len()).filter(live).filter(fresh).collect())
+            .or_else(|| best((0..self.models.len()).filter(live).collect()))
     }
 
     fn dispatch(&mut self, request: usize, now: f64) {
@@ -143,7 +161,12 @@ impl Sim {
         };
         self.balancer.on_start(id, &mut self.requests[request].1, t);
         let attempt = self.attempts.len();
-        self.attempts.push(Attempt { request, origin: id.0, started: now, live: true });
+        self.attempts.push(Attempt {
+            request,
+            origin: id.0,
+            started: now,
+            live: true,
+        });
         self.schedule(now + timeout.as_secs_f64(), Event::Timeout { attempt });
         let origin = id.0;
         if self.models[origin].dead {
@@ -182,16 +205,27 @@ impl Sim {
         let a = &self.attempts[attempt];
         let (request, latency) = (a.request, now - a.started);
         let t = at(now);
-        self.balancer.on_first_byte(OriginId(origin), at(latency), &mut self.requests[request].1, t);
+        self.balancer.on_first_byte(
+            OriginId(origin),
+            at(latency),
+            &mut self.requests[request].1,
+            t,
+        );
         self.balancer.on_success(OriginId(origin), t);
         self.latencies.push(now - self.requests[request].0);
     }
 
     fn fail(&mut self, attempt: usize, kind: FailureKind, now: f64) {
-        let (request, origin) = (self.attempts[attempt].request, self.attempts[attempt].origin);
+        let (request, origin) = (
+            self.attempts[attempt].request,
+            self.attempts[attempt].origin,
+        );
         let t = at(now);
         self.balancer.on_failure(OriginId(origin), kind, t);
-        match self.balancer.should_retry(&self.requests[request].1, kind, t) {
+        match self
+            .balancer
+            .should_retry(&self.requests[request].1, kind, t)
+        {
             RetryDecision::Retry { after } => {
                 self.retries += 1;
                 self.schedule(now + after.as_secs_f64(), Event::Retry { request });
@@ -218,16 +252,34 @@ pub fn run(scenario: &Scenario) -> Report {
         Router::Balancer(routing) => routing,
         Router::Oracle => Routing::RoundRobin,
     };
-    let capacity: f64 = scenario.origins.iter().filter(|o| !o.dead).map(|o| o.slots as f64 / o.mean_service).sum();
+    let capacity: f64 = scenario
+        .origins
+        .iter()
+        .filter(|o| !o.dead)
+        .map(|o| o.slots as f64 / o.mean_service)
+        .sum();
     let rate = scenario.load * capacity;
     let mut sim = Sim {
         models: scenario.origins.clone(),
         router: scenario.router,
-        balancer: Balancer::new(configs, routing, Vec::new(), Policy::default(), scenario.seed),
+        balancer: Balancer::new(
+            configs,
+            routing,
+            Vec::new(),
+            Policy::default(),
+            scenario.seed,
+        ),
         rng: Rng::new(scenario.seed ^ 0x5EED),
         events: BinaryHeap::new(),
         seq: 0,
-        runs: scenario.origins.iter().map(|_| OriginRun { busy: 0, queue: VecDeque::new() }).collect(),
+        runs: scenario
+            .origins
+            .iter()
+            .map(|_| OriginRun {
+                busy: 0,
+                queue: VecDeque::new(),
+            })
+            .collect(),
         attempts: Vec::new(),
         requests: Vec::new(),
         latencies: Vec::new(),
@@ -287,7 +339,10 @@ mod tests {
             OriginModel::healthy(0.1),
             OriginModel::healthy(0.1),
             OriginModel::healthy(0.5),
-            OriginModel { fail_rate: 0.3, ..OriginModel::healthy(0.1) },
+            OriginModel {
+                fail_rate: 0.3,
+                ..OriginModel::healthy(0.1)
+            },
         ]
     }
 
@@ -297,7 +352,13 @@ mod tests {
     }
 
     fn simulate(origins: Vec<OriginModel>, router: Router, seed: u64) -> Report {
-        let report = run(&Scenario { origins, load: LOAD, seconds: SECONDS, seed, router });
+        let report = run(&Scenario {
+            origins,
+            load: LOAD,
+            seconds: SECONDS,
+            seed,
+            router,
+        });
         println!(
             "{router:?}: mean {:.1} ms, p99 {:.1} ms, {} requests, {} failed, {} retries, attempts per origin {:?}",
             report.mean_latency * 1e3,
@@ -307,7 +368,10 @@ mod tests {
             report.retries,
             report.attempts_per_origin
         );
-        assert!(report.retries as f64 <= budget_bound(&report), "retries beyond budget: {report:?}");
+        assert!(
+            report.retries as f64 <= budget_bound(&report),
+            "retries beyond budget: {report:?}"
+        );
         report
     }
 
@@ -321,18 +385,36 @@ mod tests {
                 simulate(mixed_fleet(), Router::Balancer(other), seed);
             }
             assert_eq!(p2c.failed, 0, "{p2c:?}");
-            assert!(p2c.mean_latency <= 1.25 * oracle.mean_latency, "p2c {p2c:?} vs oracle {oracle:?}");
-            assert!(rr.mean_latency >= 2.0 * p2c.mean_latency, "round-robin {rr:?} vs p2c {p2c:?}");
+            assert!(
+                p2c.mean_latency <= 1.25 * oracle.mean_latency,
+                "p2c {p2c:?} vs oracle {oracle:?}"
+            );
+            assert!(
+                rr.mean_latency >= 2.0 * p2c.mean_latency,
+                "round-robin {rr:?} vs p2c {p2c:?}"
+            );
         }
     }
 
     #[test]
     fn the_retry_budget_caps_retries_in_a_brownout() {
         // Every origin fails 60 % of requests: unbudgeted retries would add 1.5 attempts per request.
-        let fleet = vec![OriginModel { fail_rate: 0.6, ..OriginModel::healthy(0.1) }; 4];
+        let fleet = vec![
+            OriginModel {
+                fail_rate: 0.6,
+                ..OriginModel::healthy(0.1)
+            };
+            4
+        ];
         let report = simulate(fleet, Router::Balancer(Routing::P2cEwma), 4);
-        assert!(report.failed > 0, "the budget must have refused some retries: {report:?}");
-        assert!(report.retries as f64 >= 0.15 * report.requests as f64, "the budget was not used: {report:?}");
+        assert!(
+            report.failed > 0,
+            "the budget must have refused some retries: {report:?}"
+        );
+        assert!(
+            report.retries as f64 >= 0.15 * report.requests as f64,
+            "the budget was not used: {report:?}"
+        );
     }
 
     #[test]
@@ -341,12 +423,18 @@ mod tests {
             OriginModel::healthy(0.1),
             OriginModel::healthy(0.1),
             OriginModel::healthy(0.5),
-            OriginModel { dead: true, ..OriginModel::healthy(0.1) },
+            OriginModel {
+                dead: true,
+                ..OriginModel::healthy(0.1)
+            },
         ];
         for routing in [Routing::P2cEwma, Routing::LeastInflight] {
             let report = simulate(fleet.clone(), Router::Balancer(routing), 3);
             assert_eq!(report.failed, 0, "{routing:?}: {report:?}");
-            assert!(report.retries > 0, "the dead origin must have been tried and retried");
+            assert!(
+                report.retries > 0,
+                "the dead origin must have been tried and retried"
+            );
             assert_eq!(report.succeeded, report.requests);
         }
     }

@@ -34,9 +34,9 @@ mod native {
     use clap::Parser;
     use edgerag::embed::{default_model_dir, Embedder};
     use edgerag::rag::{
-        approx_tokens, format_event, parse_numbered_passages, ChatChoice, ChatCompletionChunk, ChatCompletionRequest,
-        ChatCompletionResponse, ChatMessage, ChunkChoice, Delta, Embedding, EmbeddingsRequest, EmbeddingsResponse, EmbeddingsUsage,
-        Usage, SSE_DONE,
+        approx_tokens, format_event, parse_numbered_passages, ChatChoice, ChatCompletionChunk,
+        ChatCompletionRequest, ChatCompletionResponse, ChatMessage, ChunkChoice, Delta, Embedding,
+        EmbeddingsRequest, EmbeddingsResponse, EmbeddingsUsage, Usage, SSE_DONE,
     };
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -48,7 +48,9 @@ mod native {
     const PREFIX_HIT_TTFT: f64 = 0.2;
 
     #[derive(Parser, Debug, Clone)]
-    #[command(about = "OpenAI-compatible dev inference origin: real MiniLM embeddings, simulated generation")]
+    #[command(
+        about = "OpenAI-compatible dev inference origin: real MiniLM embeddings, simulated generation"
+    )]
     struct Args {
         /// Port to listen on (0 picks a free one; the address is printed on stdout).
         #[arg(long)]
@@ -127,13 +129,23 @@ mod native {
         fn into_response(self) -> Response {
             let (status, kind) = match &self {
                 OriginError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request_error"),
-                OriginError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
-                OriginError::Injected | OriginError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error"),
+                OriginError::RateLimited { .. } => {
+                    (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error")
+                }
+                OriginError::Injected | OriginError::Unavailable(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "server_error")
+                }
                 OriginError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
             };
-            let mut response = (status, Json(json!({"error": {"message": self.to_string(), "type": kind}}))).into_response();
+            let mut response = (
+                status,
+                Json(json!({"error": {"message": self.to_string(), "type": kind}})),
+            )
+                .into_response();
             if let OriginError::RateLimited { retry_after_secs } = self {
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             response
         }
@@ -154,10 +166,15 @@ mod native {
             let slot = Slot(Arc::clone(self));
             if self.args.max_concurrency > 0 && before >= self.args.max_concurrency {
                 self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-                return Err(OriginError::RateLimited { retry_after_secs: self.args.retry_after_secs });
+                return Err(OriginError::RateLimited {
+                    retry_after_secs: self.args.retry_after_secs,
+                });
             }
             let fail = {
-                let mut rng = self.rng.lock().map_err(|_| OriginError::Internal("rng lock poisoned".into()))?;
+                let mut rng = self
+                    .rng
+                    .lock()
+                    .map_err(|_| OriginError::Internal("rng lock poisoned".into()))?;
                 rng.gen::<f64>() < self.args.fail_rate
             };
             if fail {
@@ -170,15 +187,24 @@ mod native {
         /// Time to first token for a prompt whose retrieved context hashes to `context`.
         fn ttft(&self, context: u64) -> Result<Duration, OriginError> {
             let jitter = {
-                let mut rng = self.rng.lock().map_err(|_| OriginError::Internal("rng lock poisoned".into()))?;
+                let mut rng = self
+                    .rng
+                    .lock()
+                    .map_err(|_| OriginError::Internal("rng lock poisoned".into()))?;
                 1.0 + self.args.jitter * (2.0 * rng.gen::<f64>() - 1.0)
             };
             let mut ttft = self.args.ttft_ms as f64 * jitter.max(0.0);
             if self.args.prefix_cache_ms > 0 {
                 let ttl = Duration::from_millis(self.args.prefix_cache_ms);
                 let now = Instant::now();
-                let mut cache = self.prefix_cache.lock().map_err(|_| OriginError::Internal("cache lock poisoned".into()))?;
-                if cache.get(&context).is_some_and(|seen| now.duration_since(*seen) < ttl) {
+                let mut cache = self
+                    .prefix_cache
+                    .lock()
+                    .map_err(|_| OriginError::Internal("cache lock poisoned".into()))?;
+                if cache
+                    .get(&context)
+                    .is_some_and(|seen| now.duration_since(*seen) < ttl)
+                {
                     self.metrics.prefix_hits.fetch_add(1, Ordering::Relaxed);
                     ttft *= PREFIX_HIT_TTFT;
                 }
@@ -206,7 +232,11 @@ mod native {
         let text = if passages.is_empty() {
             "The prompt contains no numbered sources to quote.".to_string()
         } else {
-            passages.iter().map(|(n, t)| format!("{} [{n}]", first_sentence(t))).collect::<Vec<_>>().join(" ")
+            passages
+                .iter()
+                .map(|(n, t)| format!("{} [{n}]", first_sentence(t)))
+                .collect::<Vec<_>>()
+                .join(" ")
         };
         let mut tokens: Vec<String> = text.split_whitespace().map(|w| format!("{w} ")).collect();
         if let Some(last) = tokens.last_mut() {
@@ -220,25 +250,41 @@ mod native {
 
     fn first_sentence(text: &str) -> &str {
         // A sentence ends at ". ", "? " or "! "; passages without one are quoted whole.
-        text.match_indices(['.', '?', '!']).map(|(i, _)| i + 1).find(|&end| text[end..].starts_with(' ')).map_or(text, |end| &text[..end])
+        text.match_indices(['.', '?', '!'])
+            .map(|(i, _)| i + 1)
+            .find(|&end| text[end..].starts_with(' '))
+            .map_or(text, |end| &text[..end])
     }
 
     fn unix_now() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
     }
 
     async fn chat(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, OriginError> {
         app.metrics.chat_requests.fetch_add(1, Ordering::Relaxed);
-        let request: ChatCompletionRequest =
-            serde_json::from_slice(&body).map_err(|e| OriginError::BadRequest(format!("invalid chat completion request: {e}")))?;
+        let request: ChatCompletionRequest = serde_json::from_slice(&body).map_err(|e| {
+            OriginError::BadRequest(format!("invalid chat completion request: {e}"))
+        })?;
         let slot = app.admit()?;
         let (tokens, context) = answer(&request);
         let ttft = app.ttft(context)?;
-        let prompt_tokens = request.messages.iter().map(|m| approx_tokens(&m.text())).sum::<usize>() as u32;
-        let usage = Usage { prompt_tokens, completion_tokens: tokens.len() as u32, total_tokens: prompt_tokens + tokens.len() as u32 };
+        let prompt_tokens = request
+            .messages
+            .iter()
+            .map(|m| approx_tokens(&m.text()))
+            .sum::<usize>() as u32;
+        let usage = Usage {
+            prompt_tokens,
+            completion_tokens: tokens.len() as u32,
+            total_tokens: prompt_tokens + tokens.len() as u32,
+        };
         let id = format!("chatcmpl-{context:016x}");
         let created = unix_now();
-        app.metrics.completion_tokens.fetch_add(tokens.len() as u64, Ordering::Relaxed);
+        app.metrics
+            .completion_tokens
+            .fetch_add(tokens.len() as u64, Ordering::Relaxed);
 
         if request.stream != Some(true) {
             tokio::time::sleep(ttft + app.token_interval() * tokens.len() as u32).await;
@@ -247,7 +293,11 @@ mod native {
                 object: "chat.completion".into(),
                 created,
                 model: request.model,
-                choices: vec![ChatChoice { index: 0, message: ChatMessage::new("assistant", &tokens.concat()), finish_reason: Some("stop".into()) }],
+                choices: vec![ChatChoice {
+                    index: 0,
+                    message: ChatMessage::new("assistant", &tokens.concat()),
+                    finish_reason: Some("stop".into()),
+                }],
                 usage: Some(usage),
             };
             drop(slot);
@@ -265,17 +315,43 @@ mod native {
                     object: "chat.completion.chunk".into(),
                     created,
                     model: request.model.clone(),
-                    choices: vec![ChunkChoice { index: 0, delta, finish_reason: finish.map(str::to_string) }],
+                    choices: vec![ChunkChoice {
+                        index: 0,
+                        delta,
+                        finish_reason: finish.map(str::to_string),
+                    }],
                 };
-                serde_json::to_string(&chunk).map(|json| format_event(None, &json)).map_err(std::io::Error::other)
+                serde_json::to_string(&chunk)
+                    .map(|json| format_event(None, &json))
+                    .map_err(std::io::Error::other)
             };
             tokio::time::sleep(ttft).await;
-            if tx.send(chunk(Delta { role: Some("assistant".into()), content: Some(String::new()) }, None)).await.is_err() {
+            if tx
+                .send(chunk(
+                    Delta {
+                        role: Some("assistant".into()),
+                        content: Some(String::new()),
+                    },
+                    None,
+                ))
+                .await
+                .is_err()
+            {
                 return; // client went away
             }
             for token in tokens {
                 tokio::time::sleep(interval).await;
-                if tx.send(chunk(Delta { role: None, content: Some(token) }, None)).await.is_err() {
+                if tx
+                    .send(chunk(
+                        Delta {
+                            role: None,
+                            content: Some(token),
+                        },
+                        None,
+                    ))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -292,47 +368,71 @@ mod native {
     }
 
     async fn embeddings(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, OriginError> {
-        app.metrics.embedding_requests.fetch_add(1, Ordering::Relaxed);
-        let request: EmbeddingsRequest =
-            serde_json::from_slice(&body).map_err(|e| OriginError::BadRequest(format!("invalid embeddings request: {e}")))?;
+        app.metrics
+            .embedding_requests
+            .fetch_add(1, Ordering::Relaxed);
+        let request: EmbeddingsRequest = serde_json::from_slice(&body)
+            .map_err(|e| OriginError::BadRequest(format!("invalid embeddings request: {e}")))?;
         if app.embedder.is_none() {
             return Err(OriginError::Unavailable(app.embedder_error.clone()));
         }
         let slot = app.admit()?;
-        let texts: Vec<String> = request.input.texts().into_iter().map(str::to_string).collect();
+        let texts: Vec<String> = request
+            .input
+            .texts()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
         if texts.is_empty() {
             return Err(OriginError::BadRequest("input: must not be empty".into()));
         }
         let worker = Arc::clone(&app);
         // The model is CPU-bound: run it off the async threads, one batch at a time.
         let result = tokio::task::spawn_blocking(move || {
-            let embedder = worker.embedder.as_ref().ok_or_else(|| OriginError::Unavailable(worker.embedder_error.clone()))?;
-            let embedder = embedder.lock().map_err(|_| OriginError::Internal("embedder lock poisoned".into()))?;
+            let embedder = worker
+                .embedder
+                .as_ref()
+                .ok_or_else(|| OriginError::Unavailable(worker.embedder_error.clone()))?;
+            let embedder = embedder
+                .lock()
+                .map_err(|_| OriginError::Internal("embedder lock poisoned".into()))?;
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            embedder.embed(&refs).map_err(|e| OriginError::Internal(e.to_string()))
+            embedder
+                .embed(&refs)
+                .map_err(|e| OriginError::Internal(e.to_string()))
         })
         .await
         .map_err(|e| OriginError::Internal(e.to_string()))??;
         drop(slot);
-        app.metrics.embedded_tokens.fetch_add(result.tokens as u64, Ordering::Relaxed);
+        app.metrics
+            .embedded_tokens
+            .fetch_add(result.tokens as u64, Ordering::Relaxed);
         let data = result
             .vectors
             .into_iter()
             .enumerate()
-            .map(|(i, embedding)| Embedding { object: "embedding".into(), index: i as u32, embedding })
+            .map(|(i, embedding)| Embedding {
+                object: "embedding".into(),
+                index: i as u32,
+                embedding,
+            })
             .collect();
         let tokens = result.tokens as u32;
         Ok(Json(EmbeddingsResponse {
             object: "list".into(),
             data,
             model: request.model,
-            usage: EmbeddingsUsage { prompt_tokens: tokens, total_tokens: tokens },
+            usage: EmbeddingsUsage {
+                prompt_tokens: tokens,
+                total_tokens: tokens,
+            },
         })
         .into_response())
     }
 
     async fn models(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
-        let model = |id: &str| json!({"id": id, "object": "model", "created": 0, "owned_by": "devorigin"});
+        let model =
+            |id: &str| json!({"id": id, "object": "model", "created": 0, "owned_by": "devorigin"});
         let mut data = vec![model(&app.args.model)];
         if app.embedder.is_some() {
             data.push(model(EMBEDDING_MODEL));
@@ -380,7 +480,12 @@ mod native {
 
     pub fn main() -> std::process::ExitCode {
         let args = Args::parse();
-        let (embedder, embedder_error) = match args.model_dir.clone().map_or_else(default_model_dir, Ok).and_then(|dir| Embedder::load(&dir)) {
+        let (embedder, embedder_error) = match args
+            .model_dir
+            .clone()
+            .map_or_else(default_model_dir, Ok)
+            .and_then(|dir| Embedder::load(&dir))
+        {
             Ok(embedder) => (Some(Mutex::new(embedder)), String::new()),
             Err(e) => {
                 eprintln!("devorigin: embeddings disabled: {e}");
@@ -396,7 +501,10 @@ mod native {
             metrics: Metrics::default(),
             prefix_cache: Mutex::new(HashMap::new()),
         });
-        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => {
                 eprintln!("devorigin: cannot start the runtime: {e}");
@@ -413,7 +521,8 @@ mod native {
     }
 
     async fn serve(app: Arc<App>) -> std::io::Result<()> {
-        let listener = tokio::net::TcpListener::bind((app.args.host.as_str(), app.args.port)).await?;
+        let listener =
+            tokio::net::TcpListener::bind((app.args.host.as_str(), app.args.port)).await?;
         // Tests and scripts read this line to learn the port when --port 0 was given.
         println!("devorigin listening on http://{}", listener.local_addr()?);
         let router = Router::new()

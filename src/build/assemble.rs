@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 use super::corpus::Corpus;
 use super::error::BuildError;
 use super::graph::ExportedGraph;
-use crate::shard::format::{MetadataColumn, ShardData, StoredIds, StoredVectors, StringColumn, NO_VALUE};
+use crate::shard::format::{
+    MetadataColumn, ShardData, StoredIds, StoredVectors, StringColumn, NO_VALUE,
+};
 use crate::shard::{canonical_json, quant, DocId, Metric, Quant};
 
 /// Largest finite half-precision value.
@@ -17,7 +19,14 @@ pub struct ShardNames<'a> {
 }
 
 /// `rows[graph.order[j]]` is the corpus row of node j.
-pub fn assemble_shard(corpus: &Corpus, rows: &[usize], graph: &ExportedGraph, names: ShardNames<'_>, metric: Metric, quant: Quant) -> Result<ShardData, BuildError> {
+pub fn assemble_shard(
+    corpus: &Corpus,
+    rows: &[usize],
+    graph: &ExportedGraph,
+    names: ShardNames<'_>,
+    metric: Metric,
+    quant: Quant,
+) -> Result<ShardData, BuildError> {
     let ordered: Vec<usize> = graph.order.iter().map(|&position| rows[position]).collect();
     Ok(ShardData {
         index_name: names.index.to_owned(),
@@ -41,7 +50,10 @@ fn quantise(corpus: &Corpus, ordered: &[usize], quant: Quant) -> Result<StoredVe
             for &row in ordered {
                 let vector = corpus.vector(row);
                 if vector.iter().any(|x| x.abs() > F16_MAX) {
-                    return Err(BuildError::Invalid(format!("vector of passage {} exceeds the f16 range; use --quant i8", corpus.ids[row])));
+                    return Err(BuildError::Invalid(format!(
+                        "vector of passage {} exceeds the f16 range; use --quant i8",
+                        corpus.ids[row]
+                    )));
                 }
                 quant::encode_f16(vector, &mut bits);
             }
@@ -49,7 +61,10 @@ fn quantise(corpus: &Corpus, ordered: &[usize], quant: Quant) -> Result<StoredVe
         }
         Quant::I8 => {
             let mut codes = Vec::with_capacity(ordered.len() * corpus.dims);
-            let scales = ordered.iter().map(|&row| quant::encode_i8(corpus.vector(row), &mut codes)).collect();
+            let scales = ordered
+                .iter()
+                .map(|&row| quant::encode_i8(corpus.vector(row), &mut codes))
+                .collect();
             Ok(StoredVectors::I8 { codes, scales })
         }
     }
@@ -72,20 +87,34 @@ fn stored_ids(corpus: &Corpus, ordered: &[usize]) -> StoredIds {
         .collect();
     match ints {
         Some(ints) => StoredIds::Int(ints),
-        None => StoredIds::Str(string_column(ordered.iter().map(|&row| match &corpus.ids[row] {
-            DocId::Str(id) => id.as_str(),
-            DocId::Int(_) => "",
-        }))),
+        None => StoredIds::Str(string_column(ordered.iter().map(
+            |&row| match &corpus.ids[row] {
+                DocId::Str(id) => id.as_str(),
+                DocId::Int(_) => "",
+            },
+        ))),
     }
 }
 
 fn metadata_columns(corpus: &Corpus, ordered: &[usize]) -> Vec<MetadataColumn> {
-    let fields: BTreeSet<&String> = ordered.iter().flat_map(|&row| corpus.metadata[row].keys()).collect();
+    let fields: BTreeSet<&String> = ordered
+        .iter()
+        .flat_map(|&row| corpus.metadata[row].keys())
+        .collect();
     fields
         .into_iter()
         .map(|field| {
-            let per_doc: Vec<Option<String>> = ordered.iter().map(|&row| corpus.metadata[row].get(field).map(canonical_json)).collect();
-            let values: Vec<String> = per_doc.iter().flatten().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+            let per_doc: Vec<Option<String>> = ordered
+                .iter()
+                .map(|&row| corpus.metadata[row].get(field).map(canonical_json))
+                .collect();
+            let values: Vec<String> = per_doc
+                .iter()
+                .flatten()
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
             let doc_values = per_doc
                 .iter()
                 .map(|value| match value {
@@ -93,7 +122,11 @@ fn metadata_columns(corpus: &Corpus, ordered: &[usize]) -> Vec<MetadataColumn> {
                     None => NO_VALUE,
                 })
                 .collect();
-            MetadataColumn { field: field.clone(), values, doc_values }
+            MetadataColumn {
+                field: field.clone(),
+                values,
+                doc_values,
+            }
         })
         .collect()
 }

@@ -35,13 +35,28 @@ impl Corpus {
 }
 
 /// Reads `passages` (and `vectors`, if given) and checks everything the build relies on.
-pub fn read_corpus(passages: &Path, vectors: Option<&Path>, dims: usize, metric: Metric) -> Result<Corpus, BuildError> {
+pub fn read_corpus(
+    passages: &Path,
+    vectors: Option<&Path>,
+    dims: usize,
+    metric: Metric,
+) -> Result<Corpus, BuildError> {
     if dims == 0 {
         return Err(BuildError::Invalid("--dims must be at least 1".into()));
     }
     let file = std::fs::File::open(passages).map_err(BuildError::io(passages))?;
-    let corpus_error = |line: usize, message: String| BuildError::Corpus { path: passages.to_path_buf(), line, message };
-    let mut corpus = Corpus { dims, ids: Vec::new(), texts: Vec::new(), metadata: Vec::new(), vectors: Vec::new() };
+    let corpus_error = |line: usize, message: String| BuildError::Corpus {
+        path: passages.to_path_buf(),
+        line,
+        message,
+    };
+    let mut corpus = Corpus {
+        dims,
+        ids: Vec::new(),
+        texts: Vec::new(),
+        metadata: Vec::new(),
+        vectors: Vec::new(),
+    };
     let mut seen_ids = HashSet::new();
     for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line_number = index + 1;
@@ -53,13 +68,23 @@ pub fn read_corpus(passages: &Path, vectors: Option<&Path>, dims: usize, metric:
             .map_err(|e| corpus_error(line_number, format!("not a JSON object: {e}")))?;
         let id = match fields.remove("id") {
             Some(Value::String(id)) => DocId::Str(id),
-            Some(Value::Number(n)) => DocId::Int(n.as_i64().ok_or_else(|| corpus_error(line_number, format!("id {n} is not a 64-bit integer")))?),
-            Some(other) => return Err(corpus_error(line_number, format!("id must be an integer or a string, got {other}"))),
+            Some(Value::Number(n)) => DocId::Int(n.as_i64().ok_or_else(|| {
+                corpus_error(line_number, format!("id {n} is not a 64-bit integer"))
+            })?),
+            Some(other) => {
+                return Err(corpus_error(
+                    line_number,
+                    format!("id must be an integer or a string, got {other}"),
+                ))
+            }
             None => return Err(corpus_error(line_number, "missing \"id\"".into())),
         };
         if let Some(first) = corpus.ids.first() {
             if std::mem::discriminant(first) != std::mem::discriminant(&id) {
-                return Err(corpus_error(line_number, "ids must be all integers or all strings".into()));
+                return Err(corpus_error(
+                    line_number,
+                    "ids must be all integers or all strings".into(),
+                ));
             }
         }
         if !seen_ids.insert(id.clone()) {
@@ -67,23 +92,46 @@ pub fn read_corpus(passages: &Path, vectors: Option<&Path>, dims: usize, metric:
         }
         let text = match fields.remove("text") {
             Some(Value::String(text)) => text,
-            _ => return Err(corpus_error(line_number, "missing string field \"text\"".into())),
+            _ => {
+                return Err(corpus_error(
+                    line_number,
+                    "missing string field \"text\"".into(),
+                ))
+            }
         };
         match (fields.remove("vector"), vectors) {
             (Some(_), Some(_)) => {
-                return Err(corpus_error(line_number, "has a \"vector\" field but --vectors was also given".into()));
+                return Err(corpus_error(
+                    line_number,
+                    "has a \"vector\" field but --vectors was also given".into(),
+                ));
             }
             (Some(Value::Array(values)), None) => {
                 if values.len() != dims {
-                    return Err(corpus_error(line_number, format!("vector has {} values, expected {dims}", values.len())));
+                    return Err(corpus_error(
+                        line_number,
+                        format!("vector has {} values, expected {dims}", values.len()),
+                    ));
                 }
                 for value in &values {
-                    let x = value.as_f64().ok_or_else(|| corpus_error(line_number, format!("vector value {value} is not a number")))?;
+                    let x = value.as_f64().ok_or_else(|| {
+                        corpus_error(line_number, format!("vector value {value} is not a number"))
+                    })?;
                     corpus.vectors.push(x as f32);
                 }
             }
-            (Some(_), None) => return Err(corpus_error(line_number, "\"vector\" must be an array of numbers".into())),
-            (None, None) => return Err(corpus_error(line_number, "no \"vector\" field and no --vectors file".into())),
+            (Some(_), None) => {
+                return Err(corpus_error(
+                    line_number,
+                    "\"vector\" must be an array of numbers".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(corpus_error(
+                    line_number,
+                    "no \"vector\" field and no --vectors file".into(),
+                ))
+            }
             (None, Some(_)) => {}
         }
         corpus.ids.push(id);
@@ -91,7 +139,10 @@ pub fn read_corpus(passages: &Path, vectors: Option<&Path>, dims: usize, metric:
         corpus.metadata.push(fields);
     }
     if corpus.is_empty() {
-        return Err(BuildError::Invalid(format!("{} has no passages", passages.display())));
+        return Err(BuildError::Invalid(format!(
+            "{} has no passages",
+            passages.display()
+        )));
     }
     if let Some(path) = vectors {
         corpus.vectors = read_f32_matrix(path, corpus.len(), dims)?;
@@ -107,22 +158,34 @@ pub fn read_f32_matrix(path: &Path, rows: usize, dims: usize) -> Result<Vec<f32>
     if bytes.len() != expected {
         return Err(BuildError::Vectors {
             path: path.to_path_buf(),
-            message: format!("{} bytes, expected {rows} rows × {dims} dims × 4 = {expected}", bytes.len()),
+            message: format!(
+                "{} bytes, expected {rows} rows × {dims} dims × 4 = {expected}",
+                bytes.len()
+            ),
         });
     }
-    Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
 }
 
 fn check_and_normalise(corpus: &mut Corpus, metric: Metric) -> Result<(), BuildError> {
     let dims = corpus.dims;
     for (row, vector) in corpus.vectors.chunks_exact_mut(dims).enumerate() {
         if vector.iter().any(|x| !x.is_finite()) {
-            return Err(BuildError::Invalid(format!("vector of passage {} contains NaN or infinity", corpus.ids[row])));
+            return Err(BuildError::Invalid(format!(
+                "vector of passage {} contains NaN or infinity",
+                corpus.ids[row]
+            )));
         }
         if metric == Metric::Cosine {
             let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
             if norm == 0.0 {
-                return Err(BuildError::Invalid(format!("vector of passage {} is all zeros; cosine is undefined", corpus.ids[row])));
+                return Err(BuildError::Invalid(format!(
+                    "vector of passage {} is all zeros; cosine is undefined",
+                    corpus.ids[row]
+                )));
             }
             vector.iter_mut().for_each(|x| *x /= norm);
         }
@@ -144,7 +207,10 @@ mod tests {
     #[test]
     fn keeps_ids_as_given_and_other_fields_as_metadata() {
         let corpus = corpus_from("{\"id\":\"a\",\"text\":\"x\",\"vector\":[3,4],\"lang\":\"en\"}\n\n{\"id\":\"b\",\"text\":\"y\",\"vector\":[0,2]}\n", 2).unwrap();
-        assert_eq!(corpus.ids, vec![DocId::Str("a".into()), DocId::Str("b".into())]);
+        assert_eq!(
+            corpus.ids,
+            vec![DocId::Str("a".into()), DocId::Str("b".into())]
+        );
         assert_eq!(corpus.metadata[0]["lang"], "en");
         assert_eq!(corpus.vector(0), &[0.6, 0.8]);
     }
@@ -162,10 +228,18 @@ mod tests {
             ("", "no passages"),
         ];
         for (input, expected) in cases {
-            let message = corpus_from(input, 2).err().map(|e| e.to_string()).unwrap_or_default();
-            assert!(message.contains(expected), "{input:?}: {message:?} lacks {expected:?}");
+            let message = corpus_from(input, 2)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                message.contains(expected),
+                "{input:?}: {message:?} lacks {expected:?}"
+            );
         }
-        let missing = read_corpus(Path::new("/nonexistent/p.jsonl"), None, 2, Metric::L2).err().unwrap();
+        let missing = read_corpus(Path::new("/nonexistent/p.jsonl"), None, 2, Metric::L2)
+            .err()
+            .unwrap();
         assert!(matches!(missing, BuildError::Io { .. }));
     }
 

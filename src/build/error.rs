@@ -8,9 +8,16 @@ use crate::shard::ShardError;
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} line {line}: {message}")]
-    Corpus { path: PathBuf, line: usize, message: String },
+    Corpus {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("{path}: {message}")]
     Vectors { path: PathBuf, message: String },
     #[error("invalid build input: {0}")]
@@ -18,7 +25,10 @@ pub enum BuildError {
     #[error("shard {shard}: {source}")]
     Shard { shard: String, source: ShardError },
     #[error("{path}: {source}")]
-    Manifest { path: PathBuf, source: ManifestError },
+    Manifest {
+        path: PathBuf,
+        source: ManifestError,
+    },
     #[error("graph export failed: {0}")]
     GraphExport(String),
 }

@@ -49,8 +49,20 @@ pub struct GraphParams {
 }
 
 /// Builds the graph over `vectors` (`rows × dims`).
-pub fn build_graph(vectors: &[f32], dims: usize, metric: Metric, params: &GraphParams, progress: indicatif::ProgressBar) -> Result<ExportedGraph, BuildError> {
-    let points: Vec<GraphPoint> = vectors.chunks_exact(dims).map(|v| GraphPoint { values: v.to_vec(), metric }).collect();
+pub fn build_graph(
+    vectors: &[f32],
+    dims: usize,
+    metric: Metric,
+    params: &GraphParams,
+    progress: indicatif::ProgressBar,
+) -> Result<ExportedGraph, BuildError> {
+    let points: Vec<GraphPoint> = vectors
+        .chunks_exact(dims)
+        .map(|v| GraphPoint {
+            values: v.to_vec(),
+            metric,
+        })
+        .collect();
     let rows = points.len();
     let (hnsw, internal_ids) = instant_distance::Builder::default()
         .ef_construction(params.ef_construction)
@@ -59,20 +71,30 @@ pub fn build_graph(vectors: &[f32], dims: usize, metric: Metric, params: &GraphP
         .build_hnsw(points);
     let encoded = bincode::serialize(&hnsw).map_err(|e| BuildError::GraphExport(e.to_string()))?;
     drop(hnsw);
-    let mirror: HnswMirror = bincode::deserialize(&encoded).map_err(|e| BuildError::GraphExport(e.to_string()))?;
+    let mirror: HnswMirror =
+        bincode::deserialize(&encoded).map_err(|e| BuildError::GraphExport(e.to_string()))?;
     if mirror.zero.len() != rows || internal_ids.len() != rows {
-        return Err(BuildError::GraphExport(format!("graph has {} nodes for {rows} points", mirror.zero.len())));
+        return Err(BuildError::GraphExport(format!(
+            "graph has {} nodes for {rows} points",
+            mirror.zero.len()
+        )));
     }
     let mut order = vec![usize::MAX; rows];
     for (input, internal) in internal_ids.iter().enumerate() {
         order[internal.into_inner() as usize] = input;
     }
     if order.contains(&usize::MAX) {
-        return Err(BuildError::GraphExport("point id mapping is not a permutation".into()));
+        return Err(BuildError::GraphExport(
+            "point id mapping is not a permutation".into(),
+        ));
     }
     Ok(ExportedGraph {
         order,
         layer0: mirror.zero.iter().flat_map(|node| node.0).collect(),
-        upper_layers: mirror.layers.iter().map(|layer| layer.iter().flatten().copied().collect()).collect(),
+        upper_layers: mirror
+            .layers
+            .iter()
+            .map(|layer| layer.iter().flatten().copied().collect())
+            .collect(),
     })
 }

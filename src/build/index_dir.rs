@@ -17,34 +17,89 @@ impl IndexDir {
     pub fn open(dir: &Path) -> Result<IndexDir, BuildError> {
         let manifest_path = dir.join(MANIFEST_FILE);
         let json = std::fs::read(&manifest_path).map_err(BuildError::io(&manifest_path))?;
-        let manifest = Manifest::from_json(&json).map_err(|source| BuildError::Manifest { path: manifest_path.clone(), source })?;
+        let manifest = Manifest::from_json(&json).map_err(|source| BuildError::Manifest {
+            path: manifest_path.clone(),
+            source,
+        })?;
         let mut shards = Vec::with_capacity(manifest.shards.len());
         for (index, entry) in manifest.shards.iter().enumerate() {
             let path = dir.join(&entry.file);
             let bytes = std::fs::read(&path).map_err(BuildError::io(&path))?;
-            manifest.verify_shard(index, &bytes).map_err(|source| BuildError::Manifest { path: path.clone(), source })?;
-            let shard = Shard::from_bytes(&bytes).map_err(|source| BuildError::Shard { shard: entry.name.clone(), source })?;
+            manifest
+                .verify_shard(index, &bytes)
+                .map_err(|source| BuildError::Manifest {
+                    path: path.clone(),
+                    source,
+                })?;
+            let shard = Shard::from_bytes(&bytes).map_err(|source| BuildError::Shard {
+                shard: entry.name.clone(),
+                source,
+            })?;
             let meta = shard.meta();
-            if meta.dims != manifest.dims || meta.metric != manifest.metric || meta.quant != manifest.quant || meta.count != entry.count {
-                return Err(BuildError::Invalid(format!("shard {} does not match the manifest ({meta:?})", entry.name)));
+            if meta.dims != manifest.dims
+                || meta.metric != manifest.metric
+                || meta.quant != manifest.quant
+                || meta.count != entry.count
+            {
+                return Err(BuildError::Invalid(format!(
+                    "shard {} does not match the manifest ({meta:?})",
+                    entry.name
+                )));
             }
             shards.push(shard);
         }
-        Ok(IndexDir { dir: dir.to_path_buf(), manifest, shards })
+        Ok(IndexDir {
+            dir: dir.to_path_buf(),
+            manifest,
+            shards,
+        })
     }
 
     /// Searches every shard and merges exactly.
-    pub fn search(&self, query: &[f32], params: &SearchParams) -> Result<Vec<ShardHit>, ShardError> {
-        self.merge(params.k, |shard| shard.search(query, params))
+    pub fn search(
+        &self,
+        query: &[f32],
+        params: &SearchParams,
+    ) -> Result<Vec<ShardHit>, ShardError> {
+        self.search_shards(query, params, self.shards.len())
+    }
+
+    /// Searches the `probe` shards whose centroids are nearest to the query and merges exactly.
+    pub fn search_shards(
+        &self,
+        query: &[f32],
+        params: &SearchParams,
+        probe: usize,
+    ) -> Result<Vec<ShardHit>, ShardError> {
+        let chosen = self.manifest.nearest_shards(query, probe);
+        self.merge(&chosen, params.k, |shard| shard.search(query, params))
     }
 
     /// Brute force over every shard's stored vectors.
-    pub fn search_exact(&self, query: &[f32], params: &SearchParams) -> Result<Vec<ShardHit>, ShardError> {
-        self.merge(params.k, |shard| shard.search_exact(query, params.k, params.filter.as_ref()))
+    pub fn search_exact(
+        &self,
+        query: &[f32],
+        params: &SearchParams,
+    ) -> Result<Vec<ShardHit>, ShardError> {
+        let all: Vec<usize> = (0..self.shards.len()).collect();
+        self.merge(&all, params.k, |shard| {
+            shard.search_exact(query, params.k, params.filter.as_ref())
+        })
     }
 
-    fn merge(&self, k: usize, search: impl Fn(&Shard) -> Result<Vec<Hit>, ShardError>) -> Result<Vec<ShardHit>, ShardError> {
-        let per_shard = self.shards.iter().map(search).collect::<Result<Vec<_>, _>>()?;
-        Ok(merge_top_k(per_shard.iter().enumerate().map(|(i, hits)| (i, hits.as_slice())), k))
+    fn merge(
+        &self,
+        chosen: &[usize],
+        k: usize,
+        search: impl Fn(&Shard) -> Result<Vec<Hit>, ShardError>,
+    ) -> Result<Vec<ShardHit>, ShardError> {
+        let per_shard = chosen
+            .iter()
+            .map(|&i| Ok((i, search(&self.shards[i])?)))
+            .collect::<Result<Vec<_>, ShardError>>()?;
+        Ok(merge_top_k(
+            per_shard.iter().map(|(i, hits)| (*i, hits.as_slice())),
+            k,
+        ))
     }
 }

@@ -42,23 +42,45 @@ pub struct BuildConfig {
 /// Builds the index described by `config` into `config.out` and returns its manifest.
 pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
     check_config(config)?;
-    let corpus = corpus::read_corpus(&config.passages, config.vectors.as_deref(), config.dims, config.metric)?;
+    let corpus = corpus::read_corpus(
+        &config.passages,
+        config.vectors.as_deref(),
+        config.dims,
+        config.metric,
+    )?;
     if corpus.len() < config.shards {
-        return Err(BuildError::Invalid(format!("{} passages cannot fill {} shards", corpus.len(), config.shards)));
+        return Err(BuildError::Invalid(format!(
+            "{} passages cannot fill {} shards",
+            corpus.len(),
+            config.shards
+        )));
     }
     let partition = partition::balanced_kmeans(&corpus, config.shards, config.metric, config.seed);
     let mut entries = Vec::with_capacity(config.shards);
     let mut blobs = Vec::with_capacity(config.shards);
     for (index, rows) in partition.members.iter().enumerate() {
         let shard_name = format!("shard-{index:03}");
-        let vectors: Vec<f32> = rows.iter().flat_map(|&row| corpus.vector(row).iter().copied()).collect();
+        let vectors: Vec<f32> = rows
+            .iter()
+            .flat_map(|&row| corpus.vector(row).iter().copied())
+            .collect();
         let bar = progress_bar(config.progress, rows.len(), &format!("graph {shard_name}"));
-        let params = graph::GraphParams { ef_construction: config.ef_construction, seed: config.seed.wrapping_add(index as u64) };
+        let params = graph::GraphParams {
+            ef_construction: config.ef_construction,
+            seed: config.seed.wrapping_add(index as u64),
+        };
         let graph = graph::build_graph(&vectors, corpus.dims, config.metric, &params, bar.clone())?;
         bar.finish_and_clear();
-        let names = assemble::ShardNames { index: &config.name, shard: &shard_name };
-        let data = assemble::assemble_shard(&corpus, rows, &graph, names, config.metric, config.quant)?;
-        let blob = format::encode_blob(&data).map_err(|source| BuildError::Shard { shard: shard_name.clone(), source })?;
+        let names = assemble::ShardNames {
+            index: &config.name,
+            shard: &shard_name,
+        };
+        let data =
+            assemble::assemble_shard(&corpus, rows, &graph, names, config.metric, config.quant)?;
+        let blob = format::encode_blob(&data).map_err(|source| BuildError::Shard {
+            shard: shard_name.clone(),
+            source,
+        })?;
         let checksum = checksum_hex(&blob);
         let file = format!("{shard_name}.{checksum}{}", output::SHARD_FILE_SUFFIX);
         entries.push(ShardEntry {
@@ -84,7 +106,10 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
         regions: config.regions.clone(),
     };
     manifest.version = manifest.content_version();
-    manifest.validate().map_err(|source| BuildError::Manifest { path: config.out.clone(), source })?;
+    manifest.validate().map_err(|source| BuildError::Manifest {
+        path: config.out.clone(),
+        source,
+    })?;
     output::write_index(&config.out, &blobs, &manifest)?;
     Ok(manifest)
 }
@@ -94,13 +119,17 @@ fn check_config(config: &BuildConfig) -> Result<(), BuildError> {
         return Err(BuildError::Invalid("--shards must be at least 1".into()));
     }
     if config.regions.is_empty() || config.regions.iter().any(|r| r.is_empty()) {
-        return Err(BuildError::Invalid("--regions needs at least one non-empty region name".into()));
+        return Err(BuildError::Invalid(
+            "--regions needs at least one non-empty region name".into(),
+        ));
     }
     if config.name.is_empty() {
         return Err(BuildError::Invalid("--name must not be empty".into()));
     }
     if config.ef_construction == 0 {
-        return Err(BuildError::Invalid("--ef-construction must be at least 1".into()));
+        return Err(BuildError::Invalid(
+            "--ef-construction must be at least 1".into(),
+        ));
     }
     Ok(())
 }
@@ -121,7 +150,9 @@ fn progress_bar(enabled: bool, len: usize, message: &str) -> indicatif::Progress
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(len as u64);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>20} [{bar:40}] {pos}/{len} {elapsed}") {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg:>20} [{bar:40}] {pos}/{len} {elapsed}")
+    {
         bar.set_style(style);
     }
     bar.set_message(message.to_owned());

@@ -11,7 +11,11 @@ use crate::manifest::{Manifest, MANIFEST_FILE};
 pub const SHARD_FILE_SUFFIX: &str = ".shard";
 
 /// Replaces `dir/name` with whatever `write` produces, or leaves it untouched if anything fails.
-pub fn write_atomic(dir: &Path, name: &str, write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<(), BuildError> {
+pub fn write_atomic(
+    dir: &Path,
+    name: &str,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<(), BuildError> {
     let target = dir.join(name);
     let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
@@ -31,12 +35,18 @@ pub fn write_atomic(dir: &Path, name: &str, write: impl FnOnce(&mut std::fs::Fil
 
 /// Writes shard blobs (file name → bytes), then the manifest, then removes shard files the new
 /// manifest no longer names.
-pub fn write_index(dir: &Path, blobs: &[(String, Vec<u8>)], manifest: &Manifest) -> Result<(), BuildError> {
+pub fn write_index(
+    dir: &Path,
+    blobs: &[(String, Vec<u8>)],
+    manifest: &Manifest,
+) -> Result<(), BuildError> {
     std::fs::create_dir_all(dir).map_err(BuildError::io(dir))?;
     for (file, bytes) in blobs {
         write_atomic(dir, file, |f| f.write_all(bytes))?;
     }
-    write_atomic(dir, MANIFEST_FILE, |f| f.write_all(manifest.to_json_pretty().as_bytes()))?;
+    write_atomic(dir, MANIFEST_FILE, |f| {
+        f.write_all(manifest.to_json_pretty().as_bytes())
+    })?;
     let entries = std::fs::read_dir(dir).map_err(BuildError::io(dir))?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();

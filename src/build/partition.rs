@@ -21,13 +21,18 @@ pub struct Partition {
 pub fn balanced_kmeans(corpus: &Corpus, shards: usize, metric: Metric, seed: u64) -> Partition {
     let rows = corpus.len();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut centroids: Vec<Vec<f32>> = sample(&mut rng, rows, shards).iter().map(|row| corpus.vector(row).to_vec()).collect();
+    let mut centroids: Vec<Vec<f32>> = sample(&mut rng, rows, shards)
+        .iter()
+        .map(|row| corpus.vector(row).to_vec())
+        .collect();
     let mut assignment = vec![usize::MAX; rows];
     for _ in 0..ITERATIONS {
         let next = assign_with_capacity(corpus, &centroids, metric);
         let stable = next == assignment;
         assignment = next;
-        centroids = (0..shards).map(|s| mean_of(corpus, &assignment, s, metric)).collect();
+        centroids = (0..shards)
+            .map(|s| mean_of(corpus, &assignment, s, metric))
+            .collect();
         if stable || shards == 1 {
             break;
         }
@@ -41,11 +46,17 @@ pub fn balanced_kmeans(corpus: &Corpus, shards: usize, metric: Metric, seed: u64
 
 fn assign_with_capacity(corpus: &Corpus, centroids: &[Vec<f32>], metric: Metric) -> Vec<usize> {
     let (rows, shards) = (corpus.len(), centroids.len());
-    let mut capacity: Vec<usize> = (0..shards).map(|s| rows / shards + usize::from(s < rows % shards)).collect();
+    let mut capacity: Vec<usize> = (0..shards)
+        .map(|s| rows / shards + usize::from(s < rows % shards))
+        .collect();
     let mut pairs: Vec<(f32, usize, usize)> = Vec::with_capacity(rows * shards);
     for row in 0..rows {
         for (shard, centroid) in centroids.iter().enumerate() {
-            pairs.push((metric.distance_f32(corpus.vector(row), centroid), row, shard));
+            pairs.push((
+                metric.distance_f32(corpus.vector(row), centroid),
+                row,
+                shard,
+            ));
         }
     }
     pairs.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
@@ -63,10 +74,15 @@ fn mean_of(corpus: &Corpus, assignment: &[usize], shard: usize, metric: Metric) 
     let mut sum = vec![0.0f64; corpus.dims];
     let mut members = 0usize;
     for (row, _) in assignment.iter().enumerate().filter(|(_, &s)| s == shard) {
-        sum.iter_mut().zip(corpus.vector(row)).for_each(|(acc, &x)| *acc += f64::from(x));
+        sum.iter_mut()
+            .zip(corpus.vector(row))
+            .for_each(|(acc, &x)| *acc += f64::from(x));
         members += 1;
     }
-    let mut mean: Vec<f32> = sum.iter().map(|&x| (x / members.max(1) as f64) as f32).collect();
+    let mut mean: Vec<f32> = sum
+        .iter()
+        .map(|&x| (x / members.max(1) as f64) as f32)
+        .collect();
     if metric == Metric::Cosine {
         let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt();
         if norm > 0.0 {

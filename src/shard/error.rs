@@ -13,7 +13,9 @@ pub enum ShardError {
     UnknownFlags(u32),
     #[error("shard payload length mismatch: header says {declared} bytes, blob has {actual}")]
     LengthMismatch { declared: u64, actual: u64 },
-    #[error("shard checksum mismatch: header says {declared:016x}, payload hashes to {actual:016x}")]
+    #[error(
+        "shard checksum mismatch: header says {declared:016x}, payload hashes to {actual:016x}"
+    )]
     ChecksumMismatch { declared: u64, actual: u64 },
     #[error("shard archive failed validation: {0}")]
     InvalidArchive(String),

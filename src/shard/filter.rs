@@ -22,11 +22,20 @@ pub fn canonical_json(value: &Value) -> String {
             entries.sort_by(|a, b| a.0.cmp(b.0));
             let fields: Vec<String> = entries
                 .into_iter()
-                .map(|(key, value)| format!("{}:{}", Value::String(key.clone()), canonical_json(value)))
+                .map(|(key, value)| {
+                    format!("{}:{}", Value::String(key.clone()), canonical_json(value))
+                })
                 .collect();
             format!("{{{}}}", fields.join(","))
         }
-        Value::Array(items) => format!("[{}]", items.iter().map(canonical_json).collect::<Vec<_>>().join(",")),
+        Value::Array(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(canonical_json)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
         scalar => scalar.to_string(),
     }
 }
@@ -43,23 +52,41 @@ impl PassMask {
     }
 
     /// Resolves each condition to (column, value id) once, then marks the documents matching all.
-    pub(crate) fn resolve(filter: &Filter, columns: &[ArchivedMetadataColumn], count: usize) -> PassMask {
+    pub(crate) fn resolve(
+        filter: &Filter,
+        columns: &[ArchivedMetadataColumn],
+        count: usize,
+    ) -> PassMask {
         let mut conditions = Vec::with_capacity(filter.equals.len());
         for (field, value) in &filter.equals {
             let wanted = canonical_json(value);
-            let resolved = columns.iter().find(|c| c.field.as_str() == field).and_then(|column| {
-                let value_id = column.values.binary_search_by(|v| v.as_str().cmp(wanted.as_str())).ok()?;
-                Some((native_u32(&column.doc_values), value_id as u32))
-            });
+            let resolved = columns
+                .iter()
+                .find(|c| c.field.as_str() == field)
+                .and_then(|column| {
+                    let value_id = column
+                        .values
+                        .binary_search_by(|v| v.as_str().cmp(wanted.as_str()))
+                        .ok()?;
+                    Some((native_u32(&column.doc_values), value_id as u32))
+                });
             match resolved {
                 Some(condition) => conditions.push(condition),
-                None => return PassMask { words: vec![0; count.div_ceil(64)], passing: 0 },
+                None => {
+                    return PassMask {
+                        words: vec![0; count.div_ceil(64)],
+                        passing: 0,
+                    }
+                }
             }
         }
         let mut words = vec![0u64; count.div_ceil(64)];
         let mut passing = 0;
         for ord in 0..count {
-            if conditions.iter().all(|(doc_values, value_id)| doc_values[ord] == *value_id) {
+            if conditions
+                .iter()
+                .all(|(doc_values, value_id)| doc_values[ord] == *value_id)
+            {
                 words[ord / 64] |= 1 << (ord % 64);
                 passing += 1;
             }
@@ -84,6 +111,9 @@ mod tests {
     fn filter_is_a_plain_json_object() {
         let filter: Filter = serde_json::from_str(r#"{"source": "a.html", "year": 3}"#).unwrap();
         assert_eq!(filter.equals.len(), 2);
-        assert_eq!(serde_json::to_value(&filter).unwrap(), json!({"source": "a.html", "year": 3}));
+        assert_eq!(
+            serde_json::to_value(&filter).unwrap(),
+            json!({"source": "a.html", "year": 3})
+        );
     }
 }

@@ -53,16 +53,29 @@ impl Header {
     /// Reads and checks magic, version and flags (not the payload; see [`verified_payload`]).
     pub fn parse(blob: &[u8]) -> Result<Header, ShardError> {
         let Some(bytes) = blob.get(..HEADER_LEN) else {
-            return Err(ShardError::Truncated { len: blob.len(), needed: HEADER_LEN });
+            return Err(ShardError::Truncated {
+                len: blob.len(),
+                needed: HEADER_LEN,
+            });
         };
         if bytes[0..8] != MAGIC {
             return Err(ShardError::BadMagic);
         }
-        let u32_at = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let u32_at = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
         let u64_at = |at: usize| u64::from(u32_at(at)) | (u64::from(u32_at(at + 4)) << 32);
-        let header = Header { format_version: u32_at(8), flags: u32_at(12), payload_len: u64_at(16), checksum: u64_at(24) };
+        let header = Header {
+            format_version: u32_at(8),
+            flags: u32_at(12),
+            payload_len: u64_at(16),
+            checksum: u64_at(24),
+        };
         if header.format_version != FORMAT_VERSION {
-            return Err(ShardError::UnsupportedVersion { found: header.format_version, supported: FORMAT_VERSION });
+            return Err(ShardError::UnsupportedVersion {
+                found: header.format_version,
+                supported: FORMAT_VERSION,
+            });
         }
         if header.flags & !KNOWN_FLAGS != 0 {
             return Err(ShardError::UnknownFlags(header.flags));
@@ -76,18 +89,25 @@ pub fn verified_payload(blob: &[u8]) -> Result<(Header, &[u8]), ShardError> {
     let header = Header::parse(blob)?;
     let payload = &blob[HEADER_LEN..];
     if header.payload_len != payload.len() as u64 {
-        return Err(ShardError::LengthMismatch { declared: header.payload_len, actual: payload.len() as u64 });
+        return Err(ShardError::LengthMismatch {
+            declared: header.payload_len,
+            actual: payload.len() as u64,
+        });
     }
     let actual = xxhash_rust::xxh3::xxh3_64(payload);
     if actual != header.checksum {
-        return Err(ShardError::ChecksumMismatch { declared: header.checksum, actual });
+        return Err(ShardError::ChecksumMismatch {
+            declared: header.checksum,
+            actual,
+        });
     }
     Ok((header, payload))
 }
 
 /// Header + archive of `data`: the bytes that go to disk and R2.
 pub fn encode_blob(data: &ShardData) -> Result<Vec<u8>, ShardError> {
-    let payload = rkyv::to_bytes::<rkyv::rancor::Error>(data).map_err(|e| ShardError::Encode(e.to_string()))?;
+    let payload = rkyv::to_bytes::<rkyv::rancor::Error>(data)
+        .map_err(|e| ShardError::Encode(e.to_string()))?;
     let mut blob = Vec::with_capacity(HEADER_LEN + payload.len());
     blob.extend_from_slice(&Header::for_payload(&payload).encode());
     blob.extend_from_slice(&payload);
@@ -96,7 +116,16 @@ pub fn encode_blob(data: &ShardData) -> Result<Vec<u8>, ShardError> {
 
 /// Everything one shard holds. Node `j` of every graph layer is document ordinal `j`.
 /// Also serde-derivable so benchmarks can compare against a plain owned deserialisation.
-#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct ShardData {
     pub index_name: String,
     pub shard_name: String,
@@ -115,14 +144,32 @@ pub struct ShardData {
 }
 
 /// Quantised passage vectors, `count × dims` flat.
-#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub enum StoredVectors {
     F16 { bits: Vec<u16> },
     I8 { codes: Vec<i8>, scales: Vec<f32> },
 }
 
 /// Many strings as one byte array; string `i` is `bytes[offsets[i]..offsets[i + 1]]`.
-#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct StringColumn {
     pub bytes: Vec<u8>,
     pub offsets: Vec<u32>,
@@ -130,7 +177,10 @@ pub struct StringColumn {
 
 impl StringColumn {
     pub fn new() -> StringColumn {
-        StringColumn { bytes: Vec::new(), offsets: vec![0] }
+        StringColumn {
+            bytes: Vec::new(),
+            offsets: vec![0],
+        }
     }
 
     pub fn push(&mut self, text: &str) {
@@ -152,13 +202,25 @@ impl ArchivedStringColumn {
         let (Some(&start), Some(&end)) = (offsets.get(index), offsets.get(index + 1)) else {
             return Err(inconsistent(format!("string {index} out of range")));
         };
-        let bytes = self.bytes.get(start as usize..end as usize).ok_or_else(|| inconsistent("string offsets out of range"))?;
+        let bytes = self
+            .bytes
+            .get(start as usize..end as usize)
+            .ok_or_else(|| inconsistent("string offsets out of range"))?;
         std::str::from_utf8(bytes).map_err(|_| inconsistent(format!("string {index} is not UTF-8")))
     }
 }
 
 /// Document ids exactly as the corpus gave them.
-#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub enum StoredIds {
     Int(Vec<i64>),
     Str(StringColumn),
@@ -166,7 +228,16 @@ pub enum StoredIds {
 
 /// One metadata field, dictionary encoded: `values` are distinct canonical JSON texts (sorted, so a
 /// filter finds its value id by binary search) and `doc_values[ord]` indexes them or is [`NO_VALUE`].
-#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct MetadataColumn {
     pub field: String,
     pub values: Vec<String>,
@@ -182,16 +253,27 @@ pub(crate) fn check_structure(data: &ArchivedShardData) -> Result<(), ShardError
         return Err(inconsistent("dims is 0"));
     }
     super::Metric::from_code(data.metric)?;
-    check_len("layer-0 neighbours", data.layer0.len(), count.checked_mul(LAYER0_STRIDE))?;
+    check_len(
+        "layer-0 neighbours",
+        data.layer0.len(),
+        count.checked_mul(LAYER0_STRIDE),
+    )?;
     check_neighbours("layer 0", native_u32(&data.layer0), count)?;
     let mut nodes_below = count;
     for (index, layer) in data.upper_layers.iter().enumerate() {
         if layer.len() % UPPER_STRIDE != 0 {
-            return Err(inconsistent(format!("layer {} length {} is not a multiple of {UPPER_STRIDE}", index + 1, layer.len())));
+            return Err(inconsistent(format!(
+                "layer {} length {} is not a multiple of {UPPER_STRIDE}",
+                index + 1,
+                layer.len()
+            )));
         }
         let nodes = layer.len() / UPPER_STRIDE;
         if nodes > nodes_below || nodes == 0 {
-            return Err(inconsistent(format!("layer {} has {nodes} nodes, the layer below {nodes_below}", index + 1)));
+            return Err(inconsistent(format!(
+                "layer {} has {nodes} nodes, the layer below {nodes_below}",
+                index + 1
+            )));
         }
         check_neighbours(&format!("layer {}", index + 1), native_u32(layer), nodes)?;
         nodes_below = nodes;
@@ -215,8 +297,14 @@ pub(crate) fn check_structure(data: &ArchivedShardData) -> Result<(), ShardError
     for column in data.metadata.iter() {
         check_len("metadata column", column.doc_values.len(), Some(count))?;
         let distinct = column.values.len();
-        if native_u32(&column.doc_values).iter().any(|&v| v != NO_VALUE && v as usize >= distinct) {
-            return Err(inconsistent(format!("metadata field {:?} refers past its dictionary", column.field.as_str())));
+        if native_u32(&column.doc_values)
+            .iter()
+            .any(|&v| v != NO_VALUE && v as usize >= distinct)
+        {
+            return Err(inconsistent(format!(
+                "metadata field {:?} refers past its dictionary",
+                column.field.as_str()
+            )));
         }
     }
     Ok(())
@@ -229,37 +317,55 @@ fn inconsistent(message: impl Into<String>) -> ShardError {
 fn check_len(what: &str, actual: usize, expected: Option<usize>) -> Result<(), ShardError> {
     match expected {
         Some(expected) if expected == actual => Ok(()),
-        Some(expected) => Err(inconsistent(format!("{what}: {actual} entries, expected {expected}"))),
+        Some(expected) => Err(inconsistent(format!(
+            "{what}: {actual} entries, expected {expected}"
+        ))),
         None => Err(inconsistent(format!("{what}: expected size overflows"))),
     }
 }
 
 fn check_neighbours(layer: &str, neighbours: &[u32], nodes: usize) -> Result<(), ShardError> {
-    match neighbours.iter().find(|&&n| n != NO_NEIGHBOUR && n as usize >= nodes) {
-        Some(bad) => Err(inconsistent(format!("{layer} links to node {bad}, layer has {nodes}"))),
+    match neighbours
+        .iter()
+        .find(|&&n| n != NO_NEIGHBOUR && n as usize >= nodes)
+    {
+        Some(bad) => Err(inconsistent(format!(
+            "{layer} links to node {bad}, layer has {nodes}"
+        ))),
         None => Ok(()),
     }
 }
 
-fn check_strings(what: &str, column: &ArchivedStringColumn, count: usize) -> Result<(), ShardError> {
+fn check_strings(
+    what: &str,
+    column: &ArchivedStringColumn,
+    count: usize,
+) -> Result<(), ShardError> {
     let offsets = native_u32(&column.offsets);
     check_len(what, offsets.len(), Some(count + 1))?;
     let ordered = offsets.first() == Some(&0) && offsets.windows(2).all(|w| w[0] <= w[1]);
     if !ordered || offsets.last().map(|&end| end as usize) != Some(column.bytes.len()) {
-        return Err(inconsistent(format!("{what}: offsets are not ordered within the byte array")));
+        return Err(inconsistent(format!(
+            "{what}: offsets are not ordered within the byte array"
+        )));
     }
     Ok(())
 }
 
 // The archive stores little-endian primitives; on little-endian targets (x86_64, wasm32, aarch64)
 // they have exactly the native layout, which lets the search read them as plain slices.
-const _: () = assert!(cfg!(target_endian = "little"), "shard blobs are read in place only on little-endian targets");
+const _: () = assert!(
+    cfg!(target_endian = "little"),
+    "shard blobs are read in place only on little-endian targets"
+);
 
 macro_rules! native_slice {
     ($name:ident, $archived:ty, $native:ty) => {
         pub(crate) fn $name(values: &[$archived]) -> &[$native] {
-            const _: () = assert!(std::mem::size_of::<$archived>() == std::mem::size_of::<$native>());
-            const _: () = assert!(std::mem::align_of::<$archived>() == std::mem::align_of::<$native>());
+            const _: () =
+                assert!(std::mem::size_of::<$archived>() == std::mem::size_of::<$native>());
+            const _: () =
+                assert!(std::mem::align_of::<$archived>() == std::mem::align_of::<$native>());
             // SAFETY: same size and alignment (checked above), and on a little-endian target the
             // archived type is a transparent wrapper with the native byte order.
             unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<$native>(), values.len()) }
@@ -286,12 +392,18 @@ mod tests {
 
         let mut bad_version = bytes;
         bad_version[8] = 9;
-        assert!(matches!(Header::parse(&bad_version), Err(ShardError::UnsupportedVersion { found: 9, .. })));
+        assert!(matches!(
+            Header::parse(&bad_version),
+            Err(ShardError::UnsupportedVersion { found: 9, .. })
+        ));
 
         let mut bad_flags = bytes;
         bad_flags[12] = 1;
         assert_eq!(Header::parse(&bad_flags), Err(ShardError::UnknownFlags(1)));
 
-        assert!(matches!(Header::parse(&bytes[..5]), Err(ShardError::Truncated { len: 5, .. })));
+        assert!(matches!(
+            Header::parse(&bytes[..5]),
+            Err(ShardError::Truncated { len: 5, .. })
+        ));
     }
 }

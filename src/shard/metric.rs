@@ -58,7 +58,9 @@ impl Metric {
             0 => Ok(Metric::Cosine),
             1 => Ok(Metric::L2),
             2 => Ok(Metric::Dot),
-            other => Err(ShardError::Inconsistent(format!("unknown metric code {other}"))),
+            other => Err(ShardError::Inconsistent(format!(
+                "unknown metric code {other}"
+            ))),
         }
     }
 }
@@ -70,7 +72,9 @@ impl std::str::FromStr for Metric {
             "cosine" => Ok(Metric::Cosine),
             "l2" => Ok(Metric::L2),
             "dot" => Ok(Metric::Dot),
-            other => Err(format!("unknown metric {other:?} (expected cosine, l2 or dot)")),
+            other => Err(format!(
+                "unknown metric {other:?} (expected cosine, l2 or dot)"
+            )),
         }
     }
 }
@@ -100,7 +104,9 @@ impl std::str::FromStr for Quant {
         match s {
             "f16" => Ok(Quant::F16),
             "i8" => Ok(Quant::I8),
-            other => Err(format!("unknown quantisation {other:?} (expected f16 or i8)")),
+            other => Err(format!(
+                "unknown quantisation {other:?} (expected f16 or i8)"
+            )),
         }
     }
 }

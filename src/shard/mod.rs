@@ -24,7 +24,10 @@ pub use metric::{Metric, Quant};
 pub use search::Hit;
 
 use filter::PassMask;
-use format::{native_f32, native_u16, native_u32, ArchivedShardData, ArchivedStoredIds, ArchivedStoredVectors, NO_VALUE};
+use format::{
+    native_f32, native_u16, native_u32, ArchivedShardData, ArchivedStoredIds,
+    ArchivedStoredVectors, NO_VALUE,
+};
 use search::{Scratch, SearchIndex, VectorView};
 
 /// What a search asks for: `k` results, beam width `ef` (raised to `k` if smaller), optional filter.
@@ -106,7 +109,11 @@ impl Shard {
             count: data.count.to_native(),
             format_version: header.format_version,
         };
-        Ok(Shard { bytes, meta, scratch: Mutex::new(Scratch::default()) })
+        Ok(Shard {
+            bytes,
+            meta,
+            scratch: Mutex::new(Scratch::default()),
+        })
     }
 
     pub fn meta(&self) -> ShardMeta {
@@ -129,8 +136,13 @@ impl Shard {
             layer0: native_u32(&data.layer0),
             upper_layers: &data.upper_layers,
             vectors: match &data.vectors {
-                ArchivedStoredVectors::F16 { bits } => VectorView::F16 { bits: native_u16(bits) },
-                ArchivedStoredVectors::I8 { codes, scales } => VectorView::I8 { codes, scales: native_f32(scales) },
+                ArchivedStoredVectors::F16 { bits } => VectorView::F16 {
+                    bits: native_u16(bits),
+                },
+                ArchivedStoredVectors::I8 { codes, scales } => VectorView::I8 {
+                    codes,
+                    scales: native_f32(scales),
+                },
             },
             dims: self.meta.dims,
             metric: self.meta.metric,
@@ -141,7 +153,10 @@ impl Shard {
     /// Checks the query's length and values; normalises it for cosine.
     fn prepare_query(&self, query: &[f32]) -> Result<Vec<f32>, ShardError> {
         if query.len() != self.meta.dims {
-            return Err(ShardError::DimensionMismatch { expected: self.meta.dims, got: query.len() });
+            return Err(ShardError::DimensionMismatch {
+                expected: self.meta.dims,
+                got: query.len(),
+            });
         }
         if query.iter().any(|x| !x.is_finite()) {
             return Err(ShardError::NonFiniteQuery);
@@ -167,14 +182,27 @@ impl Shard {
         let mask = self.pass_mask(params.filter.as_ref());
         let index = self.index();
         let hits = match self.scratch.try_lock() {
-            Ok(mut scratch) => index.search(&query, params.k, params.ef, mask.as_ref(), &mut scratch),
-            Err(_) => index.search(&query, params.k, params.ef, mask.as_ref(), &mut Scratch::default()),
+            Ok(mut scratch) => {
+                index.search(&query, params.k, params.ef, mask.as_ref(), &mut scratch)
+            }
+            Err(_) => index.search(
+                &query,
+                params.k,
+                params.ef,
+                mask.as_ref(),
+                &mut Scratch::default(),
+            ),
         };
         Ok(hits)
     }
 
     /// Exact nearest passages by scanning every stored (quantised) vector, best first.
-    pub fn search_exact(&self, query: &[f32], k: usize, filter: Option<&Filter>) -> Result<Vec<Hit>, ShardError> {
+    pub fn search_exact(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<Hit>, ShardError> {
         let query = self.prepare_query(query)?;
         let mask = self.pass_mask(filter);
         Ok(self.index().exact(&query, k, mask.as_ref()))
@@ -183,7 +211,10 @@ impl Shard {
     /// The passage with ordinal `ord` (as found in a [`Hit`]).
     pub fn passage(&self, ord: u32) -> Result<Passage, ShardError> {
         if ord >= self.meta.count {
-            return Err(ShardError::OrdinalOutOfRange { ord, count: self.meta.count });
+            return Err(ShardError::OrdinalOutOfRange {
+                ord,
+                count: self.meta.count,
+            });
         }
         let data = self.data();
         let index = ord as usize;
@@ -198,10 +229,15 @@ impl Shard {
                 continue;
             }
             let text = column.values[value_id as usize].as_str();
-            let value = serde_json::from_str(text)
-                .map_err(|e| ShardError::Inconsistent(format!("metadata value {text:?} is not JSON: {e}")))?;
+            let value = serde_json::from_str(text).map_err(|e| {
+                ShardError::Inconsistent(format!("metadata value {text:?} is not JSON: {e}"))
+            })?;
             metadata.insert(column.field.as_str().to_owned(), value);
         }
-        Ok(Passage { id, text: data.texts.get(index)?.to_owned(), metadata })
+        Ok(Passage {
+            id,
+            text: data.texts.get(index)?.to_owned(),
+            metadata,
+        })
     }
 }

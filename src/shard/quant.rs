@@ -19,7 +19,11 @@ pub fn encode_i8(values: &[f32], out: &mut Vec<i8>) -> f32 {
         return 0.0;
     }
     let scale = max_abs / 127.0;
-    out.extend(values.iter().map(|&x| (x / scale).round().clamp(-127.0, 127.0) as i8));
+    out.extend(
+        values
+            .iter()
+            .map(|&x| (x / scale).round().clamp(-127.0, 127.0) as i8),
+    );
     scale
 }
 
@@ -148,7 +152,9 @@ mod avx2 {
     use super::portable;
 
     pub fn available() -> bool {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
     }
 
     /// Folds 16 elements per step into two accumulators (`step(acc, q, v)`), then adds the
@@ -184,7 +190,13 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         unsafe {
-            reduce(a, b, |p| _mm256_loadu_ps(p), |acc, x, y| _mm256_fmadd_ps(x, y, acc), portable::dot_f32)
+            reduce(
+                a,
+                b,
+                |p| _mm256_loadu_ps(p),
+                |acc, x, y| _mm256_fmadd_ps(x, y, acc),
+                portable::dot_f32,
+            )
         }
     }
 
@@ -282,7 +294,11 @@ mod tests {
         for bits in 0..=u16::MAX {
             let reference = half::f16::from_bits(bits);
             if reference.is_finite() {
-                assert_eq!(f16_bits_to_f32(bits), reference.to_f32(), "bits {bits:#06x}");
+                assert_eq!(
+                    f16_bits_to_f32(bits),
+                    reference.to_f32(),
+                    "bits {bits:#06x}"
+                );
             }
         }
     }
@@ -300,7 +316,8 @@ mod tests {
             let v16: Vec<f32> = bits.iter().map(|&b| f16_bits_to_f32(b)).collect();
             let v8: Vec<f32> = codes.iter().map(|&c| scale * c as f32).collect();
             let naive_dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
-            let naive_l2 = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>();
+            let naive_l2 =
+                |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>();
             assert!(close(dot_f32(&q, &v), naive_dot(&q, &v)));
             assert!(close(l2sq_f32(&q, &v), naive_l2(&q, &v)));
             assert!(close(dot_f16(&q, &bits), naive_dot(&q, &v16)));
@@ -308,7 +325,10 @@ mod tests {
             assert!(close(scale * dot_i8(&q, &codes), naive_dot(&q, &v8)));
             assert!(close(l2sq_i8(&q, &codes, scale), naive_l2(&q, &v8)));
             assert!(close(portable::dot_f16(&q, &bits), naive_dot(&q, &v16)));
-            assert!(close(portable::l2sq_i8(&q, &codes, scale), naive_l2(&q, &v8)));
+            assert!(close(
+                portable::l2sq_i8(&q, &codes, scale),
+                naive_l2(&q, &v8)
+            ));
         }
     }
 

@@ -23,7 +23,9 @@ pub struct Hit {
 impl Eq for Hit {}
 impl Ord for Hit {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.distance.total_cmp(&other.distance).then(self.ord.cmp(&other.ord))
+        self.distance
+            .total_cmp(&other.distance)
+            .then(self.ord.cmp(&other.ord))
     }
 }
 impl PartialOrd for Hit {
@@ -74,7 +76,14 @@ impl SearchIndex<'_> {
     }
 
     /// The `k` closest documents (that pass `mask`), best first, by the graph.
-    pub(crate) fn search(&self, query: &[f32], k: usize, ef: usize, mask: Option<&PassMask>, scratch: &mut Scratch) -> Vec<Hit> {
+    pub(crate) fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        mask: Option<&PassMask>,
+        scratch: &mut Scratch,
+    ) -> Vec<Hit> {
         if k == 0 || self.count == 0 || mask.is_some_and(|m| m.passing == 0) {
             return Vec::new();
         }
@@ -102,7 +111,10 @@ impl SearchIndex<'_> {
             if mask.is_some_and(|m| !m.allows(ord)) {
                 continue;
             }
-            let hit = Hit { ord, distance: self.distance(query, ord) };
+            let hit = Hit {
+                ord,
+                distance: self.distance(query, ord),
+            };
             if best.len() < k {
                 best.push(hit);
             } else if best.peek().is_some_and(|worst| hit < *worst) {
@@ -115,14 +127,23 @@ impl SearchIndex<'_> {
 
     /// Greedy walk (ef = 1) from entry point 0 down to layer 1; returns the layer-0 entry.
     fn descend(&self, query: &[f32]) -> Hit {
-        let mut current = Hit { ord: 0, distance: self.distance(query, 0) };
+        let mut current = Hit {
+            ord: 0,
+            distance: self.distance(query, 0),
+        };
         for layer in self.upper_layers.iter().rev() {
             let layer = native_u32(layer);
             loop {
                 let start = current.ord as usize * UPPER_STRIDE;
                 let mut moved = false;
-                for &neighbour in layer[start..start + UPPER_STRIDE].iter().take_while(|&&n| n != NO_NEIGHBOUR) {
-                    let candidate = Hit { ord: neighbour, distance: self.distance(query, neighbour) };
+                for &neighbour in layer[start..start + UPPER_STRIDE]
+                    .iter()
+                    .take_while(|&&n| n != NO_NEIGHBOUR)
+                {
+                    let candidate = Hit {
+                        ord: neighbour,
+                        distance: self.distance(query, neighbour),
+                    };
                     if candidate < current {
                         current = candidate;
                         moved = true;
@@ -138,7 +159,14 @@ impl SearchIndex<'_> {
 
     /// Beam search on layer 0; leaves up to `ef` passing results in `scratch.results`.
     /// Non-passing nodes are still expanded so the beam can cross them to reach passing ones.
-    fn beam_layer0(&self, query: &[f32], entry: Hit, ef: usize, mask: Option<&PassMask>, scratch: &mut Scratch) {
+    fn beam_layer0(
+        &self,
+        query: &[f32],
+        entry: Hit,
+        ef: usize,
+        mask: Option<&PassMask>,
+        scratch: &mut Scratch,
+    ) {
         scratch.begin(self.count);
         let allows = |ord: u32| mask.is_none_or(|m| m.allows(ord));
         scratch.first_visit(entry.ord);
@@ -152,11 +180,17 @@ impl SearchIndex<'_> {
                 break;
             }
             let start = closest.ord as usize * LAYER0_STRIDE;
-            for &neighbour in self.layer0[start..start + LAYER0_STRIDE].iter().take_while(|&&n| n != NO_NEIGHBOUR) {
+            for &neighbour in self.layer0[start..start + LAYER0_STRIDE]
+                .iter()
+                .take_while(|&&n| n != NO_NEIGHBOUR)
+            {
                 if !scratch.first_visit(neighbour) {
                     continue;
                 }
-                let hit = Hit { ord: neighbour, distance: self.distance(query, neighbour) };
+                let hit = Hit {
+                    ord: neighbour,
+                    distance: self.distance(query, neighbour),
+                };
                 let full = scratch.results.len() >= ef;
                 if full && scratch.results.peek().is_some_and(|worst| hit > *worst) {
                     continue;

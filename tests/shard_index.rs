@@ -1,0 +1,462 @@
+//! End-to-end tests of the shard compiler: build real indexes, measure recall against exact ground
+//! truth, filters, string ids, atomic rebuilds, and corruption handling by the library and `shardc`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use edgerag::build::{build_index, BuildConfig, BuildError, IndexDir};
+use edgerag::manifest::{checksum_hex, Manifest, MANIFEST_FILE};
+use edgerag::shard::format::{Header, HEADER_LEN};
+use edgerag::shard::{DocId, Filter, Metric, Quant, SearchParams, Shard, ShardError};
+use rand::{Rng, SeedableRng};
+
+fn pydocs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/pydocs")
+}
+
+fn config(
+    passages: &Path,
+    vectors: Option<&Path>,
+    dims: usize,
+    quant: Quant,
+    shards: usize,
+    out: &Path,
+) -> BuildConfig {
+    BuildConfig {
+        passages: passages.to_path_buf(),
+        vectors: vectors.map(Path::to_path_buf),
+        dims,
+        metric: Metric::Cosine,
+        quant,
+        shards,
+        regions: vec!["weur".into(), "enam".into()],
+        name: "test".into(),
+        out: out.to_path_buf(),
+        seed: 42,
+        ef_construction: 200,
+        progress: false,
+    }
+}
+
+fn read_le<T>(path: &Path, decode: fn([u8; 4]) -> T) -> Vec<T> {
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| decode([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// A clustered synthetic corpus with integer or string ids and two metadata fields;
+/// vectors are written to a separate raw f32 file. Returns (passages, vectors, raw rows).
+fn synthetic_corpus(
+    dir: &Path,
+    rows: usize,
+    dims: usize,
+    string_ids: bool,
+) -> (PathBuf, PathBuf, Vec<Vec<f32>>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let centres: Vec<Vec<f32>> = (0..16)
+        .map(|_| (0..dims).map(|_| rng.gen_range(-1.0f32..1.0)).collect())
+        .collect();
+    let mut lines = String::new();
+    let mut vectors = Vec::new();
+    for row in 0..rows {
+        let cluster = row % centres.len();
+        let vector: Vec<f32> = centres[cluster]
+            .iter()
+            .map(|c| c + rng.gen_range(-0.4f32..0.4))
+            .collect();
+        let id = if string_ids {
+            serde_json::json!(format!("doc-{row}"))
+        } else {
+            serde_json::json!(row)
+        };
+        let line = serde_json::json!({"id": id, "text": format!("passage {row} ünïcode"), "group": cluster % 3, "lang": if row % 2 == 0 { "en" } else { "de" }});
+        lines.push_str(&line.to_string());
+        lines.push('\n');
+        vectors.push(vector);
+    }
+    let passages = dir.join("passages.jsonl");
+    let raw = dir.join("base.f32");
+    std::fs::write(&passages, lines).unwrap();
+    std::fs::write(
+        &raw,
+        vectors
+            .iter()
+            .flatten()
+            .flat_map(|x| x.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    (passages, raw, vectors)
+}
+
+/// Exact top-k row indices by cosine over raw f32 vectors.
+fn exact_top_k(vectors: &[Vec<f32>], query: &[f32], k: usize) -> Vec<i32> {
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let mut scored: Vec<(f32, i32)> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            (
+                -v.iter().zip(query).map(|(a, b)| a * b).sum::<f32>() / (norm(v) * norm(query)),
+                i as i32,
+            )
+        })
+        .collect();
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    scored.into_iter().take(k).map(|(_, i)| i).collect()
+}
+
+/// Mean recall@10 of the graph search at `ef`; `truth` rows start with the exact top 10 ids.
+fn recall_at_10(index: &IndexDir, queries: &[Vec<f32>], truth: &[Vec<i32>], ef: usize) -> f64 {
+    let mut found = 0;
+    for (query, expected) in queries.iter().zip(truth) {
+        for hit in index
+            .search(
+                query,
+                &SearchParams {
+                    k: 10,
+                    ef,
+                    filter: None,
+                },
+            )
+            .unwrap()
+        {
+            let DocId::Int(id) = index.shards[hit.shard].passage(hit.ord).unwrap().id else {
+                panic!("integer ids expected")
+            };
+            found += usize::from(expected[..10].contains(&(id as i32)));
+        }
+    }
+    found as f64 / (10 * queries.len()) as f64
+}
+
+/// Best recall over ef ∈ {32, …, 256}, stopping at the first ef that reaches `target`.
+fn reaches_recall(
+    index: &IndexDir,
+    queries: &[Vec<f32>],
+    truth: &[Vec<i32>],
+    target: f64,
+) -> (usize, f64) {
+    let mut last = (0, 0.0);
+    for ef in [32, 64, 128, 256] {
+        last = (ef, recall_at_10(index, queries, truth, ef));
+        if last.1 >= target {
+            break;
+        }
+    }
+    last
+}
+
+#[test]
+fn recall_against_exact_ground_truth_for_1_and_4_shards_f16_and_i8() {
+    let work = tempfile::tempdir().unwrap();
+    let data = pydocs_dir();
+    let (passages, vectors, dims, queries, truth) = if data.join("passages.jsonl").exists() {
+        const QUERIES: usize = 500;
+        let queries: Vec<Vec<f32>> = read_le(&data.join("queries_public.f32"), f32::from_le_bytes)
+            .chunks(384)
+            .take(QUERIES)
+            .map(<[f32]>::to_vec)
+            .collect();
+        let truth: Vec<Vec<i32>> = read_le(&data.join("gt_public.i32"), i32::from_le_bytes)
+            .chunks(100)
+            .take(QUERIES)
+            .map(<[i32]>::to_vec)
+            .collect();
+        (
+            data.join("passages.jsonl"),
+            data.join("base.f32"),
+            384,
+            queries,
+            truth,
+        )
+    } else {
+        eprintln!("../shared/data/pydocs is absent: measuring recall on a synthetic clustered corpus instead");
+        let (passages, vectors, rows) = synthetic_corpus(work.path(), 3000, 48, false);
+        let queries: Vec<Vec<f32>> = rows
+            .iter()
+            .step_by(15)
+            .map(|v| v.iter().map(|x| x * 1.01 + 0.01).collect())
+            .collect();
+        let truth = queries.iter().map(|q| exact_top_k(&rows, q, 10)).collect();
+        (passages, vectors, 48, queries, truth)
+    };
+    for (quant, target) in [(Quant::F16, 0.97), (Quant::I8, 0.95)] {
+        for shards in [1, 4] {
+            let out = work.path().join(format!("{quant:?}-{shards}"));
+            build_index(&config(
+                &passages,
+                Some(&vectors),
+                dims,
+                quant,
+                shards,
+                &out,
+            ))
+            .unwrap();
+            let index = IndexDir::open(&out).unwrap();
+            let (ef, recall) = reaches_recall(&index, &queries, &truth, target);
+            eprintln!("{quant:?} shards={shards}: recall@10 {recall:.4} at ef {ef}");
+            assert!(
+                recall >= target,
+                "{quant:?} with {shards} shards: recall@10 {recall} < {target} even at ef {ef}"
+            );
+        }
+    }
+}
+
+#[test]
+fn filters_string_ids_and_passages_survive_the_round_trip() {
+    let work = tempfile::tempdir().unwrap();
+    let (passages, vectors, rows) = synthetic_corpus(work.path(), 800, 16, true);
+    let out = work.path().join("index");
+    let manifest =
+        build_index(&config(&passages, Some(&vectors), 16, Quant::F16, 2, &out)).unwrap();
+    assert_eq!(manifest.count, 800);
+    assert_eq!(
+        manifest.shards.iter().map(|s| s.count).collect::<Vec<_>>(),
+        vec![400, 400]
+    );
+    let index = IndexDir::open(&out).unwrap();
+
+    // The nearest passage to a stored vector is that passage, with its id and fields as given.
+    let hits = index
+        .search(
+            &rows[123],
+            &SearchParams {
+                k: 1,
+                ef: 64,
+                filter: None,
+            },
+        )
+        .unwrap();
+    let passage = index.shards[hits[0].shard].passage(hits[0].ord).unwrap();
+    assert_eq!(passage.id, DocId::Str("doc-123".into()));
+    assert_eq!(passage.text, "passage 123 ünïcode");
+    assert_eq!(passage.metadata["lang"], "de");
+    assert!((Metric::Cosine.score(hits[0].distance) - 1.0).abs() < 1e-3);
+
+    // Filtered graph search (broad filter) and exact scan (selective filter) both return only
+    // passing passages, and the same set as brute force over the passing ones.
+    let broad: Filter = serde_json::from_str(r#"{"lang": "en"}"#).unwrap();
+    let selective: Filter = serde_json::from_str(r#"{"lang": "en", "group": 1}"#).unwrap();
+    for filter in [broad, selective] {
+        let params = SearchParams {
+            k: 10,
+            ef: 128,
+            filter: Some(filter.clone()),
+        };
+        let approximate = index.search(&rows[7], &params).unwrap();
+        let exact = index.search_exact(&rows[7], &params).unwrap();
+        assert_eq!(approximate.len(), 10);
+        for hit in &approximate {
+            let metadata = index.shards[hit.shard].passage(hit.ord).unwrap().metadata;
+            assert!(
+                filter
+                    .equals
+                    .iter()
+                    .all(|(field, value)| &metadata[field] == value),
+                "{metadata:?}"
+            );
+        }
+        let key = |hits: &[edgerag::shard::ShardHit]| {
+            hits.iter()
+                .map(|h| (h.shard, h.ord))
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        assert!(key(&approximate).intersection(&key(&exact)).count() >= 9);
+    }
+    let nobody: Filter = serde_json::from_str(r#"{"lang": "fr"}"#).unwrap();
+    assert!(index
+        .search(
+            &rows[7],
+            &SearchParams {
+                k: 5,
+                ef: 32,
+                filter: Some(nobody)
+            }
+        )
+        .unwrap()
+        .is_empty());
+
+    // Wrong query dimension is an error, not a panic.
+    let shard = &index.shards[0];
+    assert_eq!(
+        shard.search(
+            &[1.0; 3],
+            &SearchParams {
+                k: 1,
+                ef: 8,
+                filter: None
+            }
+        ),
+        Err(ShardError::DimensionMismatch {
+            expected: 16,
+            got: 3
+        })
+    );
+    assert!(matches!(
+        shard.passage(10_000),
+        Err(ShardError::OrdinalOutOfRange { .. })
+    ));
+}
+
+#[test]
+fn failed_rebuild_leaves_the_previous_index_intact() {
+    let work = tempfile::tempdir().unwrap();
+    let (passages, vectors, _) = synthetic_corpus(work.path(), 300, 8, false);
+    let out = work.path().join("index");
+    let first = build_index(&config(&passages, Some(&vectors), 8, Quant::I8, 2, &out)).unwrap();
+
+    let bad = work.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&passages).unwrap() + "{\"id\": 5, \"text\": \"duplicate\"}\n",
+    )
+    .unwrap();
+    let failed = build_index(&config(&bad, Some(&vectors), 8, Quant::I8, 2, &out));
+    assert!(
+        matches!(failed, Err(BuildError::Corpus { .. })),
+        "{failed:?}"
+    );
+    let wrong_dims = build_index(&config(&passages, Some(&vectors), 9, Quant::I8, 2, &out));
+    assert!(
+        matches!(wrong_dims, Err(BuildError::Vectors { .. })),
+        "{wrong_dims:?}"
+    );
+
+    let reopened = IndexDir::open(&out).unwrap();
+    assert_eq!(reopened.manifest, first);
+
+    // A successful rebuild with other settings replaces it and removes the old shard files.
+    let second = build_index(&config(&passages, Some(&vectors), 8, Quant::F16, 3, &out)).unwrap();
+    assert_ne!(second.version, first.version);
+    let shard_files = std::fs::read_dir(&out)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".shard")
+        })
+        .count();
+    assert_eq!(shard_files, 3);
+}
+
+fn shardc_inspect(path: &Path) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_shardc"))
+        .arg("inspect")
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+#[test]
+fn corrupted_blobs_and_manifests_give_clear_errors_never_panics() {
+    let work = tempfile::tempdir().unwrap();
+    let (passages, vectors, rows) = synthetic_corpus(work.path(), 200, 8, true);
+    let out = work.path().join("index");
+    let manifest = build_index(&config(&passages, Some(&vectors), 8, Quant::I8, 1, &out)).unwrap();
+    let shard_path = out.join(&manifest.shards[0].file);
+    let blob = std::fs::read(&shard_path).unwrap();
+    assert!(Shard::from_bytes(&blob).is_ok());
+    assert!(shardc_inspect(&shard_path).0);
+    assert!(shardc_inspect(&out).0);
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let exercise = |bytes: &[u8]| {
+        // Whatever opens must also answer without panicking.
+        if let Ok(shard) = Shard::from_bytes(bytes) {
+            let _ = shard.search(
+                &rows[0],
+                &SearchParams {
+                    k: 5,
+                    ef: 16,
+                    filter: None,
+                },
+            );
+            (0..shard.meta().count).for_each(|ord| drop(shard.passage(ord)));
+        }
+    };
+    for _ in 0..2000 {
+        let len = rng.gen_range(0..blob.len());
+        assert!(
+            Shard::from_bytes(&blob[..len]).is_err(),
+            "truncation to {len} bytes was accepted"
+        );
+    }
+    let mut archive_rejections = 0;
+    for round in 0..3000 {
+        let mut bytes = blob.clone();
+        let at = rng.gen_range(0..bytes.len());
+        bytes[at] ^= 1 << rng.gen_range(0..8);
+        if round % 2 == 0 {
+            assert!(
+                Shard::from_bytes(&bytes).is_err(),
+                "flip at {at} passed the checksum"
+            );
+        } else if at >= HEADER_LEN {
+            // Re-seal the header so the flip reaches bytecheck and the structure checks.
+            let header = Header::for_payload(&bytes[HEADER_LEN..]).encode();
+            bytes[..HEADER_LEN].copy_from_slice(&header);
+            if let Err(ShardError::InvalidArchive(_) | ShardError::Inconsistent(_)) =
+                Shard::from_bytes(&bytes)
+            {
+                archive_rejections += 1;
+            }
+            exercise(&bytes);
+        }
+    }
+    assert!(
+        archive_rejections > 0,
+        "no payload corruption ever reached archive validation"
+    );
+
+    let mut wrong_magic = blob.clone();
+    wrong_magic[..8].copy_from_slice(b"NOTSHARD");
+    assert!(matches!(
+        Shard::from_bytes(&wrong_magic),
+        Err(ShardError::BadMagic)
+    ));
+    let mut wrong_version = blob.clone();
+    wrong_version[8..12].copy_from_slice(&7u32.to_le_bytes());
+    assert!(matches!(
+        Shard::from_bytes(&wrong_version),
+        Err(ShardError::UnsupportedVersion { found: 7, .. })
+    ));
+
+    for (bytes, expected) in [
+        (&wrong_magic[..], "bad magic"),
+        (&wrong_version[..], "version 7"),
+        (&blob[..100], "length mismatch"),
+    ] {
+        std::fs::write(&shard_path, bytes).unwrap();
+        let (ok, message) = shardc_inspect(&shard_path);
+        assert!(!ok && message.contains("shardc: error"), "{message}");
+        assert!(message.to_lowercase().contains(expected), "{message}");
+        // The index directory notices first that the file is not the one its manifest names.
+        let (ok, message) = shardc_inspect(&out);
+        assert!(!ok && message.contains("checksum"), "{message}");
+    }
+
+    // Manifest checksum mismatch: the manifest's recorded checksum no longer matches the file.
+    std::fs::write(&shard_path, &blob).unwrap();
+    let mut tampered: Manifest =
+        serde_json::from_slice(&std::fs::read(out.join(MANIFEST_FILE)).unwrap()).unwrap();
+    tampered.shards[0].checksum = checksum_hex(b"something else");
+    tampered.version = tampered.content_version();
+    std::fs::write(out.join(MANIFEST_FILE), tampered.to_json_pretty()).unwrap();
+    assert!(matches!(
+        IndexDir::open(&out),
+        Err(BuildError::Manifest { .. })
+    ));
+    let (ok, message) = shardc_inspect(&out);
+    assert!(!ok && message.contains("checksum"), "{message}");
+}
