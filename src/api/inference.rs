@@ -140,11 +140,16 @@ pub enum Verdict {
 
 /// Judges a response head. `now` is time since the Unix epoch, for HTTP-date `Retry-After`.
 pub fn judge_origin(status: u16, retry_after: Option<&str>, now: Duration) -> Verdict {
-    match status {
-        200..=299 => Verdict::Answered,
-        429 => Verdict::Failed(FailureKind::RateLimited { retry_after: retry_after.and_then(|v| parse_retry_after(v, now)) }),
-        500..=599 => Verdict::Failed(FailureKind::ServerError { status }),
-        _ => Verdict::Refused,
+    if (200..=299).contains(&status) {
+        return Verdict::Answered;
+    }
+    match FailureKind::from_status(status, retry_after) {
+        // The balancer reads delta-seconds; the other form RFC 9110 allows is a date.
+        Some(FailureKind::RateLimited { retry_after: None }) => Verdict::Failed(FailureKind::RateLimited {
+            retry_after: retry_after.and_then(parse_imf_fixdate).map(|at| at.saturating_sub(now)),
+        }),
+        Some(kind) => Verdict::Failed(kind),
+        None => Verdict::Refused,
     }
 }
 
@@ -160,16 +165,6 @@ pub fn refusal(origin: &str, status: u16, body: &[u8]) -> ApiError {
         400 | 422 => ApiError::Invalid(format!("origin {origin} rejected the request: {message}")),
         _ => ApiError::BadGateway(format!("origin {origin} answered {status}: {message}")),
     }
-}
-
-/// `Retry-After` as delta-seconds or an HTTP-date (IMF-fixdate); `None` when unparseable, so the
-/// balancer falls back to its default wait.
-pub fn parse_retry_after(value: &str, now: Duration) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    parse_imf_fixdate(value).map(|at| at.saturating_sub(now))
 }
 
 const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
@@ -289,12 +284,16 @@ mod tests {
         let at = Duration::from_secs(784_111_777);
         assert_eq!(parse_imf_fixdate("Sun, 06 Nov 1994 08:49:37 GMT"), Some(at));
         assert_eq!(parse_imf_fixdate("Thu, 29 Feb 2024 00:00:00 GMT"), Some(Duration::from_secs(1_709_164_800)));
+        let wait = |value: &str, now: Duration| match judge_origin(429, Some(value), now) {
+            Verdict::Failed(FailureKind::RateLimited { retry_after }) => retry_after,
+            other => panic!("429 judged {other:?}"),
+        };
         let before = at - Duration::from_secs(5);
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", before), Some(Duration::from_secs(5)));
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", at + Duration::from_secs(9)), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after(" 120 ", before), Some(Duration::from_secs(120)));
+        assert_eq!(wait("Sun, 06 Nov 1994 08:49:37 GMT", before), Some(Duration::from_secs(5)));
+        assert_eq!(wait("Sun, 06 Nov 1994 08:49:37 GMT", at + Duration::from_secs(9)), Some(Duration::ZERO));
+        assert_eq!(wait(" 120 ", before), Some(Duration::from_secs(120)));
         for bad in ["", "-1", "1.5", "Sun, 06 Nov 1994 08:49:37 PST", "Sun, 32 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT"] {
-            assert_eq!(parse_retry_after(bad, before), None, "{bad}");
+            assert_eq!(wait(bad, before), None, "{bad}");
         }
     }
 
