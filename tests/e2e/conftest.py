@@ -34,6 +34,14 @@ def free_port():
         return s.getsockname()[1]
 
 
+def body_of(raw):
+    """JSON when it is (every answer of ours is); the raw text otherwise, so a failure shows it."""
+    try:
+        return json.loads(raw or b"null")
+    except ValueError:
+        return raw.decode(errors="replace")
+
+
 class Worker:
     """HTTP helper for one `wrangler dev` instance."""
 
@@ -47,9 +55,9 @@ class Worker:
         req = urllib.request.Request(self.base + path, data=data, method=method, headers=hdrs)
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, dict(r.headers), json.loads(r.read() or b"null")
+                return r.status, dict(r.headers), body_of(r.read())
         except urllib.error.HTTPError as e:
-            return e.code, dict(e.headers), json.loads(e.read() or b"null")
+            return e.code, dict(e.headers), body_of(e.read())
 
     def search(self, **body):
         return self.call("POST", "/v1/search", body)
