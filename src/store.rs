@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::rc::Rc;
 
-use futures::future::{FutureExt, LocalBoxFuture, Shared};
+use futures::future::{select, Either, FutureExt, LocalBoxFuture, Shared};
 use rkyv::util::AlignedVec;
 use serde::Deserialize;
 
@@ -169,12 +169,16 @@ impl<V: 'static, E: Clone + 'static> Cache<V, E> {
     }
 
     /// The cached value, or the result of `load` (value, its size in bytes). `load` is only
-    /// polled if no ready value and no load in flight exist for `key`.
-    pub async fn get_or_load<F>(&self, key: &str, load: F) -> Result<Got<V>, E>
+    /// polled if no ready value and no load in flight exist for `key`. A request that joins a
+    /// load another request started waits in steps of `pause()`, a timer of its own: workerd
+    /// cancels a request as hung when all it awaits is another request's I/O.
+    pub async fn get_or_load<F, P, PF>(&self, key: &str, load: F, pause: P) -> Result<Got<V>, E>
     where
         F: Future<Output = Result<(V, usize), E>> + 'static,
+        P: Fn() -> PF,
+        PF: Future<Output = ()>,
     {
-        let loading = {
+        let (loading, joined) = {
             let mut state = self.state.borrow_mut();
             state.tick += 1;
             let tick = state.tick;
@@ -183,18 +187,27 @@ impl<V: 'static, E: Clone + 'static> Cache<V, E> {
                     *used = tick;
                     return Ok(Got { value: loaded.value.clone(), loaded_now: false });
                 }
-                Some(Slot::Loading(loading)) => loading.clone(),
+                Some(Slot::Loading(loading)) => (loading.clone(), true),
                 None => {
                     let loading = load
                         .map(|r| r.map(|(value, bytes)| Loaded { value: Rc::new(value), bytes }))
                         .boxed_local()
                         .shared();
                     state.slots.insert(key.to_string(), Slot::Loading(loading.clone()));
-                    loading
+                    (loading, false)
                 }
             }
         };
-        let result = loading.clone().await;
+        let result = if joined {
+            loop {
+                let step = std::pin::pin!(pause());
+                if let Either::Left((result, _)) = select(loading.clone(), step).await {
+                    break result;
+                }
+            }
+        } else {
+            loading.clone().await
+        };
         // Every waiter settles the slot (idempotently), so it settles even if the request
         // that started the load went away before it finished.
         self.settle(key, &loading, &result);
@@ -245,6 +258,8 @@ pub trait Source: Clone + 'static {
     /// Index names (top-level prefixes) in a region's bucket.
     async fn indexes(&self, region: &str) -> Result<Vec<String>, String>;
     fn now_ms(&self) -> f64;
+    /// A short wait on the calling request's own timer (see [`Cache::get_or_load`]).
+    async fn pause(&self);
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -341,7 +356,7 @@ impl Store {
                 .map_err(|e| StoreError::Unavailable(format!("{key2} in {region}: {e}")))?;
             Ok((manifest, bytes.len()))
         };
-        let manifest = self.manifests.get_or_load(&key, load).await?.value;
+        let manifest = self.manifests.get_or_load(&key, load, || source.pause()).await?.value;
         Ok(Pinned { index: index.to_string(), version: version.to_string(), manifest })
     }
 
@@ -355,8 +370,9 @@ impl Store {
             .ok_or_else(|| StoreError::Unavailable(format!("no shard number {i}")))?;
         let key = blob_key(&pinned.index, &pinned.version, &entry.file);
         let order = replica_order(home, &entry.regions, &source.regions());
-        let (source, manifest, key2) = (source.clone(), pinned.manifest.clone(), key.clone());
+        let (loader, manifest, key2) = (source.clone(), pinned.manifest.clone(), key.clone());
         let load = async move {
+            let source = loader;
             let started = source.now_ms();
             let mut problems = Vec::new();
             for region in &order {
@@ -384,7 +400,7 @@ impl Store {
             }
             Err(StoreError::Unavailable(format!("{key2}: {}", problems.join("; "))))
         };
-        self.shards.get_or_load(&key, load).await
+        self.shards.get_or_load(&key, load, || source.pause()).await
     }
 }
 
@@ -413,6 +429,11 @@ mod tests {
     use futures::task::LocalSpawnExt;
     use std::cell::Cell;
 
+    /// A pause that never ends: waiters then finish only through the shared load's wake-up.
+    fn no_pause() -> futures::future::Pending<()> {
+        futures::future::pending()
+    }
+
     fn counting_load(calls: &Rc<Cell<u32>>, value: &'static str, bytes: usize) -> impl Future<Output = Result<(String, usize), String>> {
         let calls = calls.clone();
         async move {
@@ -439,7 +460,7 @@ mod tests {
                         let _ = gate.await;
                         Ok(("blob".to_string(), 10))
                     };
-                    let got = cache.get_or_load("a", load).await.unwrap();
+                    let got = cache.get_or_load("a", load, no_pause).await.unwrap();
                     results.borrow_mut().push((got.value.to_string(), got.loaded_now));
                 })
                 .unwrap();
@@ -449,7 +470,7 @@ mod tests {
         tx.send(()).unwrap();
         pool.run_until_stalled();
         assert_eq!(*results.borrow(), vec![("blob".to_string(), true); 5]);
-        let again = futures::executor::block_on(cache.get_or_load("a", counting_load(&calls, "x", 1))).unwrap();
+        let again = futures::executor::block_on(cache.get_or_load("a", counting_load(&calls, "x", 1), no_pause)).unwrap();
         assert!(!again.loaded_now);
         assert_eq!((calls.get(), cache.bytes(), cache.len()), (1, 10, 1));
     }
@@ -459,7 +480,7 @@ mod tests {
         let cache: Cache<String, String> = Cache::new(100);
         let calls = Rc::new(Cell::new(0));
         let get = |key: &'static str, bytes| {
-            futures::executor::block_on(cache.get_or_load(key, counting_load(&calls, key, bytes))).unwrap()
+            futures::executor::block_on(cache.get_or_load(key, counting_load(&calls, key, bytes), no_pause)).unwrap()
         };
         get("a", 40);
         get("b", 40);
@@ -477,9 +498,9 @@ mod tests {
     fn failed_loads_are_retried() {
         let cache: Cache<String, String> = Cache::new(100);
         let failing = async { Err::<(String, usize), String>("boom".into()) };
-        assert_eq!(futures::executor::block_on(cache.get_or_load("a", failing)).err(), Some("boom".to_string()));
+        assert_eq!(futures::executor::block_on(cache.get_or_load("a", failing, no_pause)).err(), Some("boom".to_string()));
         let calls = Rc::new(Cell::new(0));
-        assert!(futures::executor::block_on(cache.get_or_load("a", counting_load(&calls, "ok", 1))).is_ok());
+        assert!(futures::executor::block_on(cache.get_or_load("a", counting_load(&calls, "ok", 1), no_pause)).is_ok());
         assert_eq!(calls.get(), 1);
     }
 

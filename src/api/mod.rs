@@ -1,8 +1,15 @@
 //! The HTTP API without I/O: routing, request parsing and validation, response shapes, and the
 //! problem documents every error becomes. The Workers handlers in `edge` are thin calls into it.
+mod inference;
 mod problem;
 mod search;
 
+use serde::de::DeserializeOwned;
+
+pub use inference::{
+    interrupted_event, judge_origin, parse_chat, parse_embeddings, parse_rag, passages, refusal, with_sources, ChatRequest,
+    RagRequest, Verdict, INFERENCE_BODY_LIMIT, RAG_K_DEFAULT,
+};
 pub use problem::{ApiError, Problem};
 pub use search::{
     parse_search, IndexSummary, Match, Query, SearchRequest, SearchResponse, BODY_LIMIT, EF_DEFAULT,
@@ -16,6 +23,9 @@ pub enum Route {
     Indexes,
     Index(String),
     Search,
+    Embeddings,
+    Rag,
+    ChatCompletions,
 }
 
 impl Route {
@@ -25,6 +35,9 @@ impl Route {
             "/healthz" => (Route::Health, "GET"),
             "/v1/indexes" => (Route::Indexes, "GET"),
             "/v1/search" => (Route::Search, "POST"),
+            "/v1/embeddings" => (Route::Embeddings, "POST"),
+            "/v1/rag" => (Route::Rag, "POST"),
+            "/v1/chat/completions" => (Route::ChatCompletions, "POST"),
             _ => match path.strip_prefix("/v1/indexes/") {
                 Some(name) if !name.is_empty() && !name.contains('/') => {
                     (Route::Index(name.to_string()), "GET")
@@ -43,6 +56,21 @@ impl Route {
     }
 }
 
+/// Checks the media type and size, then deserialises: syntax errors are 400, schema errors 422.
+pub(crate) fn parse_json<T: DeserializeOwned>(content_type: Option<&str>, body: &[u8], limit: usize) -> Result<T, ApiError> {
+    let media_type = content_type.unwrap_or("").split(';').next().unwrap_or("").trim();
+    if !media_type.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::UnsupportedMediaType(media_type.to_string()));
+    }
+    if body.len() > limit {
+        return Err(ApiError::TooLarge { size: body.len(), limit });
+    }
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::Invalid(e.to_string()),
+        _ => ApiError::MalformedJson(e.to_string()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +81,9 @@ mod tests {
         assert_eq!(Route::parse("GET", "/v1/indexes/"), Ok(Route::Indexes));
         assert_eq!(Route::parse("GET", "/v1/indexes/docs"), Ok(Route::Index("docs".into())));
         assert_eq!(Route::parse("POST", "/v1/search"), Ok(Route::Search));
+        assert_eq!(Route::parse("POST", "/v1/chat/completions"), Ok(Route::ChatCompletions));
+        assert_eq!(Route::parse("POST", "/v1/rag"), Ok(Route::Rag));
+        assert_eq!(Route::parse("POST", "/v1/embeddings"), Ok(Route::Embeddings));
         assert_eq!(Route::parse("GET", "/v1/search").unwrap_err().status(), 405);
         assert_eq!(Route::parse("GET", "/v2/x").unwrap_err().status(), 404);
         assert_eq!(Route::parse("GET", "/v1/indexes/a/b").unwrap_err().status(), 404);

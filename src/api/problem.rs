@@ -5,8 +5,12 @@
 //!   and numbers beyond f64, which JSON cannot carry).
 //! - 422: well-formed JSON that breaks the schema or a rule: unknown or mistyped field, wrong
 //!   vector length, a component that is not finite as f32, `k`/`ef`/`probe` out of range.
-//! - 404 unknown route or index, 405 wrong method, 413 body over the limit, 415 not JSON,
-//!   501 `text` queries (no embedding origin yet), 503 shards unavailable, 500 misconfiguration.
+//! - 404 unknown route, index or model (no configured origin serves it), 405 wrong method,
+//!   413 body over the limit, 415 not JSON.
+//! - 502 an origin answered with something unusable (a body that is not the OpenAI shape, or a
+//!   4xx that blames this service rather than the caller).
+//! - 503 shards unavailable, or no inference origin answered within the deadline and budget.
+//! - 500 only for a misconfigured deployment (a bad var), naming the var and field.
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -25,10 +29,14 @@ pub enum ApiError {
     TooLarge { size: usize, limit: usize },
     #[error("no index named {0:?}")]
     UnknownIndex(String),
-    #[error("text queries need an embedding origin, which this deployment does not configure")]
-    TextQueryUnsupported,
+    #[error("no inference origin serves the model {0:?}")]
+    UnknownModel(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    OriginsUnavailable(String),
+    #[error("{0}")]
+    BadGateway(String),
     #[error("the service is misconfigured: {0}")]
     Misconfigured(String),
 }
@@ -48,14 +56,14 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::MalformedJson(_) => 400,
-            ApiError::NotFound(_) | ApiError::UnknownIndex(_) => 404,
+            ApiError::NotFound(_) | ApiError::UnknownIndex(_) | ApiError::UnknownModel(_) => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::TooLarge { .. } => 413,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Invalid(_) => 422,
             ApiError::Misconfigured(_) => 500,
-            ApiError::TextQueryUnsupported => 501,
-            ApiError::Unavailable(_) => 503,
+            ApiError::BadGateway(_) => 502,
+            ApiError::Unavailable(_) | ApiError::OriginsUnavailable(_) => 503,
         }
     }
 
@@ -68,8 +76,10 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
             ApiError::TooLarge { .. } => ("body-too-large", "Request body too large"),
             ApiError::UnknownIndex(_) => ("unknown-index", "Unknown index"),
-            ApiError::TextQueryUnsupported => ("text-query-unsupported", "Text queries not supported"),
+            ApiError::UnknownModel(_) => ("unknown-model", "Unknown model"),
             ApiError::Unavailable(_) => ("shard-unavailable", "Shard unavailable"),
+            ApiError::OriginsUnavailable(_) => ("origins-unavailable", "Inference origins unavailable"),
+            ApiError::BadGateway(_) => ("bad-gateway", "Bad answer from an inference origin"),
             ApiError::Misconfigured(_) => ("misconfigured", "Service misconfigured"),
         }
     }

@@ -2,7 +2,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::ApiError;
+use super::{parse_json, ApiError};
 use crate::shard::{DocId, Passage};
 
 pub const K_DEFAULT: usize = 10;
@@ -14,7 +14,7 @@ pub const EF_MAX: usize = 1024;
 /// Room for a 4096-dimension vector written with full f32 precision, and then some.
 pub const BODY_LIMIT: usize = 128 * 1024;
 
-/// The query: a vector now; `Text` is the seam for embedding through an origin later.
+/// The query: a vector, or text that the embeddings pool turns into one.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Query {
     Vector(Vec<f32>),
@@ -50,17 +50,7 @@ struct SearchBody {
 
 /// Checks the media type and size, then parses and validates the body.
 pub fn parse_search(content_type: Option<&str>, body: &[u8]) -> Result<SearchRequest, ApiError> {
-    let media_type = content_type.unwrap_or("").split(';').next().unwrap_or("").trim();
-    if !media_type.eq_ignore_ascii_case("application/json") {
-        return Err(ApiError::UnsupportedMediaType(media_type.to_string()));
-    }
-    if body.len() > BODY_LIMIT {
-        return Err(ApiError::TooLarge { size: body.len(), limit: BODY_LIMIT });
-    }
-    let body: SearchBody = serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::Invalid(e.to_string()),
-        _ => ApiError::MalformedJson(e.to_string()),
-    })?;
+    let body: SearchBody = parse_json(content_type, body, BODY_LIMIT)?;
     let query = match (body.vector, body.text) {
         (Some(vector), None) => Query::Vector(finite_f32(&vector)?),
         (None, Some(text)) => Query::Text(text),
@@ -100,6 +90,11 @@ fn finite_f32(vector: &[f64]) -> Result<Vec<f32>, ApiError> {
 }
 
 impl SearchRequest {
+    /// A text query with default beam and no probe limit or filter: retrieval for a prompt.
+    pub fn text(index: &str, text: &str, k: usize) -> SearchRequest {
+        SearchRequest { index: index.to_string(), query: Query::Text(text.to_string()), k, ef: None, probe: None, filter: None }
+    }
+
     pub fn effective_ef(&self) -> usize {
         self.ef.unwrap_or(EF_DEFAULT.max(self.k))
     }
@@ -201,7 +196,7 @@ mod tests {
     }
 
     #[test]
-    fn text_queries_parse_as_the_embedding_seam() {
+    fn text_queries_parse() {
         let r = parse_search(JSON, br#"{"index":"d","text":"how?"}"#).unwrap();
         assert_eq!(r.query, Query::Text("how?".into()));
     }

@@ -1,6 +1,8 @@
 //! Cloudflare Workers glue: the fetch entry point, configuration from vars, and the one place
 //! where results and errors become HTTP responses (problem JSON, `x-request-id`, `Server-Timing`).
 mod host;
+mod inference;
+mod origins;
 mod r2;
 mod search;
 
@@ -12,6 +14,7 @@ use worker::wasm_bindgen::JsCast;
 use worker::*;
 
 use crate::api::{ApiError, IndexSummary, Route};
+use crate::rag::DEFAULT_SYSTEM;
 use crate::store::{Location, RegionMap, Store, StoreError};
 
 /// Default shard cache budget per isolate (`CACHE_BYTES` overrides): leaves headroom in the
@@ -19,6 +22,11 @@ use crate::store::{Location, RegionMap, Store, StoreError};
 const CACHE_BYTES_DEFAULT: usize = 96 << 20;
 const DEADLINE_MS_DEFAULT: u64 = 5000;
 const CURRENT_TTL_MS_DEFAULT: f64 = 1000.0;
+/// The model the embeddings pool serves for text queries; the shipped indexes use its vectors.
+const EMBEDDING_MODEL_DEFAULT: &str = "all-MiniLM-L6-v2";
+/// Prompt budget for system text plus passages (approximate tokens): five 90-word passages with
+/// room to spare, well inside small models' context windows.
+const RAG_CONTEXT_TOKENS_DEFAULT: usize = 2000;
 
 thread_local! {
     // One store per isolate: shards fetched by one request serve the following ones.
@@ -53,6 +61,10 @@ pub(crate) struct Config {
     pub regions: RegionMap,
     pub mode: Mode,
     pub deadline_ms: u64,
+    pub embedding_model: String,
+    /// Instruction placed before the numbered passages (`RAG_SYSTEM`).
+    pub rag_system: String,
+    pub context_tokens: usize,
 }
 
 fn var(env: &Env, name: &str) -> Option<String> {
@@ -80,6 +92,9 @@ impl Config {
             regions,
             mode,
             deadline_ms: parsed(env, "FANOUT_DEADLINE_MS", DEADLINE_MS_DEFAULT)?,
+            embedding_model: var(env, "EMBEDDING_MODEL").unwrap_or_else(|| EMBEDDING_MODEL_DEFAULT.into()),
+            rag_system: var(env, "RAG_SYSTEM").unwrap_or_else(|| DEFAULT_SYSTEM.into()),
+            context_tokens: parsed(env, "RAG_CONTEXT_TOKENS", RAG_CONTEXT_TOKENS_DEFAULT)?,
         })
     }
 
@@ -111,20 +126,25 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// Durations for `Server-Timing`, in milliseconds.
+/// Durations for `Server-Timing`, in milliseconds. `embed` and `origin` are the time spent
+/// waiting for the embeddings and chat pools (to the first chunk, for streamed answers), so that
+/// the worker's own share of a request is the total minus those.
 #[derive(Default, Debug, Clone, Copy, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub(crate) struct Timing {
     pub fetch: f64,
     pub validate: f64,
     pub search: f64,
     pub merge: f64,
+    pub embed: f64,
+    pub origin: f64,
 }
 
 impl Timing {
     fn header(&self) -> String {
         format!(
-            "fetch;dur={:.3}, validate;dur={:.3}, search;dur={:.3}, merge;dur={:.3}",
-            self.fetch, self.validate, self.search, self.merge
+            "fetch;dur={:.3}, validate;dur={:.3}, search;dur={:.3}, merge;dur={:.3}, embed;dur={:.3}, origin;dur={:.3}",
+            self.fetch, self.validate, self.search, self.merge, self.embed, self.origin
         )
     }
 
@@ -146,9 +166,15 @@ pub(crate) struct Ctx {
     pub location: Location,
     pub forced_region: Option<String>,
     pub timing: Timing,
+    origins: Option<Rc<origins::Origins>>,
 }
 
 impl Ctx {
+    /// The inference origins, which the route being served needs.
+    pub fn origins(&self) -> Result<Rc<origins::Origins>, ApiError> {
+        self.origins.clone().ok_or_else(|| ApiError::Misconfigured("ORIGINS is not set: this deployment has no inference origins".into()))
+    }
+
     /// The region serving this request, among `available` (a manifest's regions).
     pub fn home(&self, available: &[String]) -> String {
         self.config.regions.home(&self.location, self.forced_region.as_deref(), available)
@@ -185,6 +211,8 @@ async fn handle(mut req: Request, env: Env, timing: &mut Timing) -> Result<Respo
         store: store(&env)?,
         location: location(&req),
         forced_region: if config.dev { req.headers().get("x-edge-region").ok().flatten() } else { None },
+        // Parsed at the first request (and kept per isolate), so a bad ORIGINS fails loudly at once.
+        origins: origins::for_isolate(&env)?,
         config,
         env,
         timing: Timing::default(),
@@ -203,6 +231,9 @@ async fn handle(mut req: Request, env: Env, timing: &mut Timing) -> Result<Respo
         }
         Route::Index(name) => json(&index_summary(&ctx, &name).await?),
         Route::Search => json(&search::handle(&mut req, &mut ctx).await?),
+        Route::Embeddings => inference::embeddings(&mut req, &mut ctx).await,
+        Route::Rag => inference::rag(&mut req, &mut ctx).await,
+        Route::ChatCompletions => inference::chat(&mut req, &mut ctx).await,
     };
     *timing = ctx.timing;
     response
@@ -225,6 +256,21 @@ async fn index_summary(ctx: &Ctx, name: &str) -> Result<IndexSummary, ApiError> 
 
 fn json<T: Serialize>(value: &T) -> Result<Response, ApiError> {
     Response::from_json(value).map_err(|e| ApiError::Misconfigured(format!("serialising a response: {e}")))
+}
+
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<String, ApiError> {
+    serde_json::to_string(value).map_err(|e| ApiError::Misconfigured(format!("serialising a request: {e}")))
+}
+
+/// The body and its content type, refusing an announced oversized body before reading it.
+pub(crate) async fn read_body(req: &mut Request, limit: usize) -> Result<(Option<String>, Vec<u8>), ApiError> {
+    let announced = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<usize>().ok());
+    if let Some(size) = announced.filter(|&size| size > limit) {
+        return Err(ApiError::TooLarge { size, limit });
+    }
+    let content_type = req.headers().get("content-type").ok().flatten();
+    let body = req.bytes().await.map_err(|e| ApiError::MalformedJson(format!("reading the body: {e}")))?;
+    Ok((content_type, body))
 }
 
 /// The caller's id when it is a sane token (so traces join up), else a fresh random one.

@@ -71,4 +71,9 @@ impl Source for R2 {
     fn now_ms(&self) -> f64 {
         super::now_ms()
     }
+
+    async fn pause(&self) {
+        // Short enough that a joined load is picked up promptly, long enough not to spin.
+        worker::Delay::from(std::time::Duration::from_millis(5)).await;
+    }
 }

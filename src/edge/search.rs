@@ -1,5 +1,6 @@
-//! `POST /v1/search`: parse, pin one version, fan out to the planned shards (searched here or
-//! by their ShardHost objects) within the deadline, merge exactly, resolve passages.
+//! `POST /v1/search`: parse, pin one version, embed a text query, fan out to the planned shards
+//! (searched here or by their ShardHost objects) within the deadline, merge exactly, resolve
+//! passages. `run` is also the retrieval step of `/v1/rag` and `/v1/chat/completions`.
 use std::collections::HashMap;
 use std::future::Future;
 use std::rc::Rc;
@@ -9,27 +10,28 @@ use futures::future::{select, Either};
 use futures::stream::{self, StreamExt};
 use worker::{Delay, Request};
 
-use super::{host, now_ms, Ctx, Mode, Timing};
+use super::origins::{Call, EMBEDDINGS_PATH};
+use super::{host, now_ms, read_body, to_json, Ctx, Mode, Timing};
 use crate::api::{parse_search, ApiError, Match, Query, SearchRequest, SearchResponse, BODY_LIMIT};
+use crate::balancer::Kind;
 use crate::fanout::{self, Answer, Gather, MAX_IN_FLIGHT};
+use crate::rag::{EmbeddingInput, EmbeddingsRequest, EmbeddingsResponse};
 use crate::shard::{Filter, Hit, Metric, SearchParams};
 use crate::store::{Got, LoadedShard, Pinned};
 
 pub async fn handle(req: &mut Request, ctx: &mut Ctx) -> Result<SearchResponse, ApiError> {
-    // Refuse an announced oversized body before reading it.
-    let announced = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<usize>().ok());
-    if let Some(size) = announced.filter(|&size| size > BODY_LIMIT) {
-        return Err(ApiError::TooLarge { size, limit: BODY_LIMIT });
-    }
-    let content_type = req.headers().get("content-type").ok().flatten();
-    let body = req.bytes().await.map_err(|e| ApiError::MalformedJson(format!("reading the body: {e}")))?;
-    let request = parse_search(content_type.as_deref(), &body)?;
+    let (content_type, body) = read_body(req, BODY_LIMIT).await?;
+    run(ctx, &parse_search(content_type.as_deref(), &body)?).await
+}
+
+/// Searches for a validated request; a text query is embedded through the embeddings pool once
+/// the index is known to exist.
+pub async fn run(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchResponse, ApiError> {
+    let pinned = Rc::new(ctx.store.pin(&ctx.source, &request.index, &ctx.home(&[])).await?);
     let vector = match &request.query {
         Query::Vector(vector) => vector.clone(),
-        // The seam for embedding text through an origin; until then, say so.
-        Query::Text(_) => return Err(ApiError::TextQueryUnsupported),
+        Query::Text(text) => embed(ctx, text).await?,
     };
-    let pinned = Rc::new(ctx.store.pin(&ctx.source, &request.index, &ctx.home(&[])).await?);
     SearchRequest::check_dims(&vector, pinned.manifest.dims)?;
     if pinned.manifest.metric == Metric::Cosine && vector.iter().all(|&x| x == 0.0) {
         return Err(ApiError::Invalid("a zero `vector` has no direction for cosine similarity".into()));
@@ -96,6 +98,29 @@ pub async fn handle(req: &mut Request, ctx: &mut Ctx) -> Result<SearchResponse, 
         partial: !failed_shards.is_empty(),
         failed_shards,
     })
+}
+
+/// The query text's embedding from the `EMBEDDING_MODEL` pool.
+async fn embed(ctx: &mut Ctx, text: &str) -> Result<Vec<f32>, ApiError> {
+    let request = EmbeddingsRequest {
+        model: ctx.config.embedding_model.clone(),
+        input: EmbeddingInput::One(text.to_string()),
+        extra: serde_json::Map::new(),
+    };
+    let home = ctx.home(&[]);
+    let call = Call {
+        kind: Kind::Embeddings,
+        model: &request.model,
+        path: EMBEDDINGS_PATH,
+        body: to_json(&request)?,
+        region: Some(&home),
+        affinity_key: None,
+    };
+    let reply = ctx.origins()?.whole(&call).await?;
+    ctx.timing.embed += reply.origin_ms;
+    let answer: EmbeddingsResponse = serde_json::from_slice(&reply.answer)
+        .map_err(|e| ApiError::BadGateway(format!("the embeddings origin's answer is not an embeddings list: {e}")))?;
+    answer.data.into_iter().next().map(|e| e.embedding).ok_or_else(|| ApiError::BadGateway("the embeddings origin sent no vector".into()))
 }
 
 /// Runs `run` for every planned shard, at most [`MAX_IN_FLIGHT`] at a time, until all have

@@ -1,5 +1,6 @@
 """Fixtures for the end-to-end suite: a small index built by `shardc build`, published into local
-R2, and the real worker under `wrangler dev` (local and durable serving modes)."""
+R2, and the real worker under `wrangler dev` (local and durable serving modes); for the inference
+endpoints, `devorigin` processes on free loopback ports behind a worker whose ORIGINS names them."""
 import json
 import os
 import shutil
@@ -17,6 +18,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 PYDOCS = os.path.join(ROOT, "..", "shared", "data", "pydocs")
 DIMS = 384
 SHARDC = os.environ.get("SHARDC", os.path.join(ROOT, "target", "release", "shardc"))
+DEVORIGIN = os.environ.get("DEVORIGIN", os.path.join(ROOT, "target", "release", "devorigin"))
+CHAT_MODEL = "devorigin-extractive"
+SLOW_MODEL = "slow"
+EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 
 
 def log(msg):
@@ -27,6 +32,14 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def body_of(raw):
+    """JSON when it is (every answer of ours is); the raw text otherwise, so a failure shows it."""
+    try:
+        return json.loads(raw or b"null")
+    except ValueError:
+        return raw.decode(errors="replace")
 
 
 class Worker:
@@ -42,9 +55,9 @@ class Worker:
         req = urllib.request.Request(self.base + path, data=data, method=method, headers=hdrs)
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, dict(r.headers), json.loads(r.read() or b"null")
+                return r.status, dict(r.headers), body_of(r.read())
         except urllib.error.HTTPError as e:
-            return e.code, dict(e.headers), json.loads(e.read() or b"null")
+            return e.code, dict(e.headers), body_of(e.read())
 
     def search(self, **body):
         return self.call("POST", "/v1/search", body)
@@ -84,12 +97,13 @@ def publish(index_dir, persist):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def start_worker(persist, mode, logfile):
+def start_worker(persist, mode, logfile, extra_vars=None):
     port = free_port()
     env = dict(os.environ, WRANGLER_SEND_METRICS="false")
+    variables = dict(SERVING_MODE=mode, CURRENT_TTL_MS="0", **(extra_vars or {}))
     proc = subprocess.Popen(
         [os.path.join(ROOT, "scripts", "serve"), "--port", str(port), "--persist-to", persist, "--",
-         "--var", f"SERVING_MODE:{mode}", "--var", "CURRENT_TTL_MS:0"],
+         *(arg for name, value in variables.items() for arg in ("--var", f"{name}:{value}"))],
         cwd=ROOT, env=env, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
     worker = Worker(port, persist, proc)
     deadline = time.time() + 600  # the first start compiles the worker
@@ -110,12 +124,58 @@ def stop(worker):
     worker.proc.wait(timeout=30)
 
 
+class Origin:
+    """One `devorigin` process on a free loopback port."""
+
+    def __init__(self, name, args, logfile):
+        self.name, self.port = name, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([DEVORIGIN, "--port", str(self.port), *args], stdout=logfile, stderr=subprocess.STDOUT)
+
+    def wait_ready(self):
+        deadline = time.time() + 120  # loading the MiniLM weights
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"devorigin {self.name} exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(self.url + "/v1/models", timeout=5) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"devorigin {self.name} did not start")
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def start_origins(logdir, fast_args, slow_args=("--tokens-per-sec", "10")):
+    """Three origins serving chat (CHAT_MODEL) and embeddings, plus one slow chat origin serving
+    SLOW_MODEL (embeddings off), and the ORIGINS value that names them."""
+    log_to = lambda name: open(os.path.join(logdir, f"devorigin-{name}.log"), "w")  # noqa: E731
+    fast = [Origin(f"o{i}", [*fast_args, "--seed", str(i)], log_to(f"o{i}")) for i in range(3)]
+    slow = Origin("slow", [*slow_args, "--model", SLOW_MODEL, "--model-dir", os.path.join(logdir, "no-model")], log_to("slow"))
+    for origin in (*fast, slow):
+        origin.wait_ready()
+    config = [dict(name=o.name, url=o.url, models=[CHAT_MODEL], kind="chat") for o in fast]
+    config += [dict(name=f"{o.name}-embed", url=o.url, models=[EMBEDDING_MODEL], kind="embeddings") for o in fast]
+    config.append(dict(name="slow", url=slow.url, models=[SLOW_MODEL], kind="chat"))
+    return fast, slow, json.dumps(config)
+
+
+def build_binary(path, name):
+    if not os.path.exists(path):
+        subprocess.run(["cargo", "build", "--release", "--bin", name], cwd=ROOT, check=True)
+
+
 @pytest.fixture(scope="session")
 def env():
     """Indexes `docs` (4 shards) and `other` (1 shard) published into two local R2 states,
     one served in `local` mode and one in `durable` mode."""
-    if not os.path.exists(SHARDC):
-        subprocess.run(["cargo", "build", "--release", "--bin", "shardc"], cwd=ROOT, check=True)
+    build_binary(SHARDC, "shardc")
     tmp = tempfile.mkdtemp(prefix="edgerag-e2e-")
     passages, vectors, queries = corpus(tmp)
     docs = build_index(tmp, "docs", 4, passages, vectors)
@@ -131,4 +191,28 @@ def env():
     yield dict(tmp=tmp, docs=docs, other=other, passages=passages, vectors=vectors, queries=queries, **workers)
     for worker in workers.values():
         stop(worker)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def rag():
+    """Index `docs` (4 shards) behind a local-mode worker whose pools are devorigin processes:
+    three fast ones (chat + embeddings) and a slow chat origin."""
+    build_binary(SHARDC, "shardc")
+    build_binary(DEVORIGIN, "devorigin")
+    tmp = tempfile.mkdtemp(prefix="edgerag-e2e-rag-")
+    passages, vectors, queries = corpus(tmp)
+    docs = build_index(tmp, "docs", 4, passages, vectors)
+    persist = os.path.join(tmp, "state")
+    publish(docs, persist)
+    fast, slow, origins = start_origins(tmp, ["--ttft-ms", "30", "--tokens-per-sec", "400"])
+    logfile = open(os.path.join(tmp, "wrangler-rag.log"), "w")
+    log(f"starting wrangler dev (origins); log {logfile.name}")
+    deadline_ms = 8000
+    worker = start_worker(persist, "local", logfile, dict(
+        ORIGINS=origins, ORIGIN_TRY_TIMEOUT_MS="4000", ORIGIN_DEADLINE_MS=str(deadline_ms)))
+    yield dict(tmp=tmp, worker=worker, fast=fast, slow=slow, queries=queries, deadline_s=deadline_ms / 1000)
+    stop(worker)
+    for origin in (*fast, slow):
+        origin.kill()
     shutil.rmtree(tmp, ignore_errors=True)

@@ -81,7 +81,6 @@ def bad_cases(v):
         ("unknown index", dict(body=dict(ok, index="nope")), 404, "unknown-index"),
         ("too large", dict(raw=b'{"index":"docs","vector":[' + b"0.1," * 60000 + b"0.1]}"), 413, "body-too-large"),
         ("content type", dict(body=ok, headers={"content-type": "text/plain"}), 415, "unsupported-media-type"),
-        ("text seam", dict(body=dict(index="docs", text="how do I open a file?")), 501, "text-query-unsupported"),
     ]
 
 

@@ -1,0 +1,214 @@
+"""End-to-end: the inference endpoints (/v1/embeddings, /v1/rag, /v1/chat/completions, text search)
+of the real worker under `wrangler dev`, balanced over `devorigin` processes (see conftest.py).
+The tests that kill origins run last: they leave the pools degraded."""
+import http.client
+import json
+import os
+import struct
+import threading
+import time
+import urllib.parse
+
+import openai
+
+from conftest import CHAT_MODEL, DIMS, EMBEDDING_MODEL, PYDOCS, SLOW_MODEL, log
+
+QUESTION = "How do I read a file line by line?"
+
+
+def query(env, row):
+    """(text, vector) of a public pydocs query: the vector was embedded offline with the same model."""
+    with open(os.path.join(PYDOCS, "queries_public.jsonl")) as f:
+        text = [json.loads(line)["text"] for line in f][row]
+    with open(env["queries"], "rb") as f:
+        f.seek(row * DIMS * 4)
+        return text, list(struct.unpack(f"{DIMS}f", f.read(DIMS * 4)))
+
+
+def stream(worker, path, body):
+    """POSTs and yields (seconds since the request, SSE event type, data) as each event arrives."""
+    url = urllib.parse.urlparse(worker.base)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    t0 = time.perf_counter()
+    conn.request("POST", path, json.dumps(body), {"content-type": "application/json"})
+    resp = conn.getresponse()
+    if resp.status != 200:
+        yield time.perf_counter() - t0, "status", (resp.status, json.loads(resp.read()))
+        return
+    assert resp.getheader("content-type").startswith("text/event-stream")
+    event, data = None, []
+    while True:
+        line = resp.readline()
+        if not line:
+            break
+        line = line.decode().rstrip("\r\n")
+        if line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif line == "" and data:
+            yield time.perf_counter() - t0, event, "\n".join(data)
+            event, data = None, []
+    conn.close()
+
+
+def content_of(events):
+    return "".join(json.loads(d)["choices"][0]["delta"].get("content") or ""
+                   for _, e, d in events if e is None and d != "[DONE]" and "choices" in json.loads(d))
+
+
+def test_text_search_equals_vector_search(rag):
+    worker = rag["worker"]
+    for row in range(4):
+        text, vector = query(rag, row)
+        s1, h1, by_text = worker.search(index="docs", text=text, k=10)
+        s2, _, by_vector = worker.search(index="docs", vector=vector, k=10)
+        assert s1 == s2 == 200, (by_text, by_vector)
+        ids_t, ids_v = [m["id"] for m in by_text["matches"]], [m["id"] for m in by_vector["matches"]]
+        # The worker's embedding (devorigin, candle) and the offline one agree to cosine > 0.9999:
+        # same best match, near-identical top 10.
+        assert ids_t[0] == ids_v[0] and len(set(ids_t) & set(ids_v)) >= 8, (ids_t, ids_v)
+        assert "embed;dur=" in h1["server-timing"]
+
+
+def test_rag_answer_quotes_the_passages_search_returned(rag):
+    worker = rag["worker"]
+    text, _ = query(rag, 5)
+    status, headers, answer = worker.call("POST", "/v1/rag", dict(index="docs", query=text, k=3, model=CHAT_MODEL))
+    assert status == 200, answer
+    _, _, found = worker.search(index="docs", text=text, k=3)
+    assert [s["id"] for s in answer["sources"]] == [m["id"] for m in found["matches"]]
+    content = answer["choices"][0]["message"]["content"]
+    assert answer["object"] == "chat.completion" and content
+    for n, source in enumerate(answer["sources"], 1):
+        # devorigin quotes the first sentence of each numbered passage, with its marker.
+        first_words = " ".join(source["text"].split()[:4])
+        assert first_words in content and f"[{n}]" in content, (n, first_words, content)
+        assert source["source"] and source["score"] > 0
+    timing = headers["server-timing"]
+    assert "origin;dur=" in timing and "embed;dur=" in timing
+
+
+def test_streamed_rag_starts_with_sources_and_arrives_incrementally(rag):
+    worker = rag["worker"]
+    tokens, tokens_per_sec = 20, 10  # the slow origin: one token every 100 ms, the last at ~2 s
+    body = dict(index="docs", query=QUESTION, k=3, model=SLOW_MODEL, max_tokens=tokens)
+    events = list(stream(worker, "/v1/rag", dict(body, stream=True)))
+    assert events and events[0][1] == "sources", events[:2]
+    sources = json.loads(events[0][2])["sources"]
+    assert [s["n"] for s in sources] == [1, 2, 3]
+    assert events[-1][2] == "[DONE]"
+    chunks = [(t, d) for t, e, d in events if e is None and '"content":"' in d and '"content":""' not in d]
+    assert len(chunks) == tokens, len(chunks)
+    first, last = chunks[0][0], chunks[-1][0]
+    # Not buffered: the first token reaches the client long before the origin writes the last
+    # (ideally (tokens - 1) / tokens_per_sec = 1.9 s apart).
+    assert last - first > 0.6 * (tokens - 1) / tokens_per_sec, (first, last)
+    # The same answer as the non-streamed one, whose sources are the streamed ones.
+    status, _, whole = worker.call("POST", "/v1/rag", body)
+    assert status == 200 and [s["id"] for s in whole["sources"]] == [s["id"] for s in sources]
+    assert content_of(events) == whole["choices"][0]["message"]["content"]
+
+
+def test_embeddings_and_chat_problem_json(rag):
+    worker = rag["worker"]
+    status, _, body = worker.call("POST", "/v1/embeddings", dict(model=EMBEDDING_MODEL, input=["a", "b"]))
+    assert status == 200 and len(body["data"]) == 2 and len(body["data"][1]["embedding"]) == DIMS
+    cases = [
+        ("/v1/chat/completions", dict(model="nope", messages=[{"role": "user", "content": "q"}]), 404, "unknown-model"),
+        ("/v1/rag", dict(index="docs", query="q", model="nope"), 404, "unknown-model"),
+        ("/v1/embeddings", dict(model="nope", input="q"), 404, "unknown-model"),
+        ("/v1/rag", dict(index="nope", query="q", model=CHAT_MODEL), 404, "unknown-index"),
+        ("/v1/rag", dict(index="docs", model=CHAT_MODEL), 422, "invalid-request"),
+        ("/v1/chat/completions", dict(model=CHAT_MODEL, messages=[]), 422, "invalid-request"),
+        ("/v1/chat/completions", b'{"model": "x", "messages": [', 400, "malformed-json"),
+    ]
+    for path, body, want, kind in cases:
+        raw = body if isinstance(body, bytes) else None
+        status, headers, problem = worker.call("POST", path, None if raw else body, raw=raw)
+        assert status == want, (path, body, problem)
+        assert headers["Content-Type"].startswith("application/problem+json")
+        assert problem["type"].endswith("/" + kind) and problem["detail"], problem
+
+
+def test_openai_sdk_needs_only_base_url(rag):
+    client = openai.OpenAI(base_url=rag["worker"].base + "/v1", api_key="unused")
+    messages = [{"role": "user", "content": QUESTION}]
+    plain = client.chat.completions.create(model=CHAT_MODEL, messages=messages)
+    assert plain.choices[0].message.content and plain.choices[0].finish_reason == "stop"
+
+    augmented = client.chat.completions.create(model=CHAT_MODEL, messages=messages, extra_body={"index": "docs"})
+    content = augmented.choices[0].message.content
+    assert "[1]" in content and "[2]" in content, content
+    assert len(augmented.model_extra["sources"]) == 5
+
+    pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model=CHAT_MODEL, messages=messages, stream=True, extra_headers={"x-rag-index": "docs"}) if c.choices]
+    assert len(pieces) > 3 and "".join(pieces) == content
+
+    vectors = client.embeddings.create(model=EMBEDDING_MODEL, input=["os.walk", QUESTION])
+    assert [len(d.embedding) for d in vectors.data] == [DIMS, DIMS]
+
+    try:
+        client.chat.completions.create(model="nope", messages=messages)
+        raise AssertionError("an unknown model must fail")
+    except openai.NotFoundError as e:
+        assert e.status_code == 404
+
+
+def test_killing_an_origin_loses_no_request_that_had_not_started_streaming(rag):
+    worker, victim = rag["worker"], rag["fast"][0]
+    results, stop_at, lock = [], time.time() + 8, threading.Lock()
+    kill_at = time.time() + 2.5
+
+    def client(c):
+        n = 0
+        while time.time() < stop_at:
+            body = dict(index="docs", query=f"{QUESTION} ({c}.{n})", k=3, model=CHAT_MODEL, max_tokens=40)
+            if n % 2:
+                events = list(stream(worker, "/v1/rag", dict(body, stream=True)))
+                started = any(e is None and '"content":"' in d for _, e, d in events)
+                ok = bool(events) and events[-1][2] == "[DONE]"
+                outcome = ("stream", ok, started, events[-1] if events else None)
+            else:
+                status, _, answer = worker.call("POST", "/v1/rag", body)
+                outcome = ("whole", status == 200, False, answer if status != 200 else None)
+            with lock:
+                results.append((time.time(), *outcome))
+            n += 1
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(max(0.0, kill_at - time.time()))
+    victim.kill()
+    for t in threads:
+        t.join()
+    after = [r for r in results if r[0] > kill_at]
+    assert len(after) >= 8, f"too little load after the kill: {len(after)}"
+    broken = sum(1 for r in results if not r[2])
+    log(f"origin killed under load: {len(results)} requests, {len(after)} after the kill, {broken} broke off mid-stream")
+    lost = [r for r in results if not r[2] and not r[3]]
+    assert not lost, lost
+    # Only answers already streaming when the origin died may break off (with an error event).
+    for r in results:
+        if not r[2]:
+            assert r[1] == "stream" and r[3] and "origin_interrupted" in r[4][2], r
+
+
+def test_all_origins_down_gives_503_within_the_deadline(rag):
+    worker = rag["worker"]
+    for origin in (*rag["fast"], rag["slow"]):
+        origin.kill()
+    cases = [
+        ("/v1/rag", dict(index="docs", query=QUESTION, model=CHAT_MODEL)),
+        ("/v1/chat/completions", dict(model=SLOW_MODEL, messages=[{"role": "user", "content": "q"}])),
+        ("/v1/search", dict(index="docs", text=QUESTION)),
+    ]
+    for path, body in cases:
+        t0 = time.perf_counter()
+        status, headers, problem = worker.call("POST", path, body)
+        elapsed = time.perf_counter() - t0
+        assert status == 503, (path, problem)
+        assert problem["type"].endswith("/origins-unavailable") and problem["detail"], problem
+        assert elapsed < rag["deadline_s"] + 1, (path, elapsed)
