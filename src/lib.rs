@@ -28,5 +28,5 @@ pub mod build;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod embed;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "edge"))]
 mod edge;

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::rc::Rc;
 
-use futures::future::{select, Either, FutureExt, LocalBoxFuture, Shared};
 use rkyv::util::AlignedVec;
 use serde::Deserialize;
 
@@ -122,11 +121,10 @@ impl<V> Clone for Loaded<V> {
     }
 }
 
-type Loading<V, E> = Shared<LocalBoxFuture<'static, Result<Loaded<V>, E>>>;
-
-enum Slot<V, E> {
+enum Slot<V> {
     Ready { loaded: Loaded<V>, used: u64 },
-    Loading(Loading<V, E>),
+    /// A request is loading this key; `load_id` tells its slot from a later load's.
+    Loading { load_id: u64 },
 }
 
 /// What [`Cache::get_or_load`] hands back.
@@ -137,20 +135,36 @@ pub struct Got<V> {
 }
 
 /// Keyed values bounded by total bytes, least recently used evicted first. Concurrent requests
-/// for a missing key share one load; a failed load is forgotten, so the next request retries.
-/// Values in use by a request stay alive (Rc) even if evicted meanwhile.
-pub struct Cache<V, E> {
+/// for a missing key share one load; a failed or abandoned load is forgotten, so the next
+/// request retries. Values in use by a request stay alive (Rc) even if evicted meanwhile.
+pub struct Cache<V> {
     capacity: usize,
-    state: RefCell<CacheState<V, E>>,
+    state: RefCell<CacheState<V>>,
 }
 
-struct CacheState<V, E> {
-    slots: HashMap<String, Slot<V, E>>,
+struct CacheState<V> {
+    slots: HashMap<String, Slot<V>>,
     bytes: usize,
     tick: u64,
 }
 
-impl<V: 'static, E: Clone + 'static> Cache<V, E> {
+/// Removes a `Loading` slot whose load ended without settling it (its request went away).
+struct LoadingGuard<'a, V> {
+    cache: &'a Cache<V>,
+    key: &'a str,
+    load_id: u64,
+}
+
+impl<V> Drop for LoadingGuard<'_, V> {
+    fn drop(&mut self) {
+        let mut state = self.cache.state.borrow_mut();
+        if matches!(state.slots.get(self.key), Some(Slot::Loading { load_id }) if *load_id == self.load_id) {
+            state.slots.remove(self.key);
+        }
+    }
+}
+
+impl<V: 'static> Cache<V> {
     pub fn new(capacity: usize) -> Self {
         Cache { capacity, state: RefCell::new(CacheState { slots: HashMap::new(), bytes: 0, tick: 0 }) }
     }
@@ -168,60 +182,49 @@ impl<V: 'static, E: Clone + 'static> Cache<V, E> {
         self.len() == 0
     }
 
-    /// The cached value, or the result of `load` (value, its size in bytes). `load` is only
-    /// polled if no ready value and no load in flight exist for `key`. A request that joins a
-    /// load another request started waits in steps of `pause()`, a timer of its own: workerd
-    /// cancels a request as hung when all it awaits is another request's I/O.
-    pub async fn get_or_load<F, P, PF>(&self, key: &str, load: F, pause: P) -> Result<Got<V>, E>
+    /// The cached value, or the result of `load` (value, its size in bytes). `load` runs only
+    /// if no ready value and no load in flight exist for `key`. A request that finds another
+    /// request's load in flight never touches that load: workerd forbids using one request's
+    /// I/O from another and cancels a request that awaits only someone else's I/O. It checks
+    /// the slot again after each `pause()`, a timer of its own, and loads by itself if the
+    /// other load failed or was abandoned.
+    pub async fn get_or_load<F, E, P, PF>(&self, key: &str, load: F, pause: P) -> Result<Got<V>, E>
     where
-        F: Future<Output = Result<(V, usize), E>> + 'static,
+        F: Future<Output = Result<(V, usize), E>>,
         P: Fn() -> PF,
         PF: Future<Output = ()>,
     {
-        let (loading, joined) = {
-            let mut state = self.state.borrow_mut();
-            state.tick += 1;
-            let tick = state.tick;
-            match state.slots.get_mut(key) {
-                Some(Slot::Ready { loaded, used }) => {
-                    *used = tick;
-                    return Ok(Got { value: loaded.value.clone(), loaded_now: false });
-                }
-                Some(Slot::Loading(loading)) => (loading.clone(), true),
-                None => {
-                    let loading = load
-                        .map(|r| r.map(|(value, bytes)| Loaded { value: Rc::new(value), bytes }))
-                        .boxed_local()
-                        .shared();
-                    state.slots.insert(key.to_string(), Slot::Loading(loading.clone()));
-                    (loading, false)
-                }
-            }
-        };
-        let result = if joined {
-            loop {
-                let step = std::pin::pin!(pause());
-                if let Either::Left((result, _)) = select(loading.clone(), step).await {
-                    break result;
+        let mut waited = false;
+        let load_id = loop {
+            {
+                let mut state = self.state.borrow_mut();
+                state.tick += 1;
+                let tick = state.tick;
+                match state.slots.get_mut(key) {
+                    Some(Slot::Ready { loaded, used }) => {
+                        *used = tick;
+                        return Ok(Got { value: loaded.value.clone(), loaded_now: waited });
+                    }
+                    Some(Slot::Loading { .. }) => {}
+                    None => {
+                        state.slots.insert(key.to_string(), Slot::Loading { load_id: tick });
+                        break tick;
+                    }
                 }
             }
-        } else {
-            loading.clone().await
+            waited = true;
+            pause().await;
         };
-        // Every waiter settles the slot (idempotently), so it settles even if the request
-        // that started the load went away before it finished.
-        self.settle(key, &loading, &result);
-        result.map(|loaded| Got { value: loaded.value, loaded_now: true })
+        let _guard = LoadingGuard { cache: self, key, load_id };
+        let (value, bytes) = load.await?;
+        let loaded = Loaded { value: Rc::new(value), bytes };
+        self.settle(key, loaded.clone());
+        Ok(Got { value: loaded.value, loaded_now: true })
     }
 
-    fn settle(&self, key: &str, loading: &Loading<V, E>, result: &Result<Loaded<V>, E>) {
+    fn settle(&self, key: &str, loaded: Loaded<V>) {
         let mut state = self.state.borrow_mut();
-        let ours = matches!(state.slots.get(key), Some(Slot::Loading(l)) if l.ptr_eq(loading));
-        if !ours {
-            return;
-        }
         state.slots.remove(key);
-        let Ok(loaded) = result else { return };
         // A value larger than the whole budget is served once and not kept.
         if loaded.bytes > self.capacity {
             return;
@@ -229,7 +232,7 @@ impl<V: 'static, E: Clone + 'static> Cache<V, E> {
         state.tick += 1;
         let used = state.tick;
         state.bytes += loaded.bytes;
-        state.slots.insert(key.to_string(), Slot::Ready { loaded: loaded.clone(), used });
+        state.slots.insert(key.to_string(), Slot::Ready { loaded, used });
         while state.bytes > self.capacity {
             let victim = state
                 .slots
@@ -291,8 +294,8 @@ const MANIFEST_CACHE_BYTES: usize = 8 << 20;
 /// The isolate's view of the shard store: version pointers, manifests and shards.
 pub struct Store {
     pointers: VersionPointers,
-    manifests: Cache<Manifest, StoreError>,
-    shards: Cache<LoadedShard, StoreError>,
+    manifests: Cache<Manifest>,
+    shards: Cache<LoadedShard>,
 }
 
 impl Store {
@@ -427,11 +430,12 @@ mod tests {
     use super::*;
     use futures::executor::LocalPool;
     use futures::task::LocalSpawnExt;
+    use futures::FutureExt;
     use std::cell::Cell;
 
-    /// A pause that never ends: waiters then finish only through the shared load's wake-up.
-    fn no_pause() -> futures::future::Pending<()> {
-        futures::future::pending()
+    /// For sequential gets, which never find a load in flight and so never pause.
+    fn no_pause() -> futures::future::Ready<()> {
+        futures::future::ready(())
     }
 
     fn counting_load(calls: &Rc<Cell<u32>>, value: &'static str, bytes: usize) -> impl Future<Output = Result<(String, usize), String>> {
@@ -445,7 +449,7 @@ mod tests {
 
     #[test]
     fn concurrent_gets_share_one_load() {
-        let cache: Rc<Cache<String, String>> = Rc::new(Cache::new(100));
+        let cache: Rc<Cache<String>> = Rc::new(Cache::new(100));
         let calls = Rc::new(Cell::new(0));
         let (tx, rx) = futures::channel::oneshot::channel::<()>();
         let gate = rx.shared();
@@ -455,12 +459,15 @@ mod tests {
             let (cache, calls, gate, results) = (cache.clone(), calls.clone(), gate.clone(), results.clone());
             pool.spawner()
                 .spawn_local(async move {
+                    let load_gate = gate.clone();
                     let load = async move {
                         calls.set(calls.get() + 1);
-                        let _ = gate.await;
-                        Ok(("blob".to_string(), 10))
+                        let _ = load_gate.await;
+                        Ok::<_, String>(("blob".to_string(), 10))
                     };
-                    let got = cache.get_or_load("a", load, no_pause).await.unwrap();
+                    // Waiters pause until the gate opens: by then the load has settled.
+                    let pause = || gate.clone().map(|_| ());
+                    let got = cache.get_or_load("a", load, pause).await.unwrap();
                     results.borrow_mut().push((got.value.to_string(), got.loaded_now));
                 })
                 .unwrap();
@@ -477,7 +484,7 @@ mod tests {
 
     #[test]
     fn evicts_least_recently_used_by_bytes() {
-        let cache: Cache<String, String> = Cache::new(100);
+        let cache: Cache<String> = Cache::new(100);
         let calls = Rc::new(Cell::new(0));
         let get = |key: &'static str, bytes| {
             futures::executor::block_on(cache.get_or_load(key, counting_load(&calls, key, bytes), no_pause)).unwrap()
@@ -495,8 +502,21 @@ mod tests {
     }
 
     #[test]
+    fn an_abandoned_load_is_taken_over_by_a_waiter() {
+        let cache: Cache<String> = Cache::new(100);
+        let abandoned = cache.get_or_load("a", futures::future::pending::<Result<(String, usize), String>>(), no_pause);
+        let mut abandoned = Box::pin(abandoned);
+        // Start the load (it never finishes), then drop it as a cancelled request would.
+        assert!(abandoned.as_mut().now_or_never().is_none());
+        drop(abandoned);
+        let calls = Rc::new(Cell::new(0));
+        let got = futures::executor::block_on(cache.get_or_load("a", counting_load(&calls, "ok", 1), no_pause)).unwrap();
+        assert_eq!((got.value.as_str(), calls.get()), ("ok", 1));
+    }
+
+    #[test]
     fn failed_loads_are_retried() {
-        let cache: Cache<String, String> = Cache::new(100);
+        let cache: Cache<String> = Cache::new(100);
         let failing = async { Err::<(String, usize), String>("boom".into()) };
         assert_eq!(futures::executor::block_on(cache.get_or_load("a", failing, no_pause)).err(), Some("boom".to_string()));
         let calls = Rc::new(Cell::new(0));
