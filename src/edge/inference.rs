@@ -5,7 +5,7 @@ use futures::stream::{self, StreamExt};
 use serde_json::Map;
 use worker::{Request, Response};
 
-use super::origins::{Call, Lease, Reply, Streamed, CHAT_PATH, EMBEDDINGS_PATH};
+use super::origins::{Call, Lease, Reply, Streamed, CHAT_PATH};
 use super::{read_body, search, to_json, Ctx};
 use crate::api::{
     interrupted_event, parse_chat, parse_embeddings, parse_rag, passages, with_sources, ApiError, ChatRequest, SearchRequest,
@@ -21,15 +21,7 @@ pub async fn embeddings(req: &mut Request, ctx: &mut Ctx) -> Result<Response, Ap
     let (content_type, body) = read_body(req, INFERENCE_BODY_LIMIT).await?;
     let request = parse_embeddings(content_type.as_deref(), &body)?;
     let home = ctx.home(&[]);
-    let call = Call {
-        kind: Kind::Embeddings,
-        model: &request.model,
-        path: EMBEDDINGS_PATH,
-        body: to_json(&request)?,
-        region: Some(&home),
-        affinity_key: None,
-    };
-    let reply = ctx.origins()?.whole(&call).await?;
+    let reply = ctx.origins()?.embeddings(&request, &home).await?;
     ctx.timing.origin += reply.origin_ms;
     json_bytes(reply.answer)
 }

@@ -21,6 +21,7 @@ use crate::balancer::{
     parse_affinity, parse_origins, Balancer, BalancerError, FailureKind, GiveUpReason, Kind, OriginId, Policy, RetryDecision,
     Routing, Target,
 };
+use crate::rag::EmbeddingsRequest;
 
 pub const CHAT_PATH: &str = "/v1/chat/completions";
 pub const EMBEDDINGS_PATH: &str = "/v1/embeddings";
@@ -222,6 +223,19 @@ impl Origins {
         let (reply, lease) = self.send::<Whole>(call).await?;
         lease.succeed();
         Ok(reply)
+    }
+
+    /// Embeds through the embeddings pool (for `/v1/embeddings` and for text queries).
+    pub async fn embeddings(self: &Rc<Self>, request: &EmbeddingsRequest, region: &str) -> Result<Reply<Vec<u8>>, ApiError> {
+        let call = Call {
+            kind: Kind::Embeddings,
+            model: &request.model,
+            path: EMBEDDINGS_PATH,
+            body: super::to_json(request)?,
+            region: Some(region),
+            affinity_key: None,
+        };
+        self.whole(&call).await
     }
 
     /// Sends a streamed request and returns once its first chunk is in; the lease must be

@@ -10,10 +10,8 @@ use futures::future::{select, Either};
 use futures::stream::{self, StreamExt};
 use worker::{Delay, Request};
 
-use super::origins::{Call, EMBEDDINGS_PATH};
-use super::{host, now_ms, read_body, to_json, Ctx, Mode, Timing};
+use super::{host, now_ms, read_body, Ctx, Mode, Timing};
 use crate::api::{parse_search, ApiError, Match, Query, SearchRequest, SearchResponse, BODY_LIMIT};
-use crate::balancer::Kind;
 use crate::fanout::{self, Answer, Gather, MAX_IN_FLIGHT};
 use crate::rag::{EmbeddingInput, EmbeddingsRequest, EmbeddingsResponse};
 use crate::shard::{Filter, Hit, Metric, SearchParams};
@@ -108,15 +106,7 @@ async fn embed(ctx: &mut Ctx, text: &str) -> Result<Vec<f32>, ApiError> {
         extra: serde_json::Map::new(),
     };
     let home = ctx.home(&[]);
-    let call = Call {
-        kind: Kind::Embeddings,
-        model: &request.model,
-        path: EMBEDDINGS_PATH,
-        body: to_json(&request)?,
-        region: Some(&home),
-        affinity_key: None,
-    };
-    let reply = ctx.origins()?.whole(&call).await?;
+    let reply = ctx.origins()?.embeddings(&request, &home).await?;
     ctx.timing.embed += reply.origin_ms;
     let answer: EmbeddingsResponse = serde_json::from_slice(&reply.answer)
         .map_err(|e| ApiError::BadGateway(format!("the embeddings origin's answer is not an embeddings list: {e}")))?;
