@@ -404,6 +404,11 @@ impl Balancer {
         self.states[id.0].on_success();
     }
 
+    /// The client left before the answer ended (a streamed answer it stopped reading).
+    pub fn on_cancelled(&mut self, id: OriginId, _now: Duration) {
+        self.states[id.0].on_cancelled();
+    }
+
     pub fn on_failure(&mut self, id: OriginId, kind: FailureKind, now: Duration) {
         self.states[id.0].on_failure(kind, now, &self.policy);
     }

@@ -132,6 +132,12 @@ impl OriginState {
         self.mark_alive();
     }
 
+    /// The client went away while the origin was answering: the slot is free again, and the
+    /// answer tells nothing about the origin, so health and latency stay as they were.
+    pub fn on_cancelled(&mut self) {
+        self.inflight = self.inflight.saturating_sub(1);
+    }
+
     pub fn on_failure(&mut self, kind: FailureKind, now: Duration, policy: &Policy) {
         self.inflight = self.inflight.saturating_sub(1);
         self.last_heard = now;
@@ -249,6 +255,25 @@ mod tests {
         assert_eq!(o.availability(s(2.9)), Availability::Unavailable);
         assert_eq!(o.availability(s(3.0)), Availability::Available);
         assert!(!o.is_ejected());
+    }
+
+    #[test]
+    fn a_cancelled_answer_frees_the_slot_and_leaves_health_alone() {
+        let p = Policy::default();
+        let mut o = OriginState::new(&p);
+        for _ in 0..p.eject_after - 1 {
+            o.on_start(s(0.0));
+            o.on_failure(FailureKind::ServerError { status: 503 }, s(0.0), &p);
+        }
+        let cost = o.cost(s(0.1), &p);
+        o.on_start(s(0.1));
+        o.on_cancelled();
+        assert_eq!(o.inflight, 0);
+        assert_eq!(o.cost(s(0.1), &p), cost);
+        // Not a success: one more failure completes the run that ejects the origin.
+        o.on_start(s(0.2));
+        o.on_failure(FailureKind::Connect, s(0.2), &p);
+        assert!(o.is_ejected());
     }
 
     #[test]

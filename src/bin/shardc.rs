@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use edgerag::build::{build_index, BuildConfig, IndexDir, DEFAULT_EF_CONSTRUCTION, DEFAULT_SEED};
+use edgerag::build::{build_index, BuildConfig, IndexDir};
 use edgerag::manifest::{Manifest, MANIFEST_FILE};
 use edgerag::shard::format::{self, ShardData};
-use edgerag::shard::{DocId, Filter, Metric, Quant, SearchParams, Shard};
+use edgerag::shard::{DocId, Filter, SearchParams, Shard};
 use rkyv::util::AlignedVec;
 use serde_json::json;
 
@@ -29,36 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build an index directory from a JSONL corpus.
-    Build {
-        #[arg(long)]
-        passages: PathBuf,
-        /// Raw little-endian f32 vectors, N × dims; otherwise each line carries a "vector" array.
-        #[arg(long)]
-        vectors: Option<PathBuf>,
-        #[arg(long)]
-        dims: usize,
-        #[arg(long, default_value = "cosine")]
-        metric: Metric,
-        #[arg(long, default_value = "f16")]
-        quant: Quant,
-        #[arg(long, default_value_t = 1)]
-        shards: usize,
-        /// Comma-separated region names.
-        #[arg(long, value_delimiter = ',', required = true)]
-        regions: Vec<String>,
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long, default_value_t = DEFAULT_SEED)]
-        seed: u64,
-        #[arg(long, default_value_t = DEFAULT_EF_CONSTRUCTION)]
-        ef_construction: usize,
-        /// Graph-building threads (default: one per core); 1 gives the same bytes and version
-        /// for the same input and seed.
-        #[arg(long)]
-        threads: Option<usize>,
-    },
+    Build(BuildConfig),
     /// Search every shard of an index with one query vector and print the matches.
     Query {
         #[arg(long)]
@@ -122,37 +93,7 @@ struct EvalArgs {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Command::Build {
-            passages,
-            vectors,
-            dims,
-            metric,
-            quant,
-            shards,
-            regions,
-            name,
-            out,
-            seed,
-            ef_construction,
-            threads,
-        } => {
-            let config = BuildConfig {
-                passages,
-                vectors,
-                dims,
-                metric,
-                quant,
-                shards,
-                regions,
-                name,
-                out,
-                seed,
-                ef_construction,
-                threads,
-                progress: true,
-            };
-            run_build(&config)
-        }
+        Command::Build(config) => run_build(&BuildConfig { progress: true, ..config }),
         Command::Query {
             index,
             vector_file,

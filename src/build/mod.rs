@@ -20,26 +20,40 @@ use crate::shard::{format, Metric, Quant};
 pub const DEFAULT_EF_CONSTRUCTION: usize = 200;
 pub const DEFAULT_SEED: u64 = 42;
 
-/// Everything `shardc build` takes.
-#[derive(Debug, Clone)]
+/// Everything `shardc build` takes: its command-line arguments, parsed by clap in `shardc`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct BuildConfig {
+    #[arg(long)]
     pub passages: PathBuf,
-    /// Raw little-endian f32 rows; without it each passage line carries a `vector` array.
+    /// Raw little-endian f32 vectors, N × dims; otherwise each line carries a "vector" array.
+    #[arg(long)]
     pub vectors: Option<PathBuf>,
+    #[arg(long)]
     pub dims: usize,
+    #[arg(long, default_value = "cosine")]
     pub metric: Metric,
+    #[arg(long, default_value = "f16")]
     pub quant: Quant,
+    #[arg(long, default_value_t = 1)]
     pub shards: usize,
+    /// Comma-separated region names.
+    #[arg(long, value_delimiter = ',', required = true)]
     pub regions: Vec<String>,
+    #[arg(long)]
     pub name: String,
+    #[arg(long)]
     pub out: PathBuf,
+    #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
+    #[arg(long, default_value_t = DEFAULT_EF_CONSTRUCTION)]
     pub ef_construction: usize,
-    /// Graph-building threads; `Some(1)` makes the output a function of the input and seed
-    /// (instant-distance inserts in parallel, so with more threads the graph and version vary).
-    /// `None`: one per core.
+    /// Graph-building threads (default: one per core); 1 gives the same bytes and version for
+    /// the same input and seed (instant-distance inserts in parallel, so with more threads the
+    /// graph and version vary).
+    #[arg(long)]
     pub threads: Option<usize>,
-    /// Show progress bars on stderr.
+    /// Show progress bars on stderr (`shardc` turns them on; library callers choose).
+    #[arg(skip)]
     pub progress: bool,
 }
 

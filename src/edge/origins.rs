@@ -162,24 +162,35 @@ async fn race<F: Future>(future: F, limit: Duration) -> Option<F::Output> {
 }
 
 /// An attempt's hold on an origin's in-flight slot; settling it tells the balancer how the
-/// answer ended. Dropped unsettled (the client left mid-stream) it counts as a success: the
-/// origin was answering, and a client's disconnect says nothing about the origin's health.
+/// answer ended. Dropped unsettled (the client left mid-stream, so the runtime dropped the
+/// stream that owned it) it is a cancellation: the slot is freed without judging the origin,
+/// and the origin's request is aborted so that it stops generating an answer nobody reads
+/// (workerd also cancels a subrequest whose body is dropped; the abort does not rely on it).
 pub struct Lease {
     origins: Rc<Origins>,
     id: OriginId,
+    /// Aborts the origin's request; taken by the first abort.
+    controller: Option<AbortController>,
     settled: bool,
 }
 
 impl Lease {
     pub fn succeed(mut self) {
-        self.settle(None);
+        self.settle(Outcome::Succeeded);
     }
 
     pub fn fail(mut self, kind: FailureKind) {
-        self.settle(Some(kind));
+        self.settle(Outcome::Failed(kind));
     }
 
-    fn settle(&mut self, failure: Option<FailureKind>) {
+    /// Stops the origin's work on an answer nobody will read.
+    fn abort(&mut self) {
+        if let Some(controller) = self.controller.take() {
+            controller.abort();
+        }
+    }
+
+    fn settle(&mut self, outcome: Outcome) {
         if std::mem::replace(&mut self.settled, true) {
             return;
         }
@@ -189,16 +200,28 @@ impl Lease {
             worker::console_error!("origin lease settled while the balancer was borrowed");
             return;
         };
-        match failure {
-            None => balancer.on_success(self.id, now()),
-            Some(kind) => balancer.on_failure(self.id, kind, now()),
+        match outcome {
+            Outcome::Succeeded => balancer.on_success(self.id, now()),
+            Outcome::Failed(kind) => balancer.on_failure(self.id, kind, now()),
+            Outcome::Cancelled => {
+                balancer.on_cancelled(self.id, now());
+                drop(balancer);
+                self.abort();
+            }
         }
     }
 }
 
+/// How the answer behind a lease ended.
+enum Outcome {
+    Succeeded,
+    Failed(FailureKind),
+    Cancelled,
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.settle(None);
+        self.settle(Outcome::Cancelled);
     }
 }
 
@@ -265,10 +288,11 @@ impl Origins {
                 let why = if plan.try_timeout(started).is_none() { "the deadline passed" } else { "none is available" };
                 return Err(self.unavailable(call, &plan_summary(plan.attempts(), why), &last_failure));
             };
-            let lease = Lease { origins: self.clone(), id, settled: false };
-            let url = format!("{}{}", origin.url.trim_end_matches('/'), call.path);
             let controller = AbortController::default();
-            let outcome = attempt::<R>(&url, self.keys[id.0].as_deref(), &call.body, timeout, &controller.signal()).await;
+            let signal = controller.signal();
+            let mut lease = Lease { origins: self.clone(), id, controller: Some(controller), settled: false };
+            let url = format!("{}{}", origin.url.trim_end_matches('/'), call.path);
+            let outcome = attempt::<R>(&url, self.keys[id.0].as_deref(), &call.body, timeout, &signal).await;
             let ended = now();
             match outcome {
                 Ok(answer) => {
@@ -281,8 +305,7 @@ impl Origins {
                 }
                 Err(Attempt::Failed(kind, why)) => {
                     if kind == FailureKind::Timeout {
-                        // Stop the origin's work on an answer nobody will read.
-                        controller.abort();
+                        lease.abort();
                     }
                     lease.fail(kind);
                     last_failure = format!("{}: {why}", origin.name);

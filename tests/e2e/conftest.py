@@ -21,6 +21,7 @@ SHARDC = os.environ.get("SHARDC", os.path.join(ROOT, "target", "release", "shard
 DEVORIGIN = os.environ.get("DEVORIGIN", os.path.join(ROOT, "target", "release", "devorigin"))
 CHAT_MODEL = "devorigin-extractive"
 SLOW_MODEL = "slow"
+LIMITED_MODEL = "limited"
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 
 
@@ -97,7 +98,9 @@ def publish(index_dir, persist):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def start_worker(persist, mode, logfile, extra_vars=None):
+def start_worker(persist, mode, logfile, extra_vars=None, ready_status=200):
+    """`wrangler dev` serving `persist`; ready once /healthz answers `ready_status` (a deployment
+    with a bad configuration answers every request, /healthz included, with a 500 problem)."""
     port = free_port()
     env = dict(os.environ, WRANGLER_SEND_METRICS="false")
     variables = dict(SERVING_MODE=mode, CURRENT_TTL_MS="0", **(extra_vars or {}))
@@ -111,7 +114,7 @@ def start_worker(persist, mode, logfile, extra_vars=None):
         if proc.poll() is not None:
             raise RuntimeError(f"wrangler dev exited with {proc.returncode}; see {logfile.name}")
         try:
-            if worker.call("GET", "/healthz")[0] == 200:
+            if worker.call("GET", "/healthz")[0] == ready_status:
                 return worker
         except OSError:
             pass
@@ -166,6 +169,19 @@ def start_origins(logdir, fast_args, slow_args=("--tokens-per-sec", "10")):
     return fast, slow, json.dumps(config)
 
 
+def start_limited_pair(logdir):
+    """Two chat origins for LIMITED_MODEL (embeddings off): `busy` serves one request at a time and
+    answers 429 with Retry-After: 30 beyond that (its first token takes 20 s, so a request parked on
+    it holds the slot), and `spare`, always free but slower (500 ms to the first token) than the
+    latency the balancer assumes for an origin it has not heard from yet."""
+    no_model = ["--model", LIMITED_MODEL, "--model-dir", os.path.join(logdir, "no-model")]
+    busy = Origin("busy", ["--ttft-ms", "20000", "--max-concurrency", "1", "--retry-after-secs", "30", *no_model],
+                  open(os.path.join(logdir, "devorigin-busy.log"), "w"))
+    spare = Origin("spare", ["--ttft-ms", "500", "--tokens-per-sec", "400", *no_model],
+                   open(os.path.join(logdir, "devorigin-spare.log"), "w"))
+    return busy.wait_ready(), spare.wait_ready()
+
+
 def build_binary(path, name):
     if not os.path.exists(path):
         subprocess.run(["cargo", "build", "--release", "--bin", name], cwd=ROOT, check=True)
@@ -206,13 +222,17 @@ def rag():
     persist = os.path.join(tmp, "state")
     publish(docs, persist)
     fast, slow, origins = start_origins(tmp, ["--ttft-ms", "30", "--tokens-per-sec", "400"])
+    limited = start_limited_pair(tmp)
+    origins = json.dumps(json.loads(origins) + [dict(name=o.name, url=o.url, models=[LIMITED_MODEL], kind="chat")
+                                                for o in limited])
     logfile = open(os.path.join(tmp, "wrangler-rag.log"), "w")
     log(f"starting wrangler dev (origins); log {logfile.name}")
     deadline_ms = 8000
     worker = start_worker(persist, "local", logfile, dict(
         ORIGINS=origins, ORIGIN_TRY_TIMEOUT_MS="4000", ORIGIN_DEADLINE_MS=str(deadline_ms)))
-    yield dict(tmp=tmp, worker=worker, fast=fast, slow=slow, queries=queries, deadline_s=deadline_ms / 1000)
+    yield dict(tmp=tmp, worker=worker, fast=fast, slow=slow, limited=limited, queries=queries,
+               deadline_s=deadline_ms / 1000, persist=persist)
     stop(worker)
-    for origin in (*fast, slow):
+    for origin in (*fast, slow, *limited):
         origin.kill()
     shutil.rmtree(tmp, ignore_errors=True)

@@ -5,13 +5,15 @@ import http.client
 import json
 import os
 import struct
+import tempfile
 import threading
 import time
 import urllib.parse
+import urllib.request
 
 import openai
 
-from conftest import CHAT_MODEL, DIMS, EMBEDDING_MODEL, PYDOCS, SLOW_MODEL, log
+from conftest import CHAT_MODEL, DIMS, EMBEDDING_MODEL, LIMITED_MODEL, PYDOCS, SLOW_MODEL, log, start_worker, stop
 
 QUESTION = "How do I read a file line by line?"
 
@@ -55,6 +57,22 @@ def stream(worker, path, body):
 def content_of(events):
     return "".join(json.loads(d)["choices"][0]["delta"].get("content") or ""
                    for _, e, d in events if e is None and d != "[DONE]" and "choices" in json.loads(d))
+
+
+def origin_metric(origin, name):
+    """One unlabelled sample of a devorigin's /metrics."""
+    with urllib.request.urlopen(origin.url + "/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not in {origin.name}'s metrics")
+
+
+def wait_for(predicate, seconds, what):
+    deadline = time.time() + seconds
+    while not predicate():
+        assert time.time() < deadline, what
+        time.sleep(0.05)
 
 
 def test_text_search_equals_vector_search(rag):
@@ -154,6 +172,77 @@ def test_openai_sdk_needs_only_base_url(rag):
         raise AssertionError("an unknown model must fail")
     except openai.NotFoundError as e:
         assert e.status_code == 404
+
+
+def test_an_origin_answering_429_is_skipped_for_its_retry_after(rag):
+    worker, (busy, spare) = rag["worker"], rag["limited"]
+    def park():
+        """A request parked on `busy` (its first token takes 20 s): it refuses everything else."""
+        request = urllib.request.Request(busy.url + "/v1/chat/completions", json.dumps(dict(
+            model=LIMITED_MODEL, messages=[{"role": "user", "content": "hold"}])).encode(),
+            {"content-type": "application/json"})
+        try:
+            urllib.request.urlopen(request, timeout=60).read()
+        except OSError:
+            pass  # the fixture kills `busy` at the end
+
+    threading.Thread(target=park, daemon=True).start()
+    wait_for(lambda: origin_metric(busy, "devorigin_inflight") == 1, 10, "the parked request did not reach busy")
+    requests = 6
+    body = dict(model=LIMITED_MODEL, messages=[{"role": "user", "content": "q"}], max_tokens=5)
+    statuses = [worker.call("POST", "/v1/chat/completions", body)[0] for _ in range(requests)]
+    assert statuses == [200] * requests, statuses
+    # `busy` looks cheaper than `spare` (no latency sample yet vs 500 ms), so the balancer tries it
+    # within the first two requests; its 429 says "come back in 30 s", so it is tried once only,
+    # that request is retried on `spare`, and every answer comes from `spare`.
+    assert origin_metric(busy, "devorigin_rate_limited_total") == 1
+    served = [line for line in urllib.request.urlopen(spare.url + "/metrics", timeout=10).read().decode().splitlines()
+              if line.startswith('devorigin_requests_total{endpoint="chat"}')]
+    assert float(served[0].split()[1]) == requests, served
+
+
+def test_a_client_leaving_mid_stream_cancels_the_origins_work(rag):
+    worker, slow = rag["worker"], rag["slow"]
+    url = urllib.parse.urlparse(worker.base)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    # Quoting eight passages at 10 tokens/s keeps the origin busy for several seconds.
+    conn.request("POST", "/v1/rag", json.dumps(dict(index="docs", query=QUESTION, k=8, model=SLOW_MODEL, stream=True)),
+                 {"content-type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.readline().startswith(b"event: sources")
+    assert origin_metric(slow, "devorigin_inflight") == 1
+    left = time.time()
+    conn.sock.close()
+    conn.close()
+    # The worker aborts the origin request as soon as the client is gone, long before the origin
+    # would have written its last token.
+    wait_for(lambda: origin_metric(slow, "devorigin_inflight") == 0, 4, "the origin kept generating for a client that left")
+    log(f"origin request cancelled {time.time() - left:.2f} s after the client left")
+    # Cancelling is not a failure: the origin keeps serving.
+    status, _, answer = worker.call("POST", "/v1/chat/completions", dict(
+        model=SLOW_MODEL, max_tokens=3, messages=[{"role": "user", "content": "q"}]))
+    assert status == 200 and answer["choices"][0]["message"]["content"], answer
+
+
+def test_invalid_origin_configuration_fails_loudly_naming_the_field(rag):
+    bad = [
+        (dict(ORIGINS=json.dumps([dict(name="a", url="ftp://gpu", models=[CHAT_MODEL], kind="chat")])), "ORIGINS[0].url"),
+        (dict(ORIGINS=json.dumps([dict(name="a", url="http://127.0.0.1:9", models=[CHAT_MODEL], kind="chat")]),
+              ROUTING="fastest"), "ROUTING"),
+    ]
+    for variables, field in bad:
+        with tempfile.TemporaryDirectory() as tmp, open(os.path.join(tmp, "wrangler.log"), "w") as logfile:
+            worker = start_worker(tmp, "local", logfile, variables, ready_status=500)
+            try:
+                for method, path, body in [("GET", "/v1/indexes", None), ("POST", "/v1/chat/completions", dict(
+                        model=CHAT_MODEL, messages=[{"role": "user", "content": "q"}]))]:
+                    status, headers, problem = worker.call(method, path, body)
+                    assert status == 500, (variables, path, problem)
+                    assert headers["Content-Type"].startswith("application/problem+json")
+                    assert problem["type"].endswith("/misconfigured") and field in problem["detail"], problem
+            finally:
+                stop(worker)
 
 
 def test_killing_an_origin_loses_no_request_that_had_not_started_streaming(rag):
