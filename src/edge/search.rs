@@ -33,6 +33,10 @@ pub async fn handle(req: &mut Request, ctx: &mut Ctx) -> Result<SearchResponse, 
 pub async fn run(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchResponse, ApiError> {
     let pinned = Rc::new(ctx.store.pin(&ctx.source, &request.index, &ctx.home(&[])).await?);
     ctx.index = Some(pinned.index.clone());
+    // A bad vector is refused before the cache is consulted (a text query's, once it is embedded).
+    if let Query::Vector(vector) = &request.query {
+        check_vector(vector, &pinned)?;
+    }
     let key = search_key(request, &pinned.version, &ctx.config.embedding_model);
     if let Some(cached) = ctx.cache.get::<SearchResponse>(Which::Search, &key).await {
         ctx.cache_status.push(Outcome::Hit.member(Which::Search));
@@ -54,10 +58,7 @@ async fn search(ctx: &mut Ctx, request: &SearchRequest, pinned: Rc<Pinned>) -> R
         Query::Vector(vector) => vector.clone(),
         Query::Text(text) => embed(ctx, text).await?,
     };
-    SearchRequest::check_dims(&vector, pinned.manifest.dims)?;
-    if pinned.manifest.metric == Metric::Cosine && vector.iter().all(|&x| x == 0.0) {
-        return Err(ApiError::Invalid("a zero `vector` has no direction for cosine similarity".into()));
-    }
+    check_vector(&vector, &pinned)?;
     let started = now_ms();
     let home = ctx.home(&pinned.manifest.regions);
     let planned = fanout::plan(&pinned.manifest, &vector, request.probe);
@@ -122,6 +123,14 @@ async fn search(ctx: &mut Ctx, request: &SearchRequest, pinned: Rc<Pinned>) -> R
         partial: !failed_shards.is_empty(),
         failed_shards,
     })
+}
+
+fn check_vector(vector: &[f32], pinned: &Pinned) -> Result<(), ApiError> {
+    SearchRequest::check_dims(vector, pinned.manifest.dims)?;
+    if pinned.manifest.metric == Metric::Cosine && vector.iter().all(|&x| x == 0.0) {
+        return Err(ApiError::Invalid("a zero `vector` has no direction for cosine similarity".into()));
+    }
+    Ok(())
 }
 
 /// The query text's embedding from the `EMBEDDING_MODEL` pool, or from the response cache. The
