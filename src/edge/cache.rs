@@ -77,9 +77,7 @@ impl ResponseCache {
 
     /// The value cached under `key`, if any (always `None` while disabled).
     pub async fn get<T: DeserializeOwned>(&self, which: Which, key: &str) -> Option<T> {
-        if self.ttl_s.is_none() {
-            return None;
-        }
+        self.ttl_s?;
         let found = async {
             let Some(mut response) = Cache::default().get(key, false).await.map_err(|e| e.to_string())? else {
                 return Ok(None);
