@@ -270,7 +270,16 @@ async fn handle(mut req: Request, env: Env, outbound: origins::Outbound, report:
         cache_status: Vec::new(),
         index: None,
     };
-    let response = match route {
+    let response = route_to(route, &mut req, &mut ctx).await;
+    // After the handler, whether it failed or not: an error's log line and headers need these too.
+    report.timing = ctx.timing;
+    report.cache_status = ctx.cache_status;
+    report.index = ctx.index;
+    response
+}
+
+async fn route_to(route: Route, req: &mut Request, ctx: &mut Ctx) -> Result<Response, ApiError> {
+    match route {
         Route::Health => json(&serde_json::json!({
             "status": "ok",
             "serving_mode": if ctx.config.mode == Mode::Local { "local" } else { "durable" },
@@ -284,18 +293,14 @@ async fn handle(mut req: Request, env: Env, outbound: origins::Outbound, report:
         }
         Route::Index(name) => {
             ctx.index = Some(name.clone());
-            json(&index_summary(&ctx, &name).await?)
+            json(&index_summary(ctx, &name).await?)
         }
-        Route::Search => json(&search::handle(&mut req, &mut ctx).await?),
-        Route::Embeddings => inference::embeddings(&mut req, &mut ctx).await,
-        Route::Rag => inference::rag(&mut req, &mut ctx).await,
-        Route::ChatCompletions => inference::chat(&mut req, &mut ctx).await,
-        Route::Metrics => metrics(&ctx),
-    };
-    report.timing = ctx.timing;
-    report.cache_status = ctx.cache_status;
-    report.index = ctx.index;
-    response
+        Route::Search => json(&search::handle(req, ctx).await?),
+        Route::Embeddings => inference::embeddings(req, ctx).await,
+        Route::Rag => inference::rag(req, ctx).await,
+        Route::ChatCompletions => inference::chat(req, ctx).await,
+        Route::Metrics => metrics(ctx),
+    }
 }
 
 /// `GET /metrics`: this isolate's counters in the Prometheus text format.

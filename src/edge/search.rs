@@ -31,8 +31,8 @@ pub async fn handle(req: &mut Request, ctx: &mut Ctx) -> Result<SearchResponse, 
 /// is embedded through the embeddings pool once the index is known to exist. Partial answers
 /// are not cached: the next request should get the whole one.
 pub async fn run(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchResponse, ApiError> {
+    ctx.index = Some(request.index.clone());
     let pinned = Rc::new(ctx.store.pin(&ctx.source, &request.index, &ctx.home(&[])).await?);
-    ctx.index = Some(pinned.index.clone());
     // A bad vector is refused before the cache is consulted (a text query's, once it is embedded).
     if let Query::Vector(vector) = &request.query {
         check_vector(vector, &pinned)?;

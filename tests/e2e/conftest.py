@@ -74,17 +74,28 @@ class Worker:
                 for family in text_string_to_metric_families(text) for s in family.samples}
 
     def log_lines(self):
-        """The JSON lines in the worker's output (wrangler dev prints console.log as is)."""
+        """The JSON lines in the worker's output (wrangler dev prints console.log as is, and
+        console.warn/error inside a coloured `[WARNING]`/`[ERROR]` frame)."""
         lines = []
         with open(self.log_path, errors="replace") as f:
             for line in f:
-                start = line.find("{")
-                if start >= 0:
+                start, end = line.find("{"), line.rfind("}")
+                if 0 <= start < end:
                     try:
-                        lines.append(json.loads(line[start:]))
+                        lines.append(json.loads(line[start:end + 1]))
                     except ValueError:
                         pass
         return lines
+
+    def log_line(self, request_id, wait_s=10):
+        """The one log line of the request `request_id`, waiting for wrangler to write it out."""
+        deadline = time.time() + wait_s
+        while True:
+            found = [entry for entry in self.log_lines() if entry.get("request_id") == request_id]
+            if found or time.time() > deadline:
+                assert len(found) == 1, (request_id, found)
+                return found[0]
+            time.sleep(0.1)
 
 
 def corpus(tmp):

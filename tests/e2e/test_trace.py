@@ -46,7 +46,7 @@ def test_a_callers_trace_reaches_the_origin_with_our_span(observed):
         spans.add(match[2])
     assert len(spans) == 1, "one span of ours is the parent of both calls"
 
-    (line,) = [entry for entry in worker.log_lines() if entry.get("request_id") == "trace-test-1"]
+    line = worker.log_line("trace-test-1")
     assert line["trace_id"] == trace_id
     assert (line["method"], line["route"], line["status"], line["index"], line["level"]) == (
         "POST", "chat_completions", 200, "docs", "info")
@@ -71,8 +71,18 @@ def test_an_invalid_traceparent_starts_a_fresh_trace(observed):
         (embed,) = sent(origin, mark, "/v1/embeddings")
         match = TRACEPARENT.match(headers_of(embed)["traceparent"])
         assert match and match[1] not in junk.lower(), (junk, headers_of(embed))
-        (line,) = [entry for entry in worker.log_lines() if entry.get("request_id") == request_id]
+        line = worker.log_line(request_id)
         assert line["trace_id"] == match[1], "the log names the trace the origin got"
+
+
+def test_failures_are_logged_with_their_problem_type(observed):
+    worker = observed["worker"]
+    status, _, problem = worker.call("POST", "/v1/search", dict(index="no-such-index", vector=[1.0]),
+                                     headers={"x-request-id": "log-test-404"})
+    assert status == 404, problem
+    line = worker.log_line("log-test-404")
+    assert (line["level"], line["status"], line["route"], line["error"]) == ("warn", 404, "search", problem["type"])
+    assert line["detail"] == problem["detail"] and line["index"] == "no-such-index" and line["cache"] is None
 
 
 def raw_request(worker, method, path, header_lines, body=b""):
