@@ -9,18 +9,24 @@
 //! - [`index`]: an index held whole in memory, searched shard by shard (`shardc`, tests, the wasm probe).
 //! - [`balancer`]: inference-origin pools: routing strategies, health, retry budget, affinity (pure, clock passed in).
 //! - [`rag`]: OpenAI wire types, prompt building within a token budget, SSE parsing and formatting (pure).
+//! - [`cache_key`]: the Cache API keys of search results and query embeddings, by index version (pure).
+//! - [`metrics`]: labelled counters, gauges and histograms in the Prometheus text format (pure).
+//! - [`trace`]: W3C `traceparent` parsing and propagation (pure).
 //! - `build` (native only): turns a corpus into shards and a manifest (used by `shardc`).
 //! - `embed` (native only): all-MiniLM-L6-v2 sentence embeddings on CPU (used by `devorigin`).
 //! - `edge` (wasm32 only): the Cloudflare Workers glue; thin handlers over the pure modules.
 
 pub mod api;
 pub mod balancer;
+pub mod cache_key;
 pub mod fanout;
 pub mod index;
 pub mod manifest;
+pub mod metrics;
 pub mod rag;
 pub mod shard;
 pub mod store;
+pub mod trace;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod build;

@@ -146,6 +146,16 @@ struct CacheState<V> {
     slots: HashMap<String, Slot<V>>,
     bytes: usize,
     tick: u64,
+    reads: Reads,
+}
+
+/// How [`Cache::get_or_load`] calls ended, since the cache was made.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Reads {
+    /// Found ready at once.
+    pub hits: u64,
+    /// Waited for a load: its own, or one another request had in flight.
+    pub misses: u64,
 }
 
 /// Removes a `Loading` slot whose load ended without settling it (its request went away).
@@ -166,12 +176,16 @@ impl<V> Drop for LoadingGuard<'_, V> {
 
 impl<V: 'static> Cache<V> {
     pub fn new(capacity: usize) -> Self {
-        Cache { capacity, state: RefCell::new(CacheState { slots: HashMap::new(), bytes: 0, tick: 0 }) }
+        Cache { capacity, state: RefCell::new(CacheState { slots: HashMap::new(), bytes: 0, tick: 0, reads: Reads::default() }) }
     }
 
     /// Bytes held by ready entries.
     pub fn bytes(&self) -> usize {
         self.state.borrow().bytes
+    }
+
+    pub fn reads(&self) -> Reads {
+        self.state.borrow().reads
     }
 
     pub fn len(&self) -> usize {
@@ -203,11 +217,18 @@ impl<V: 'static> Cache<V> {
                 match state.slots.get_mut(key) {
                     Some(Slot::Ready { loaded, used }) => {
                         *used = tick;
-                        return Ok(Got { value: loaded.value.clone(), loaded_now: waited });
+                        let value = loaded.value.clone();
+                        if waited {
+                            state.reads.misses += 1;
+                        } else {
+                            state.reads.hits += 1;
+                        }
+                        return Ok(Got { value, loaded_now: waited });
                     }
                     Some(Slot::Loading { .. }) => {}
                     None => {
                         state.slots.insert(key.to_string(), Slot::Loading { load_id: tick });
+                        state.reads.misses += 1;
                         break tick;
                     }
                 }
@@ -314,6 +335,11 @@ impl Store {
 
     pub fn shard_count(&self) -> usize {
         self.shards.len()
+    }
+
+    /// Shard reads served from this isolate's LRU (hits) or from a load (misses).
+    pub fn shard_reads(&self) -> Reads {
+        self.shards.reads()
     }
 
     /// Index names, as listed by the first region that answers.
@@ -480,6 +506,7 @@ mod tests {
         let again = futures::executor::block_on(cache.get_or_load("a", counting_load(&calls, "x", 1), no_pause)).unwrap();
         assert!(!again.loaded_now);
         assert_eq!((calls.get(), cache.bytes(), cache.len()), (1, 10, 1));
+        assert_eq!(cache.reads(), Reads { hits: 1, misses: 5 }, "the loader and its four waiters missed");
     }
 
     #[test]
@@ -494,6 +521,7 @@ mod tests {
         get("a", 40); // a is now more recent than b
         get("c", 40); // 120 > 100: b goes
         assert_eq!((cache.bytes(), cache.len(), calls.get()), (80, 2, 3));
+        assert_eq!(cache.reads(), Reads { hits: 1, misses: 3 });
         assert!(!get("a", 40).loaded_now);
         assert!(get("b", 40).loaded_now, "b was evicted");
         get("huge", 500); // served, not kept, nothing else evicted for it

@@ -26,6 +26,7 @@ pub enum Route {
     Embeddings,
     Rag,
     ChatCompletions,
+    Metrics,
 }
 
 impl Route {
@@ -38,6 +39,7 @@ impl Route {
             "/v1/embeddings" => (Route::Embeddings, "POST"),
             "/v1/rag" => (Route::Rag, "POST"),
             "/v1/chat/completions" => (Route::ChatCompletions, "POST"),
+            "/metrics" => (Route::Metrics, "GET"),
             _ => match path.strip_prefix("/v1/indexes/") {
                 Some(name) if !name.is_empty() && !name.contains('/') => {
                     (Route::Index(name.to_string()), "GET")
@@ -54,7 +56,25 @@ impl Route {
         }
         Ok(route)
     }
+
+    /// The route's name in metrics and logs: a fixed set, so label cardinality stays bounded
+    /// (paths carry client input, such as index names).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::Health => "health",
+            Route::Indexes => "indexes",
+            Route::Index(_) => "index",
+            Route::Search => "search",
+            Route::Embeddings => "embeddings",
+            Route::Rag => "rag",
+            Route::ChatCompletions => "chat_completions",
+            Route::Metrics => "metrics",
+        }
+    }
 }
+
+/// The route label of a request that matched no route (404) or the wrong method (405).
+pub const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// Checks the media type and size, then deserialises: syntax errors are 400, schema errors 422.
 pub(crate) fn parse_json<T: DeserializeOwned>(content_type: Option<&str>, body: &[u8], limit: usize) -> Result<T, ApiError> {
@@ -84,6 +104,9 @@ mod tests {
         assert_eq!(Route::parse("POST", "/v1/chat/completions"), Ok(Route::ChatCompletions));
         assert_eq!(Route::parse("POST", "/v1/rag"), Ok(Route::Rag));
         assert_eq!(Route::parse("POST", "/v1/embeddings"), Ok(Route::Embeddings));
+        assert_eq!(Route::parse("GET", "/metrics"), Ok(Route::Metrics));
+        assert_eq!(Route::parse("POST", "/metrics").unwrap_err().status(), 405);
+        assert_eq!(Route::Index("any/thing".into()).label(), "index");
         assert_eq!(Route::parse("GET", "/v1/search").unwrap_err().status(), 405);
         assert_eq!(Route::parse("GET", "/v2/x").unwrap_err().status(), 404);
         assert_eq!(Route::parse("GET", "/v1/indexes/a/b").unwrap_err().status(), 404);

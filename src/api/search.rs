@@ -131,7 +131,8 @@ impl Match {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// Also read back from the response cache, hence `Deserialize`.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct SearchResponse {
     pub matches: Vec<Match>,
     pub index: String,

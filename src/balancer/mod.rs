@@ -257,6 +257,11 @@ impl Balancer {
         self.states[id.0].is_ejected()
     }
 
+    /// How many times `id` has been ejected since this balancer was made.
+    pub fn ejections_total(&self, id: OriginId) -> u64 {
+        self.states[id.0].ejections_total()
+    }
+
     /// Starts a client request: sets its deadline and earns the retry budget its share.
     pub fn begin(&mut self, now: Duration) -> Plan {
         self.budget.deposit(now);
@@ -743,6 +748,7 @@ mod tests {
             b.on_failure(OriginId(0), FailureKind::Connect, now);
         }
         assert!(b.is_ejected(OriginId(0)));
+        assert_eq!((b.ejections_total(OriginId(0)), b.ejections_total(OriginId(1))), (1, 0));
         let plan = b.begin(now);
         assert!((0..10).all(|_| b.pick(&T, &plan, now) == Some(OriginId(1))));
         now += b.policy.eject_base;
@@ -756,5 +762,6 @@ mod tests {
         b.on_first_byte(OriginId(0), Duration::from_millis(50), &mut probe, now);
         b.on_success(OriginId(0), now);
         assert!(!b.is_ejected(OriginId(0)));
+        assert_eq!(b.ejections_total(OriginId(0)), 1, "a total, not reset by recovery");
     }
 }

@@ -61,6 +61,8 @@ pub(super) struct OriginState {
     /// Ejections in a row without a success in between; the backoff exponent.
     ejections: u32,
     ejected_until: Option<Duration>,
+    /// Every ejection since the isolate started, for metrics.
+    ejections_total: u64,
     probe_in_flight: bool,
     /// Set by a 429: the origin is skipped until then.
     rate_limited_until: Duration,
@@ -82,6 +84,7 @@ impl OriginState {
             consecutive_failures: 0,
             ejections: 0,
             ejected_until: None,
+            ejections_total: 0,
             probe_in_flight: false,
             rate_limited_until: Duration::ZERO,
         }
@@ -170,6 +173,7 @@ impl OriginState {
 
     fn eject(&mut self, now: Duration, policy: &Policy) {
         self.ejections = self.ejections.saturating_add(1);
+        self.ejections_total += 1;
         let exponent = (self.ejections - 1).min(16);
         let backoff = policy
             .eject_base
@@ -188,6 +192,10 @@ impl OriginState {
 
     pub fn is_ejected(&self) -> bool {
         self.ejected_until.is_some()
+    }
+
+    pub fn ejections_total(&self) -> u64 {
+        self.ejections_total
     }
 }
 

@@ -8,6 +8,10 @@
 //! same passages were seen within `--prefix-cache-ms` (a warm prefix cache), then one word-token
 //! every 1/`--tokens-per-sec` s. Above `--max-concurrency` requests in flight it answers 429 with
 //! Retry-After; `--fail-rate` of requests get a 503.
+//!
+//! A simulator aid, not part of the OpenAI API: `GET /debug/requests` lists the last requests it
+//! received (sequence number, method, path and every header as received), so tests can see
+//! exactly what the worker sends an origin.
 
 #[cfg(target_arch = "wasm32")]
 fn main() {}
@@ -19,14 +23,15 @@ fn main() -> std::process::ExitCode {
 
 #[cfg(not(target_arch = "wasm32"))]
 mod native {
-    use std::collections::HashMap;
+    use std::collections::{HashMap, VecDeque};
     use std::path::PathBuf;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
     use axum::body::{Body, Bytes};
-    use axum::extract::State;
+    use axum::extract::{Request, State};
+    use axum::middleware::{self, Next};
     use axum::http::{header, HeaderValue, StatusCode};
     use axum::response::{IntoResponse, Response};
     use axum::routing::{get, post};
@@ -46,6 +51,8 @@ mod native {
     const EMBEDDING_MODEL: &str = "all-MiniLM-L6-v2";
     /// TTFT multiplier on a prefix-cache hit: prefill of the cached context is skipped.
     const PREFIX_HIT_TTFT: f64 = 0.2;
+    /// Requests `GET /debug/requests` remembers.
+    const SEEN_REQUESTS: usize = 256;
 
     #[derive(Parser, Debug, Clone)]
     #[command(
@@ -109,6 +116,8 @@ mod native {
         metrics: Metrics,
         /// Context hash → last time seen.
         prefix_cache: Mutex<HashMap<u64, Instant>>,
+        /// The last [`SEEN_REQUESTS`] requests, oldest first, and how many came before them.
+        seen: Mutex<(VecDeque<serde_json::Value>, u64)>,
     }
 
     #[derive(Debug, thiserror::Error)]
@@ -440,6 +449,35 @@ mod native {
         Json(json!({"object": "list", "data": data}))
     }
 
+    /// Remembers every request's method, path and headers (values as received, bytes that are
+    /// not UTF-8 replaced) for `GET /debug/requests`.
+    async fn remember(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+        let headers: Vec<(String, String)> = request
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+            .collect();
+        if let Ok(mut seen) = app.seen.lock() {
+            let (requests, count) = &mut *seen;
+            *count += 1;
+            requests.push_back(json!({
+                "seq": *count,
+                "method": request.method().as_str(),
+                "path": request.uri().path(),
+                "headers": headers,
+            }));
+            if requests.len() > SEEN_REQUESTS {
+                requests.pop_front();
+            }
+        }
+        next.run(request).await
+    }
+
+    async fn debug_requests(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, OriginError> {
+        let seen = app.seen.lock().map_err(|_| OriginError::Internal("request log lock poisoned".into()))?;
+        Ok(Json(json!({ "requests": seen.0 })))
+    }
+
     async fn metrics(State(app): State<Arc<App>>) -> Response {
         let m = &app.metrics;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -500,6 +538,7 @@ mod native {
             inflight: AtomicU64::new(0),
             metrics: Metrics::default(),
             prefix_cache: Mutex::new(HashMap::new()),
+            seen: Mutex::new((VecDeque::new(), 0)),
         });
         let runtime = match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -530,6 +569,8 @@ mod native {
             .route("/v1/embeddings", post(embeddings))
             .route("/v1/models", get(models))
             .route("/metrics", get(metrics))
+            .route("/debug/requests", get(debug_requests))
+            .layer(middleware::from_fn_with_state(app.clone(), remember))
             .with_state(app);
         axum::serve(listener, router).await
     }

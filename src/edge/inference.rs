@@ -21,7 +21,7 @@ pub async fn embeddings(req: &mut Request, ctx: &mut Ctx) -> Result<Response, Ap
     let (content_type, body) = read_body(req, INFERENCE_BODY_LIMIT).await?;
     let request = parse_embeddings(content_type.as_deref(), &body)?;
     let home = ctx.home(&[]);
-    let reply = ctx.origins()?.embeddings(&request, &home).await?;
+    let reply = ctx.origins()?.embeddings(&request, &home, &ctx.outbound).await?;
     ctx.timing.origin += reply.origin_ms;
     json_bytes(reply.answer)
 }
@@ -88,6 +88,7 @@ async fn answer(
         region: Some(&home),
         // Same passages in the same order → same origin, whose prefix cache holds the prompt.
         affinity_key: sources.map(|s| affinity_key(s.iter().map(|p| p.id.to_string()))),
+        outbound: &ctx.outbound,
     };
     let origins = ctx.origins()?;
     if completion.stream == Some(true) {

@@ -1,7 +1,10 @@
 //! Cloudflare Workers glue: the fetch entry point, configuration from vars, and the one place
-//! where results and errors become HTTP responses (problem JSON, `x-request-id`, `Server-Timing`).
+//! where results and errors become HTTP responses (problem JSON, `x-request-id`, `Server-Timing`,
+//! `Cache-Status`), are counted in the metrics and logged.
+mod cache;
 mod host;
 mod inference;
+mod observe;
 mod origins;
 mod r2;
 mod search;
@@ -13,9 +16,10 @@ use serde::Serialize;
 use worker::wasm_bindgen::JsCast;
 use worker::*;
 
-use crate::api::{ApiError, IndexSummary, Route};
+use crate::api::{ApiError, IndexSummary, Route, UNMATCHED_ROUTE};
 use crate::rag::DEFAULT_SYSTEM;
 use crate::store::{Location, RegionMap, Store, StoreError};
+use crate::trace::TraceContext;
 
 /// Default shard cache budget per isolate (`CACHE_BYTES` overrides): leaves headroom in the
 /// 128 MB isolate for the wasm heap's other users and the request in flight.
@@ -27,6 +31,10 @@ const EMBEDDING_MODEL_DEFAULT: &str = "all-MiniLM-L6-v2";
 /// Prompt budget for system text plus passages (approximate tokens): five 90-word passages with
 /// room to spare, well inside small models' context windows.
 const RAG_CONTEXT_TOKENS_DEFAULT: usize = 2000;
+/// How long search results and query embeddings stay in the response cache (`0` turns it off):
+/// an index version's answers never change, so this only bounds the cache's memory of old
+/// queries (and, for embeddings, of a model an origin might swap under the same name).
+const RESULT_CACHE_TTL_S_DEFAULT: u32 = 300;
 
 thread_local! {
     // One store per isolate: shards fetched by one request serve the following ones.
@@ -65,6 +73,7 @@ pub(crate) struct Config {
     /// Instruction placed before the numbered passages (`RAG_SYSTEM`).
     pub rag_system: String,
     pub context_tokens: usize,
+    pub result_cache_ttl_s: u32,
 }
 
 fn var(env: &Env, name: &str) -> Option<String> {
@@ -95,6 +104,7 @@ impl Config {
             embedding_model: var(env, "EMBEDDING_MODEL").unwrap_or_else(|| EMBEDDING_MODEL_DEFAULT.into()),
             rag_system: var(env, "RAG_SYSTEM").unwrap_or_else(|| DEFAULT_SYSTEM.into()),
             context_tokens: parsed(env, "RAG_CONTEXT_TOKENS", RAG_CONTEXT_TOKENS_DEFAULT)?,
+            result_cache_ttl_s: parsed(env, "RESULT_CACHE_TTL_S", RESULT_CACHE_TTL_S_DEFAULT)?,
         })
     }
 
@@ -166,6 +176,13 @@ pub(crate) struct Ctx {
     pub location: Location,
     pub forced_region: Option<String>,
     pub timing: Timing,
+    /// What origins are told of this request (request id, trace context).
+    pub outbound: origins::Outbound,
+    pub cache: cache::ResponseCache,
+    /// `Cache-Status` members, nearest the origin first (RFC 9211).
+    pub cache_status: Vec<String>,
+    /// The index the request searched, for the log line.
+    pub index: Option<String>,
     origins: Option<Rc<origins::Origins>>,
 }
 
@@ -181,30 +198,62 @@ impl Ctx {
     }
 }
 
+/// What handling a request tells `fetch` for the response headers, metrics and log line.
+struct Report {
+    route: &'static str,
+    timing: Timing,
+    cache_status: Vec<String>,
+    index: Option<String>,
+}
+
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    let started = now_ms();
     let request_id = request_id(&req);
-    let mut timing = Timing::default();
-    let outcome = handle(req, env, &mut timing).await;
-    let mut response = match outcome {
-        Ok(response) => response,
+    let trace = TraceContext::continue_or_start(req.headers().get("traceparent").ok().flatten().as_deref(), &mut random_u64);
+    let method = req.method().to_string();
+    let outbound = origins::Outbound { request_id: request_id.clone(), traceparent: trace.traceparent() };
+    let mut report = Report { route: UNMATCHED_ROUTE, timing: Timing::default(), cache_status: Vec::new(), index: None };
+    let outcome = handle(req, env, outbound, &mut report).await;
+    let (mut response, error) = match outcome {
+        Ok(response) => (response, None),
         Err(error) => {
-            if error.status() >= 500 {
-                console_error!("{request_id}: {error}");
-            }
-            let mut response = Response::from_json(&error.problem(&request_id))?.with_status(error.status());
+            let problem = error.problem(&request_id);
+            let mut response = Response::from_json(&problem)?.with_status(error.status());
             response.headers_mut().set("content-type", "application/problem+json")?;
-            response
+            (response, Some(problem))
         }
     };
+    let cache_status = (!report.cache_status.is_empty()).then(|| report.cache_status.join(", "));
     let headers = response.headers_mut();
     headers.set("x-request-id", &request_id)?;
-    headers.set("server-timing", &timing.header())?;
+    headers.set("server-timing", &report.timing.header())?;
+    if let Some(cache_status) = &cache_status {
+        headers.set("cache-status", cache_status)?;
+    }
+    observe::finish(&observe::Finished {
+        request_id: &request_id,
+        trace_id: &trace.trace_id(),
+        method: &method,
+        route: report.route,
+        status: response.status_code(),
+        duration_ms: now_ms() - started,
+        index: report.index.as_deref(),
+        cache_status: cache_status.as_deref(),
+        error: error.as_ref().map(|p| (p.kind.as_str(), p.detail.as_str())),
+    });
     Ok(response)
 }
 
-async fn handle(mut req: Request, env: Env, timing: &mut Timing) -> Result<Response, ApiError> {
+/// 64 random bits (trace and span ids; not secrets).
+fn random_u64() -> u64 {
+    let part = || (js_sys::Math::random() * u32::MAX as f64) as u64;
+    (part() << 32) | part()
+}
+
+async fn handle(mut req: Request, env: Env, outbound: origins::Outbound, report: &mut Report) -> Result<Response, ApiError> {
     let route = Route::parse(req.method().as_ref(), &req.path())?;
+    report.route = route.label();
     let config = Config::from_env(&env)?;
     let mut ctx = Ctx {
         source: r2::R2::new(env.clone(), config.mentioned_regions()),
@@ -213,11 +262,24 @@ async fn handle(mut req: Request, env: Env, timing: &mut Timing) -> Result<Respo
         forced_region: if config.dev { req.headers().get("x-edge-region").ok().flatten() } else { None },
         // Parsed at the first request (and kept per isolate), so a bad ORIGINS fails loudly at once.
         origins: origins::for_isolate(&env)?,
+        cache: cache::ResponseCache::new(config.result_cache_ttl_s),
         config,
         env,
         timing: Timing::default(),
+        outbound,
+        cache_status: Vec::new(),
+        index: None,
     };
-    let response = match route {
+    let response = route_to(route, &mut req, &mut ctx).await;
+    // After the handler, whether it failed or not: an error's log line and headers need these too.
+    report.timing = ctx.timing;
+    report.cache_status = ctx.cache_status;
+    report.index = ctx.index;
+    response
+}
+
+async fn route_to(route: Route, req: &mut Request, ctx: &mut Ctx) -> Result<Response, ApiError> {
+    match route {
         Route::Health => json(&serde_json::json!({
             "status": "ok",
             "serving_mode": if ctx.config.mode == Mode::Local { "local" } else { "durable" },
@@ -229,14 +291,27 @@ async fn handle(mut req: Request, env: Env, timing: &mut Timing) -> Result<Respo
             let names = ctx.store.indexes(&ctx.source, &home).await?;
             json(&serde_json::json!({ "indexes": names }))
         }
-        Route::Index(name) => json(&index_summary(&ctx, &name).await?),
-        Route::Search => json(&search::handle(&mut req, &mut ctx).await?),
-        Route::Embeddings => inference::embeddings(&mut req, &mut ctx).await,
-        Route::Rag => inference::rag(&mut req, &mut ctx).await,
-        Route::ChatCompletions => inference::chat(&mut req, &mut ctx).await,
-    };
-    *timing = ctx.timing;
+        Route::Index(name) => {
+            ctx.index = Some(name.clone());
+            json(&index_summary(ctx, &name).await?)
+        }
+        Route::Search => json(&search::handle(req, ctx).await?),
+        Route::Embeddings => inference::embeddings(req, ctx).await,
+        Route::Rag => inference::rag(req, ctx).await,
+        Route::ChatCompletions => inference::chat(req, ctx).await,
+        Route::Metrics => metrics(ctx),
+    }
+}
+
+/// `GET /metrics`: this isolate's counters in the Prometheus text format.
+fn metrics(ctx: &Ctx) -> Result<Response, ApiError> {
+    let text = observe::render(&ctx.store, ctx.origins.as_deref());
+    let mut response = Response::ok(text).map_err(|e| ApiError::Misconfigured(format!("building /metrics: {e}")))?;
     response
+        .headers_mut()
+        .set("content-type", crate::metrics::CONTENT_TYPE)
+        .map_err(|e| ApiError::Misconfigured(format!("building /metrics: {e}")))?;
+    Ok(response)
 }
 
 async fn index_summary(ctx: &Ctx, name: &str) -> Result<IndexSummary, ApiError> {

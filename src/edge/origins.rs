@@ -15,12 +15,13 @@ use worker::js_sys;
 use worker::wasm_bindgen::JsValue;
 use worker::{AbortController, AbortSignal, ByteStream, Date, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response};
 
-use super::{now_ms, parsed, var};
+use super::{now_ms, observe, parsed, var};
 use crate::api::{judge_origin, refusal, ApiError, Verdict};
 use crate::balancer::{
     parse_affinity, parse_origins, Balancer, BalancerError, FailureKind, GiveUpReason, Kind, OriginId, Policy, RetryDecision,
     Routing, Target,
 };
+use crate::metrics::{ORIGIN_DURATION, ORIGIN_RETRIES};
 use crate::rag::EmbeddingsRequest;
 
 pub const CHAT_PATH: &str = "/v1/chat/completions";
@@ -87,6 +88,20 @@ fn now() -> Duration {
     Duration::from_millis(Date::now().as_millis())
 }
 
+/// What the client's request passes on to origins: its id (already sanitised) and the trace
+/// context with this worker's span. Nothing else of the client's request reaches an origin.
+pub struct Outbound {
+    pub request_id: String,
+    pub traceparent: String,
+}
+
+/// An origin's health as `/metrics` reports it.
+pub struct Health {
+    pub name: String,
+    pub ejected: bool,
+    pub ejections: u64,
+}
+
 /// One request for a pool.
 pub struct Call<'a> {
     pub kind: Kind,
@@ -97,6 +112,7 @@ pub struct Call<'a> {
     /// The caller's region label; same-region origins are preferred.
     pub region: Option<&'a str>,
     pub affinity_key: Option<u64>,
+    pub outbound: &'a Outbound,
 }
 
 /// Why one attempt did not produce an answer.
@@ -111,6 +127,8 @@ enum Attempt {
 /// which nothing is retried, because the client may already have bytes.
 trait Read {
     type Out;
+    /// The `accept` header of the request.
+    const ACCEPT: &'static str;
     async fn read(response: Response, within: Duration) -> Result<Self::Out, Attempt>;
 }
 
@@ -120,6 +138,7 @@ struct Whole;
 
 impl Read for Whole {
     type Out = Vec<u8>;
+    const ACCEPT: &'static str = "application/json";
     async fn read(mut response: Response, within: Duration) -> Result<Vec<u8>, Attempt> {
         match race(response.bytes(), within).await {
             None => Err(Attempt::Failed(FailureKind::Timeout, "no complete answer within the try timeout".into())),
@@ -141,6 +160,7 @@ pub struct Streamed {
 
 impl Read for FirstChunk {
     type Out = Streamed;
+    const ACCEPT: &'static str = "text/event-stream";
     async fn read(mut response: Response, within: Duration) -> Result<Streamed, Attempt> {
         let mut rest = response.stream().map_err(|e| Attempt::Failed(FailureKind::Connect, format!("no body: {e}")))?;
         match race(rest.next(), within).await {
@@ -248,8 +268,26 @@ impl Origins {
         Ok(reply)
     }
 
+    /// Each origin's name and health, in configuration order.
+    pub fn health(&self) -> Vec<Health> {
+        let balancer = self.balancer.borrow();
+        (0..balancer.origins().len())
+            .map(OriginId)
+            .map(|id| Health {
+                name: balancer.origin(id).name.clone(),
+                ejected: balancer.is_ejected(id),
+                ejections: balancer.ejections_total(id),
+            })
+            .collect()
+    }
+
     /// Embeds through the embeddings pool (for `/v1/embeddings` and for text queries).
-    pub async fn embeddings(self: &Rc<Self>, request: &EmbeddingsRequest, region: &str) -> Result<Reply<Vec<u8>>, ApiError> {
+    pub async fn embeddings(
+        self: &Rc<Self>,
+        request: &EmbeddingsRequest,
+        region: &str,
+        outbound: &Outbound,
+    ) -> Result<Reply<Vec<u8>>, ApiError> {
         let call = Call {
             kind: Kind::Embeddings,
             model: &request.model,
@@ -257,6 +295,7 @@ impl Origins {
             body: super::to_json(request)?,
             region: Some(region),
             affinity_key: None,
+            outbound,
         };
         self.whole(&call).await
     }
@@ -292,7 +331,8 @@ impl Origins {
             let signal = controller.signal();
             let mut lease = Lease { origins: self.clone(), id, controller: Some(controller), settled: false };
             let url = format!("{}{}", origin.url.trim_end_matches('/'), call.path);
-            let outcome = attempt::<R>(&url, self.keys[id.0].as_deref(), &call.body, timeout, &signal).await;
+            let headers = origin_headers::<R>(self.keys[id.0].as_deref(), call.outbound);
+            let outcome = attempt::<R>(&origin.name, &url, headers, &call.body, timeout, &signal).await;
             let ended = now();
             match outcome {
                 Ok(answer) => {
@@ -311,7 +351,10 @@ impl Origins {
                     last_failure = format!("{}: {why}", origin.name);
                     let decision = self.balancer.borrow_mut().should_retry(&plan, kind, ended);
                     match decision {
-                        RetryDecision::Retry { after } => Delay::from(after).await,
+                        RetryDecision::Retry { after } => {
+                            observe::record(|m| m.add(&ORIGIN_RETRIES, &[], 1.0));
+                            Delay::from(after).await
+                        }
                         RetryDecision::GiveUp(reason) => {
                             return Err(self.unavailable(call, &plan_summary(plan.attempts(), give_up(reason)), &last_failure));
                         }
@@ -344,14 +387,38 @@ fn give_up(reason: GiveUpReason) -> &'static str {
     }
 }
 
-/// One attempt: the response head, then `R`'s part of the body, all within `timeout`.
-async fn attempt<R: Read>(url: &str, key: Option<&str>, body: &str, timeout: Duration, signal: &AbortSignal) -> Result<R::Out, Attempt> {
+/// Every header an origin gets: a fixed allow-list built here, never copied from the client's
+/// request. The values are ours (the request id is sanitised, the traceparent is rebuilt from
+/// parsed ids), except the origin's own API key, a configured secret.
+fn origin_headers<R: Read>(key: Option<&str>, outbound: &Outbound) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
+        ("content-type", "application/json".to_string()),
+        ("accept", R::ACCEPT.to_string()),
+        ("traceparent", outbound.traceparent.clone()),
+        ("x-request-id", outbound.request_id.clone()),
+    ];
+    if let Some(key) = key {
+        headers.push(("authorization", format!("Bearer {key}")));
+    }
+    headers
+}
+
+/// One attempt: the response head, then `R`'s part of the body, all within `timeout`. The time
+/// to the response head is recorded as `origin`'s latency.
+async fn attempt<R: Read>(
+    origin: &str,
+    url: &str,
+    header_list: Vec<(&'static str, String)>,
+    body: &str,
+    timeout: Duration,
+    signal: &AbortSignal,
+) -> Result<R::Out, Attempt> {
     let connect = |e: worker::Error| Attempt::Failed(FailureKind::Connect, e.to_string());
     let headers = Headers::new();
-    headers.set("content-type", "application/json").map_err(connect)?;
-    if let Some(key) = key {
-        headers.set("authorization", &format!("Bearer {key}")).map_err(connect)?;
+    for (name, value) in &header_list {
+        headers.set(name, value).map_err(connect)?;
     }
+    let started = now_ms();
     let mut init = RequestInit::new();
     init.with_method(Method::Post).with_headers(headers).with_body(Some(JsValue::from_str(body)));
     let request = Request::new_with_init(url, &init).map_err(connect)?;
@@ -360,6 +427,8 @@ async fn attempt<R: Read>(url: &str, key: Option<&str>, body: &str, timeout: Dur
         None => return Err(Attempt::Failed(FailureKind::Timeout, "no response within the try timeout".into())),
         Some(response) => response.map_err(connect)?,
     };
+    let latency = observe::seconds(now_ms() - started);
+    observe::record(|m| m.observe(&ORIGIN_DURATION, &[("origin", origin)], latency));
     let status = response.status_code();
     let retry_after = response.headers().get("retry-after").ok().flatten();
     let left = Duration::from_secs_f64(((until - now_ms()) / 1000.0).max(0.0));

@@ -1,4 +1,5 @@
-//! `POST /v1/search`: parse, pin one version, embed a text query, fan out to the planned shards
+//! `POST /v1/search`: parse, pin one version, answer from the response cache (`cache`) or embed
+//! a text query (its embedding cached too) and fan out to the planned shards
 //! (searched here or by their ShardHost objects) within the deadline, merge exactly, resolve
 //! passages. `run` is also the retrieval step of `/v1/rag` and `/v1/chat/completions`.
 use std::collections::HashMap;
@@ -10,8 +11,11 @@ use futures::future::{select, Either};
 use futures::stream::{self, StreamExt};
 use worker::{Delay, Request};
 
-use super::{host, now_ms, read_body, Ctx, Mode, Timing};
+use super::cache::{Outcome, Which};
+use super::{host, now_ms, observe, read_body, Ctx, Mode, Timing};
 use crate::api::{parse_search, ApiError, Match, Query, SearchRequest, SearchResponse, BODY_LIMIT};
+use crate::cache_key::{embedding_key, normalise_text, search_key};
+use crate::metrics::{EMBEDDING_DURATION, SEARCH_DURATION};
 use crate::fanout::{self, Answer, Gather, MAX_IN_FLIGHT};
 use crate::rag::{EmbeddingInput, EmbeddingsRequest, EmbeddingsResponse};
 use crate::shard::{Filter, Hit, Metric, SearchParams};
@@ -22,18 +26,40 @@ pub async fn handle(req: &mut Request, ctx: &mut Ctx) -> Result<SearchResponse, 
     run(ctx, &parse_search(content_type.as_deref(), &body)?).await
 }
 
-/// Searches for a validated request; a text query is embedded through the embeddings pool once
-/// the index is known to exist.
+/// Searches for a validated request, or answers from the response cache under the version the
+/// request pinned (so a publish is never answered from the old version's entries). A text query
+/// is embedded through the embeddings pool once the index is known to exist. Partial answers
+/// are not cached: the next request should get the whole one.
 pub async fn run(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchResponse, ApiError> {
+    ctx.index = Some(request.index.clone());
     let pinned = Rc::new(ctx.store.pin(&ctx.source, &request.index, &ctx.home(&[])).await?);
+    // A bad vector is refused before the cache is consulted (a text query's, once it is embedded).
+    if let Query::Vector(vector) = &request.query {
+        check_vector(vector, &pinned)?;
+    }
+    let key = search_key(request, &pinned.version, &ctx.config.embedding_model);
+    if let Some(cached) = ctx.cache.get::<SearchResponse>(Which::Search, &key).await {
+        ctx.cache_status.push(Outcome::Hit.member(Which::Search));
+        return Ok(cached);
+    }
+    let found = search(ctx, request, pinned).await?;
+    let outcome = match (ctx.cache.enabled(), found.partial) {
+        (false, _) => Outcome::Bypass,
+        (true, true) => Outcome::Miss { stored: false, detail: Some("partial") },
+        (true, false) => Outcome::Miss { stored: ctx.cache.put(&key, &found).await, detail: None },
+    };
+    ctx.cache_status.push(outcome.member(Which::Search));
+    Ok(found)
+}
+
+/// Embeds a text query, fans out to the planned shards and merges: the answer without the cache.
+async fn search(ctx: &mut Ctx, request: &SearchRequest, pinned: Rc<Pinned>) -> Result<SearchResponse, ApiError> {
     let vector = match &request.query {
         Query::Vector(vector) => vector.clone(),
         Query::Text(text) => embed(ctx, text).await?,
     };
-    SearchRequest::check_dims(&vector, pinned.manifest.dims)?;
-    if pinned.manifest.metric == Metric::Cosine && vector.iter().all(|&x| x == 0.0) {
-        return Err(ApiError::Invalid("a zero `vector` has no direction for cosine similarity".into()));
-    }
+    check_vector(&vector, &pinned)?;
+    let started = now_ms();
     let home = ctx.home(&pinned.manifest.regions);
     let planned = fanout::plan(&pinned.manifest, &vector, request.probe);
     let params = SearchParams {
@@ -89,6 +115,7 @@ pub async fn run(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchRespons
         }
     };
     let (matches, failed_shards) = matches_and_failures;
+    observe::record(|m| m.observe(&SEARCH_DURATION, &[], observe::seconds(now_ms() - started)));
     Ok(SearchResponse {
         matches,
         index: pinned.index.clone(),
@@ -98,19 +125,47 @@ pub async fn run(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchRespons
     })
 }
 
-/// The query text's embedding from the `EMBEDDING_MODEL` pool.
+fn check_vector(vector: &[f32], pinned: &Pinned) -> Result<(), ApiError> {
+    SearchRequest::check_dims(vector, pinned.manifest.dims)?;
+    if pinned.manifest.metric == Metric::Cosine && vector.iter().all(|&x| x == 0.0) {
+        return Err(ApiError::Invalid("a zero `vector` has no direction for cosine similarity".into()));
+    }
+    Ok(())
+}
+
+/// The query text's embedding from the `EMBEDDING_MODEL` pool, or from the response cache. The
+/// text embedded is the normalised text the cache key names (see `cache_key::normalise_text`).
 async fn embed(ctx: &mut Ctx, text: &str) -> Result<Vec<f32>, ApiError> {
+    let text = normalise_text(text);
+    let key = embedding_key(&ctx.config.embedding_model, &text);
+    if let Some(vector) = ctx.cache.get::<Vec<f32>>(Which::Embedding, &key).await {
+        ctx.cache_status.push(Outcome::Hit.member(Which::Embedding));
+        return Ok(vector);
+    }
     let request = EmbeddingsRequest {
         model: ctx.config.embedding_model.clone(),
-        input: EmbeddingInput::One(text.to_string()),
+        input: EmbeddingInput::One(text),
         extra: serde_json::Map::new(),
     };
     let home = ctx.home(&[]);
-    let reply = ctx.origins()?.embeddings(&request, &home).await?;
+    let reply = ctx.origins()?.embeddings(&request, &home, &ctx.outbound).await?;
     ctx.timing.embed += reply.origin_ms;
+    observe::record(|m| m.observe(&EMBEDDING_DURATION, &[], observe::seconds(reply.origin_ms)));
     let answer: EmbeddingsResponse = serde_json::from_slice(&reply.answer)
         .map_err(|e| ApiError::BadGateway(format!("the embeddings origin's answer is not an embeddings list: {e}")))?;
-    answer.data.into_iter().next().map(|e| e.embedding).ok_or_else(|| ApiError::BadGateway("the embeddings origin sent no vector".into()))
+    let vector = answer
+        .data
+        .into_iter()
+        .next()
+        .map(|e| e.embedding)
+        .ok_or_else(|| ApiError::BadGateway("the embeddings origin sent no vector".into()))?;
+    let outcome = if ctx.cache.enabled() {
+        Outcome::Miss { stored: ctx.cache.put(&key, &vector).await, detail: None }
+    } else {
+        Outcome::Bypass
+    };
+    ctx.cache_status.push(outcome.member(Which::Embedding));
+    Ok(vector)
 }
 
 /// Runs `run` for every planned shard, at most [`MAX_IN_FLIGHT`] at a time, until all have

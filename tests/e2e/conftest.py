@@ -1,6 +1,7 @@
 """Fixtures for the end-to-end suite: a small index built by `shardc build`, published into local
 R2, and the real worker under `wrangler dev` (local and durable serving modes); for the inference
-endpoints, `devorigin` processes on free loopback ports behind a worker whose ORIGINS names them."""
+endpoints, `devorigin` processes on free loopback ports behind a worker whose ORIGINS names them;
+for caching and observability, a worker of its own whose index is republished from other data."""
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PYDOCS = os.path.join(ROOT, "..", "shared", "data", "pydocs")
@@ -44,10 +46,11 @@ def body_of(raw):
 
 
 class Worker:
-    """HTTP helper for one `wrangler dev` instance."""
+    """HTTP helper for one `wrangler dev` instance; `log_path` is its output (the worker's logs)."""
 
-    def __init__(self, port, persist, proc):
-        self.base, self.persist, self.proc = f"http://127.0.0.1:{port}", persist, proc
+    def __init__(self, port, persist, proc, log_path):
+        self.base, self.persist, self.proc, self.log_path = f"http://127.0.0.1:{port}", persist, proc, log_path
+        self.port = port
 
     def call(self, method, path, body=None, headers=None, raw=None):
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
@@ -62,6 +65,38 @@ class Worker:
 
     def search(self, **body):
         return self.call("POST", "/v1/search", body)
+
+    def metrics(self):
+        """`GET /metrics` read by the Prometheus client's own parser: {(sample name, labels): value}."""
+        status, headers, text = self.call("GET", "/metrics")
+        assert status == 200, text
+        assert headers["Content-Type"].startswith("text/plain; version=0.0.4"), headers
+        return {(s.name, frozenset(s.labels.items())): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def log_lines(self):
+        """The JSON lines in the worker's output (wrangler dev prints console.log as is, and
+        console.warn/error inside a coloured `[WARNING]`/`[ERROR]` frame)."""
+        lines = []
+        with open(self.log_path, errors="replace") as f:
+            for line in f:
+                start, end = line.find("{"), line.rfind("}")
+                if 0 <= start < end:
+                    try:
+                        lines.append(json.loads(line[start:end + 1]))
+                    except ValueError:
+                        pass
+        return lines
+
+    def log_line(self, request_id, wait_s=10):
+        """The one log line of the request `request_id`, waiting for wrangler to write it out."""
+        deadline = time.time() + wait_s
+        while True:
+            found = [entry for entry in self.log_lines() if entry.get("request_id") == request_id]
+            if found or time.time() > deadline:
+                assert len(found) == 1, (request_id, found)
+                return found[0]
+            time.sleep(0.1)
 
 
 def corpus(tmp):
@@ -108,7 +143,7 @@ def start_worker(persist, mode, logfile, extra_vars=None, ready_status=200):
         [os.path.join(ROOT, "scripts", "serve"), "--port", str(port), "--persist-to", persist, "--",
          *(arg for name, value in variables.items() for arg in ("--var", f"{name}:{value}"))],
         cwd=ROOT, env=env, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
-    worker = Worker(port, persist, proc)
+    worker = Worker(port, persist, proc, logfile.name)
     deadline = time.time() + 600  # the first start compiles the worker
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -148,6 +183,18 @@ class Origin:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"devorigin {self.name} did not start")
+
+    def requests(self, after=0):
+        """What this origin received (devorigin's `GET /debug/requests`), numbered from 1, after
+        request number `after`; its own debug requests are left out."""
+        with urllib.request.urlopen(self.url + "/debug/requests", timeout=10) as r:
+            seen = json.loads(r.read())["requests"]
+        return [q for q in seen if q["seq"] > after and q["path"] != "/debug/requests"]
+
+    def last_seq(self):
+        with urllib.request.urlopen(self.url + "/debug/requests", timeout=10) as r:
+            seen = json.loads(r.read())["requests"]
+        return seen[-1]["seq"] if seen else 0
 
     def kill(self):
         if self.proc.poll() is None:
@@ -235,4 +282,58 @@ def rag():
     stop(worker)
     for origin in (*fast, slow, *limited):
         origin.kill()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def corpus_slices(tmp, passages, vectors, parts=3):
+    """`parts` disjoint slices of the corpus, each as (passages.jsonl, vectors.f32): indexes built
+    from two of them share no passage, so their answers to any query differ."""
+    with open(passages) as f:
+        lines = f.readlines()
+    with open(vectors, "rb") as f:
+        data = f.read()
+    size = len(lines) // parts
+    slices = []
+    for i in range(parts):
+        p, v = os.path.join(tmp, f"slice{i}.jsonl"), os.path.join(tmp, f"slice{i}.f32")
+        with open(p, "w") as f:
+            f.writelines(lines[i * size:(i + 1) * size])
+        with open(v, "wb") as f:
+            f.write(data[i * size * DIMS * 4:(i + 1) * size * DIMS * 4])
+        slices.append((p, v, [json.loads(line)["id"] for line in lines[i * size:(i + 1) * size]]))
+    return slices
+
+
+@pytest.fixture(scope="session")
+def observed():
+    """A local-mode worker with the response cache on and one devorigin (chat + embeddings), whose
+    index `docs` is built from the first of three disjoint corpus slices. `switch_version()`
+    publishes the next slice as a new version of `docs` (each publish with one more shard, so no
+    two share a version) and returns (version, ids of its passages)."""
+    build_binary(SHARDC, "shardc")
+    build_binary(DEVORIGIN, "devorigin")
+    tmp = tempfile.mkdtemp(prefix="edgerag-e2e-observed-")
+    passages, vectors, queries = corpus(tmp)
+    slices = corpus_slices(tmp, passages, vectors)
+    persist = os.path.join(tmp, "state")
+
+    published = []
+
+    def switch_version():
+        i = len(published) % len(slices)
+        built = build_index(tmp, "docs", 1 + len(published), slices[i][0], slices[i][1], extra_dir=f"-{len(published)}")
+        published.append(publish(built, persist)["version"])
+        return published[-1], set(slices[i][2])
+
+    switch_version()
+    origin = Origin("o0", ["--ttft-ms", "5", "--tokens-per-sec", "1000"], open(os.path.join(tmp, "devorigin-o0.log"), "w"))
+    origin.wait_ready()
+    origins = json.dumps([dict(name="o0", url=origin.url, models=[CHAT_MODEL], kind="chat"),
+                          dict(name="o0-embed", url=origin.url, models=[EMBEDDING_MODEL], kind="embeddings")])
+    logfile = open(os.path.join(tmp, "wrangler-observed.log"), "w")
+    log(f"starting wrangler dev (observed); log {logfile.name}")
+    worker = start_worker(persist, "local", logfile, dict(ORIGINS=origins, RESULT_CACHE_TTL_S="300"))
+    yield dict(tmp=tmp, worker=worker, origin=origin, queries=queries, switch_version=switch_version)
+    stop(worker)
+    origin.kill()
     shutil.rmtree(tmp, ignore_errors=True)
