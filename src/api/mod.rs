@@ -8,12 +8,12 @@ use serde::de::DeserializeOwned;
 
 pub use inference::{
     interrupted_event, judge_origin, parse_chat, parse_embeddings, parse_rag, passages, refusal, with_sources, ChatRequest,
-    RagRequest, Verdict, INFERENCE_BODY_LIMIT, RAG_K_DEFAULT,
+    RagRequest, Verdict, INFERENCE_BODY_LIMIT, MESSAGE_CHARS_MAX, RAG_K_DEFAULT,
 };
 pub use problem::{ApiError, Problem};
 pub use search::{
     parse_search, IndexSummary, Match, Query, SearchRequest, SearchResponse, BODY_LIMIT, EF_DEFAULT,
-    K_DEFAULT, K_MAX,
+    K_DEFAULT, K_MAX, QUERY_CHARS_MAX,
 };
 
 /// What a request asks for, decided from method and path alone.
