@@ -4,6 +4,10 @@ mod inference;
 mod problem;
 mod search;
 
+use std::future::Future;
+
+use futures::future::{select, Either};
+use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
 pub use inference::{
@@ -71,9 +75,54 @@ pub(crate) fn parse_json<T: DeserializeOwned>(content_type: Option<&str>, body: 
     })
 }
 
+/// A request body from its chunks: refused as soon as it passes `limit` (so it is never held
+/// whole), and with 408 when `deadline` (`timeout_ms` from now) comes first.
+pub async fn collect_body<S, E>(chunks: S, limit: usize, deadline: impl Future<Output = ()>, timeout_ms: u64) -> Result<Vec<u8>, ApiError>
+where
+    S: Stream<Item = Result<Vec<u8>, E>>,
+    E: std::fmt::Display,
+{
+    let read = async move {
+        let mut chunks = std::pin::pin!(chunks);
+        let mut body = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| ApiError::MalformedJson(format!("reading the body: {e}")))?;
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::TooLarge { size: body.len() + chunk.len(), limit });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    };
+    match select(std::pin::pin!(read), std::pin::pin!(deadline)).await {
+        Either::Left((body, _)) => body,
+        Either::Right(_) => Err(ApiError::BodyTimeout { ms: timeout_ms }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::executor::block_on;
+    use futures::{future, stream};
+
+    fn chunks(parts: &[&str]) -> impl Stream<Item = Result<Vec<u8>, String>> {
+        stream::iter(parts.iter().map(|p| Ok(p.as_bytes().to_vec())).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn bodies_are_collected_within_size_and_time() {
+        let whole = block_on(collect_body(chunks(&["{\"a\"", ":1}"]), 10, future::pending(), 5));
+        assert_eq!(whole, Ok(b"{\"a\":1}".to_vec()));
+        let big = block_on(collect_body(chunks(&["12345", "678901", "never read"]), 10, future::pending(), 5));
+        assert_eq!(big, Err(ApiError::TooLarge { size: 11, limit: 10 }));
+        // A body that stops arriving: the deadline answers 408.
+        let stalled = chunks(&["{"]).chain(stream::pending());
+        let late = block_on(collect_body(stalled, 10, future::ready(()), 5)).unwrap_err();
+        assert_eq!((late.status(), late.to_string()), (408, "the request body did not arrive within 5 ms".to_string()));
+        let broken = stream::iter([Ok(b"{".to_vec()), Err("connection reset".to_string())]);
+        assert_eq!(block_on(collect_body(broken, 10, future::pending(), 5)).unwrap_err().status(), 400);
+    }
 
     #[test]
     fn routes_by_method_and_path() {

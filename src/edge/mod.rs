@@ -1,5 +1,6 @@
 //! Cloudflare Workers glue: the fetch entry point, configuration from vars, and the one place
 //! where results and errors become HTTP responses (problem JSON, `x-request-id`, `Server-Timing`).
+mod access;
 mod host;
 mod inference;
 mod origins;
@@ -9,11 +10,14 @@ mod search;
 use std::cell::OnceCell;
 use std::rc::Rc;
 
+use std::time::Duration;
+
 use serde::Serialize;
 use worker::wasm_bindgen::JsCast;
 use worker::*;
 
-use crate::api::{ApiError, IndexSummary, Route};
+use crate::api::{collect_body, ApiError, IndexSummary, Route};
+use crate::auth::Grant;
 use crate::rag::DEFAULT_SYSTEM;
 use crate::store::{Location, RegionMap, Store, StoreError};
 
@@ -27,6 +31,9 @@ const EMBEDDING_MODEL_DEFAULT: &str = "all-MiniLM-L6-v2";
 /// Prompt budget for system text plus passages (approximate tokens): five 90-word passages with
 /// room to spare, well inside small models' context windows.
 const RAG_CONTEXT_TOKENS_DEFAULT: usize = 2000;
+/// A body still arriving after this long is refused (408): a client trickling bytes must not
+/// hold a request open for the platform's whole wall-time limit.
+const BODY_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 
 thread_local! {
     // One store per isolate: shards fetched by one request serve the following ones.
@@ -65,6 +72,7 @@ pub(crate) struct Config {
     /// Instruction placed before the numbered passages (`RAG_SYSTEM`).
     pub rag_system: String,
     pub context_tokens: usize,
+    pub body_timeout_ms: u64,
 }
 
 fn var(env: &Env, name: &str) -> Option<String> {
@@ -95,6 +103,7 @@ impl Config {
             embedding_model: var(env, "EMBEDDING_MODEL").unwrap_or_else(|| EMBEDDING_MODEL_DEFAULT.into()),
             rag_system: var(env, "RAG_SYSTEM").unwrap_or_else(|| DEFAULT_SYSTEM.into()),
             context_tokens: parsed(env, "RAG_CONTEXT_TOKENS", RAG_CONTEXT_TOKENS_DEFAULT)?,
+            body_timeout_ms: parsed(env, "BODY_TIMEOUT_MS", BODY_TIMEOUT_MS_DEFAULT)?,
         })
     }
 
@@ -166,6 +175,8 @@ pub(crate) struct Ctx {
     pub location: Location,
     pub forced_region: Option<String>,
     pub timing: Timing,
+    /// What the caller's API key allows.
+    pub grant: Grant,
     origins: Option<Rc<origins::Origins>>,
 }
 
@@ -173,6 +184,14 @@ impl Ctx {
     /// The inference origins, which the route being served needs.
     pub fn origins(&self) -> Result<Rc<origins::Origins>, ApiError> {
         self.origins.clone().ok_or_else(|| ApiError::Misconfigured("ORIGINS is not set: this deployment has no inference origins".into()))
+    }
+
+    /// The live version of an index the caller may read. Every route that reads an index comes
+    /// through here, and the grant is checked before the store is asked, so that an unknown
+    /// index and another tenant's give the same 403.
+    pub async fn pin(&self, index: &str) -> Result<crate::store::Pinned, ApiError> {
+        self.grant.check_index(index)?;
+        Ok(self.store.pin(&self.source, index, &self.home(&[])).await?)
     }
 
     /// The region serving this request, among `available` (a manifest's regions).
@@ -194,6 +213,9 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
             }
             let mut response = Response::from_json(&error.problem(&request_id))?.with_status(error.status());
             response.headers_mut().set("content-type", "application/problem+json")?;
+            for (name, value) in error.headers() {
+                response.headers_mut().set(name, &value)?;
+            }
             response
         }
     };
@@ -206,6 +228,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
 async fn handle(mut req: Request, env: Env, timing: &mut Timing) -> Result<Response, ApiError> {
     let route = Route::parse(req.method().as_ref(), &req.path())?;
     let config = Config::from_env(&env)?;
+    let grant = access::admit(&req, &env, &config, &route).await?;
     let mut ctx = Ctx {
         source: r2::R2::new(env.clone(), config.mentioned_regions()),
         store: store(&env)?,
@@ -216,6 +239,7 @@ async fn handle(mut req: Request, env: Env, timing: &mut Timing) -> Result<Respo
         config,
         env,
         timing: Timing::default(),
+        grant,
     };
     let response = match route {
         Route::Health => json(&serde_json::json!({
@@ -227,7 +251,7 @@ async fn handle(mut req: Request, env: Env, timing: &mut Timing) -> Result<Respo
         Route::Indexes => {
             let home = ctx.home(&[]);
             let names = ctx.store.indexes(&ctx.source, &home).await?;
-            json(&serde_json::json!({ "indexes": names }))
+            json(&serde_json::json!({ "indexes": ctx.grant.visible(names) }))
         }
         Route::Index(name) => json(&index_summary(&ctx, &name).await?),
         Route::Search => json(&search::handle(&mut req, &mut ctx).await?),
@@ -240,7 +264,7 @@ async fn handle(mut req: Request, env: Env, timing: &mut Timing) -> Result<Respo
 }
 
 async fn index_summary(ctx: &Ctx, name: &str) -> Result<IndexSummary, ApiError> {
-    let pinned = ctx.store.pin(&ctx.source, name, &ctx.home(&[])).await?;
+    let pinned = ctx.pin(name).await?;
     let m = &pinned.manifest;
     Ok(IndexSummary {
         name: m.name.clone(),
@@ -262,14 +286,19 @@ pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<String, ApiError> {
     serde_json::to_string(value).map_err(|e| ApiError::Misconfigured(format!("serialising a request: {e}")))
 }
 
-/// The body and its content type, refusing an announced oversized body before reading it.
-pub(crate) async fn read_body(req: &mut Request, limit: usize) -> Result<(Option<String>, Vec<u8>), ApiError> {
+/// The body and its content type. An announced oversized body is refused before reading, an
+/// unannounced one as soon as it passes the limit (so it is never held whole), and a body that
+/// has not arrived within `BODY_TIMEOUT_MS` with 408.
+pub(crate) async fn read_body(req: &mut Request, ctx: &Ctx, limit: usize) -> Result<(Option<String>, Vec<u8>), ApiError> {
     let announced = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<usize>().ok());
     if let Some(size) = announced.filter(|&size| size > limit) {
         return Err(ApiError::TooLarge { size, limit });
     }
     let content_type = req.headers().get("content-type").ok().flatten();
-    let body = req.bytes().await.map_err(|e| ApiError::MalformedJson(format!("reading the body: {e}")))?;
+    // No body at all is an empty one (which then fails as JSON).
+    let Ok(chunks) = req.stream() else { return Ok((content_type, Vec::new())) };
+    let ms = ctx.config.body_timeout_ms;
+    let body = collect_body(chunks, limit, Delay::from(Duration::from_millis(ms)), ms).await?;
     Ok((content_type, body))
 }
 

@@ -18,14 +18,14 @@ use crate::shard::{Filter, Hit, Metric, SearchParams};
 use crate::store::{Got, LoadedShard, Pinned};
 
 pub async fn handle(req: &mut Request, ctx: &mut Ctx) -> Result<SearchResponse, ApiError> {
-    let (content_type, body) = read_body(req, BODY_LIMIT).await?;
+    let (content_type, body) = read_body(req, ctx, BODY_LIMIT).await?;
     run(ctx, &parse_search(content_type.as_deref(), &body)?).await
 }
 
 /// Searches for a validated request; a text query is embedded through the embeddings pool once
 /// the index is known to exist.
 pub async fn run(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchResponse, ApiError> {
-    let pinned = Rc::new(ctx.store.pin(&ctx.source, &request.index, &ctx.home(&[])).await?);
+    let pinned = Rc::new(ctx.pin(&request.index).await?);
     let vector = match &request.query {
         Query::Vector(vector) => vector.clone(),
         Query::Text(text) => embed(ctx, text).await?,
