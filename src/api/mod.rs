@@ -76,14 +76,14 @@ pub(crate) fn parse_json<T: DeserializeOwned>(content_type: Option<&str>, body: 
 }
 
 /// A request body from its chunks: refused as soon as it passes `limit` (so it is never held
-/// whole), and with 408 when `deadline` (`timeout_ms` from now) comes first.
-pub async fn collect_body<S, E>(chunks: S, limit: usize, deadline: impl Future<Output = ()>, timeout_ms: u64) -> Result<Vec<u8>, ApiError>
+/// whole), and with 408 when `deadline` (`timeout_ms` from now) comes first. The caller keeps
+/// the stream, to release or cancel what is left.
+pub async fn collect_body<S, E>(chunks: &mut S, limit: usize, deadline: impl Future<Output = ()>, timeout_ms: u64) -> Result<Vec<u8>, ApiError>
 where
-    S: Stream<Item = Result<Vec<u8>, E>>,
+    S: Stream<Item = Result<Vec<u8>, E>> + Unpin,
     E: std::fmt::Display,
 {
     let read = async move {
-        let mut chunks = std::pin::pin!(chunks);
         let mut body = Vec::new();
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk.map_err(|e| ApiError::MalformedJson(format!("reading the body: {e}")))?;
@@ -112,16 +112,17 @@ mod tests {
 
     #[test]
     fn bodies_are_collected_within_size_and_time() {
-        let whole = block_on(collect_body(chunks(&["{\"a\"", ":1}"]), 10, future::pending(), 5));
+        let whole = block_on(collect_body(&mut chunks(&["{\"a\"", ":1}"]), 10, future::pending(), 5));
         assert_eq!(whole, Ok(b"{\"a\":1}".to_vec()));
-        let big = block_on(collect_body(chunks(&["12345", "678901", "never read"]), 10, future::pending(), 5));
-        assert_eq!(big, Err(ApiError::TooLarge { size: 11, limit: 10 }));
+        let mut big = chunks(&["12345", "678901", "left for the caller"]);
+        assert_eq!(block_on(collect_body(&mut big, 10, future::pending(), 5)), Err(ApiError::TooLarge { size: 11, limit: 10 }));
+        assert_eq!(block_on(big.next()), Some(Ok(b"left for the caller".to_vec())), "reading stops at the limit");
         // A body that stops arriving: the deadline answers 408.
-        let stalled = chunks(&["{"]).chain(stream::pending());
-        let late = block_on(collect_body(stalled, 10, future::ready(()), 5)).unwrap_err();
+        let mut stalled = chunks(&["{"]).chain(stream::pending());
+        let late = block_on(collect_body(&mut stalled, 10, future::ready(()), 5)).unwrap_err();
         assert_eq!((late.status(), late.to_string()), (408, "the request body did not arrive within 5 ms".to_string()));
-        let broken = stream::iter([Ok(b"{".to_vec()), Err("connection reset".to_string())]);
-        assert_eq!(block_on(collect_body(broken, 10, future::pending(), 5)).unwrap_err().status(), 400);
+        let mut broken = stream::iter([Ok(b"{".to_vec()), Err("connection reset".to_string())]);
+        assert_eq!(block_on(collect_body(&mut broken, 10, future::pending(), 5)).unwrap_err().status(), 400);
     }
 
     #[test]

@@ -12,6 +12,8 @@ use std::rc::Rc;
 
 use std::time::Duration;
 
+use futures::future::{select, Either};
+use futures::StreamExt;
 use serde::Serialize;
 use worker::wasm_bindgen::JsCast;
 use worker::*;
@@ -296,10 +298,31 @@ pub(crate) async fn read_body(req: &mut Request, ctx: &Ctx, limit: usize) -> Res
     }
     let content_type = req.headers().get("content-type").ok().flatten();
     // No body at all is an empty one (which then fails as JSON).
-    let Ok(chunks) = req.stream() else { return Ok((content_type, Vec::new())) };
+    let Some(raw) = req.inner().body() else { return Ok((content_type, Vec::new())) };
+    let mut body_stream = wasm_streams::ReadableStream::from_raw(raw);
+    let mut reader = body_stream.get_reader().into_stream();
+    let mut chunks = (&mut reader).map(|chunk| {
+        chunk.map(|bytes| js_sys::Uint8Array::new(&bytes).to_vec()).map_err(|e| format!("{e:?}"))
+    });
     let ms = ctx.config.body_timeout_ms;
-    let body = collect_body(chunks, limit, Delay::from(Duration::from_millis(ms)), ms).await?;
-    Ok((content_type, body))
+    let outcome = collect_body(&mut chunks, limit, Delay::from(Duration::from_millis(ms)), ms).await;
+    let stop_reading = match outcome {
+        Err(ApiError::BodyTimeout { .. }) => true,
+        // The rest of an oversized body is read and dropped (in JS, never copied into wasm memory)
+        // within another deadline, so that the client gets the 413 after its upload rather than
+        // a connection reset in the middle of it.
+        Err(ApiError::TooLarge { .. }) => {
+            let drain = async { while let Some(Ok(_)) = reader.next().await {} };
+            let deadline = Delay::from(Duration::from_millis(ms));
+            matches!(select(std::pin::pin!(drain), std::pin::pin!(deadline)).await, Either::Right(_))
+        }
+        _ => false,
+    };
+    if stop_reading {
+        // A read is still pending: cancel the body, so the runtime stops waiting for it.
+        let _ = reader.cancel().await;
+    }
+    Ok((content_type, outcome?))
 }
 
 /// The caller's id when it is a sane token (so traces join up), else a fresh random one.
