@@ -9,7 +9,6 @@ mod search;
 
 use std::cell::OnceCell;
 use std::rc::Rc;
-
 use std::time::Duration;
 
 use futures::future::{select, Either};
