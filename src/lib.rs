@@ -4,6 +4,8 @@
 //! - [`shard`]: the versioned zero-copy shard format and the search over it (pure Rust, wasm-safe).
 //! - [`manifest`]: the index manifest that names versions, shards, centroids, regions and checksums.
 //! - [`api`]: HTTP request parsing/validation and RFC 9457 problem documents (pure).
+//! - [`ratelimit`]: the per-key token bucket, clock passed in (pure).
+//! - [`auth`]: API keys (hashed, constant-time lookup), tenants' indexes, admin routes (pure).
 //! - [`store`]: region choice, version pinning, and the byte-bounded single-flight shard cache (pure).
 //! - [`fanout`]: which shards a query visits, and the exact merge of their answers (pure).
 //! - [`index`]: an index held whole in memory, searched shard by shard (`shardc`, tests, the wasm probe).
@@ -17,6 +19,7 @@
 //! - `edge` (wasm32 only): the Cloudflare Workers glue; thin handlers over the pure modules.
 
 pub mod api;
+pub mod auth;
 pub mod balancer;
 pub mod cache_key;
 pub mod fanout;
@@ -24,6 +27,7 @@ pub mod index;
 pub mod manifest;
 pub mod metrics;
 pub mod rag;
+pub mod ratelimit;
 pub mod shard;
 pub mod store;
 pub mod trace;

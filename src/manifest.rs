@@ -96,8 +96,8 @@ impl Manifest {
                 supported: MANIFEST_FORMAT_VERSION,
             });
         }
-        if self.name.is_empty() {
-            return invalid("name is empty".into());
+        if !is_index_name(&self.name) {
+            return invalid(format!("name {:?} is not an index name (1 to {INDEX_NAME_MAX} bytes, no `/` or control characters, no leading `.`)", self.name));
         }
         if self.dims == 0 {
             return invalid("dims is 0".into());
@@ -195,6 +195,16 @@ impl Manifest {
         order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         order.into_iter().take(n).map(|(_, i)| i).collect()
     }
+}
+
+/// Index names are the first part of R2 keys (`<index>/<version>/<file>`), which are at most
+/// 1024 bytes, and are typed into requests: keep them short.
+pub const INDEX_NAME_MAX: usize = 128;
+
+/// A name an index may have: a plain file name of at most [`INDEX_NAME_MAX`] bytes without
+/// control characters. The builder refuses other names and the worker does not look them up.
+pub fn is_index_name(name: &str) -> bool {
+    name.len() <= INDEX_NAME_MAX && is_plain_file_name(name) && !name.chars().any(char::is_control)
 }
 
 fn is_plain_file_name(name: &str) -> bool {

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use rkyv::util::AlignedVec;
 use serde::Deserialize;
 
-use crate::manifest::{Manifest, MANIFEST_FILE};
+use crate::manifest::{is_index_name, Manifest, MANIFEST_FILE};
 use crate::shard::Shard;
 
 /// `<index>/current` holds the live version; everything else is immutable under its version.
@@ -355,7 +355,13 @@ impl Store {
     }
 
     /// Reads (or recalls) `<index>/current` once and loads that version's manifest.
+    /// A name no index can have is unknown without a lookup (and is not echoed whole).
     pub async fn pin<S: Source>(&self, source: &S, index: &str, home: &str) -> Result<Pinned, StoreError> {
+        if !is_index_name(index) {
+            let shown: String = index.chars().take(32).collect();
+            let more = if shown.len() < index.len() { "…" } else { "" };
+            return Err(StoreError::UnknownIndex(format!("{shown}{more}")));
+        }
         let version = match self.pointers.fresh(index, source.now_ms()) {
             Some(version) => version,
             None => {
@@ -571,6 +577,41 @@ mod tests {
         let holders = vec!["apac".to_string(), "mars".to_string()];
         assert_eq!(replica_order("enam", &holders, &configured), ["enam", "apac", "weur"]);
         assert_eq!(replica_order("mars", &[], &configured), ["weur", "enam", "apac"]);
+    }
+
+    /// A source with no objects that counts its reads.
+    #[derive(Clone, Default)]
+    struct Empty(Rc<Cell<u32>>);
+
+    impl Source for Empty {
+        fn regions(&self) -> Vec<String> {
+            vec!["weur".into()]
+        }
+        async fn get(&self, _region: &str, _key: &str) -> Result<Option<AlignedVec<16>>, String> {
+            self.0.set(self.0.get() + 1);
+            Ok(None)
+        }
+        async fn indexes(&self, _region: &str) -> Result<Vec<String>, String> {
+            Ok(Vec::new())
+        }
+        fn now_ms(&self) -> f64 {
+            0.0
+        }
+        async fn pause(&self) {}
+    }
+
+    #[test]
+    fn impossible_index_names_are_unknown_without_a_lookup() {
+        let (store, source) = (Store::new(1 << 20, 1000.0), Empty::default());
+        let pin = |name: &str| futures::executor::block_on(store.pin(&source, name, "weur")).err();
+        assert_eq!(pin("docs"), Some(StoreError::UnknownIndex("docs".into())));
+        assert_eq!(source.0.get(), 1, "a possible name is looked up");
+        let long = "d".repeat(100_000);
+        assert_eq!(pin(&long), Some(StoreError::UnknownIndex(format!("{}…", &long[..32]))));
+        for bad in ["", "..", "a/b", ".hidden", "tab\tname"] {
+            assert!(matches!(pin(bad), Some(StoreError::UnknownIndex(_))), "{bad:?}");
+        }
+        assert_eq!(source.0.get(), 1, "impossible names are not looked up");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::search::check_query_text;
 use super::{parse_json, ApiError, Match, K_MAX};
 use crate::balancer::FailureKind;
 use crate::rag::{format_event, ChatCompletionRequest, EmbeddingsRequest, Passage, RagError};
@@ -15,6 +16,9 @@ pub const INFERENCE_BODY_LIMIT: usize = 1 << 20;
 /// Passages retrieved for a prompt when the request does not say: enough to answer most
 /// questions, few enough to keep the prompt (and the origin's prefill) short.
 pub const RAG_K_DEFAULT: usize = 5;
+/// Characters in one chat message's text: room for a long pasted document, while a history of
+/// a few such messages still fits the body limit.
+pub const MESSAGE_CHARS_MAX: usize = 65_536;
 
 fn rag_k_default() -> usize {
     RAG_K_DEFAULT
@@ -43,7 +47,8 @@ pub fn parse_rag(content_type: Option<&str>, body: &[u8]) -> Result<RagRequest, 
         return Err(ApiError::Invalid("`query` is empty".into()));
     }
     non_empty_model(&request.model)?;
-    Ok(request)
+    let query = check_query_text("query", request.query)?;
+    Ok(RagRequest { query, ..request })
 }
 
 /// `POST /v1/chat/completions`: the completion to forward, and the index to augment it from.
@@ -60,6 +65,12 @@ pub fn parse_chat(content_type: Option<&str>, body: &[u8], index_header: Option<
     non_empty_model(&completion.model)?;
     if completion.messages.is_empty() {
         return Err(ApiError::Invalid("`messages` is empty".into()));
+    }
+    for (i, message) in completion.messages.iter().enumerate() {
+        let chars = message.text().chars().count();
+        if chars > MESSAGE_CHARS_MAX {
+            return Err(ApiError::Invalid(format!("`messages[{i}]` has {chars} characters of text; the limit is {MESSAGE_CHARS_MAX}")));
+        }
     }
     let index = match completion.extra.remove("index") {
         None | Some(Value::Null) => index_header.map(str::trim).filter(|s| !s.is_empty()).map(str::to_string),
@@ -219,6 +230,8 @@ mod tests {
         assert_eq!(status(parse_rag(JSON, br#"{"index":"docs","query":"q"}"#)), 422);
         assert_eq!(status(parse_rag(JSON, br#"{"index":"docs","query":"q","model":"m","colour":1}"#)), 422);
         assert_eq!(status(parse_rag(Some("text/plain"), b"{}")), 415);
+        let long = format!(r#"{{"index":"docs","query":"{}","model":"m"}}"#, "q".repeat(crate::api::QUERY_CHARS_MAX + 1));
+        assert_eq!(status(parse_rag(JSON, long.as_bytes())), 422);
     }
 
     #[test]
@@ -236,6 +249,11 @@ mod tests {
         assert_eq!(status(parse_chat(JSON, br#"{"model":"m","messages":[{"role":"user","content":"q"}],"index":3}"#, None)), 422);
         assert_eq!(status(parse_chat(JSON, br#"{"messages":[]}"#, None)), 422);
         assert_eq!(status(parse_chat(JSON, br#"{"model":"m","messages":["#, None)), 400);
+        let long = format!(r#"{{"model":"m","messages":[{{"role":"user","content":[{{"type":"text","text":"{}"}}]}}]}}"#, "q".repeat(MESSAGE_CHARS_MAX + 1));
+        let error = parse_chat(JSON, long.as_bytes(), None).expect_err("over the limit");
+        assert!(error.status() == 422 && error.to_string().contains("messages[0]"), "{error}");
+        let deep = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"q","x":{}{}}}]}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(status(parse_chat(JSON, deep.as_bytes(), None)), 400);
     }
 
     #[test]

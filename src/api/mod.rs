@@ -4,16 +4,20 @@ mod inference;
 mod problem;
 mod search;
 
+use std::future::Future;
+
+use futures::future::{select, Either};
+use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
 pub use inference::{
     interrupted_event, judge_origin, parse_chat, parse_embeddings, parse_rag, passages, refusal, with_sources, ChatRequest,
-    RagRequest, Verdict, INFERENCE_BODY_LIMIT, RAG_K_DEFAULT,
+    RagRequest, Verdict, INFERENCE_BODY_LIMIT, MESSAGE_CHARS_MAX, RAG_K_DEFAULT,
 };
 pub use problem::{ApiError, Problem};
 pub use search::{
     parse_search, IndexSummary, Match, Query, SearchRequest, SearchResponse, BODY_LIMIT, EF_DEFAULT,
-    K_DEFAULT, K_MAX,
+    K_DEFAULT, K_MAX, QUERY_CHARS_MAX,
 };
 
 /// What a request asks for, decided from method and path alone.
@@ -91,9 +95,55 @@ pub(crate) fn parse_json<T: DeserializeOwned>(content_type: Option<&str>, body: 
     })
 }
 
+/// A request body from its chunks: refused as soon as it passes `limit` (so it is never held
+/// whole), and with 408 when `deadline` (`timeout_ms` from now) comes first. The caller keeps
+/// the stream, to release or cancel what is left.
+pub async fn collect_body<S, E>(chunks: &mut S, limit: usize, deadline: impl Future<Output = ()>, timeout_ms: u64) -> Result<Vec<u8>, ApiError>
+where
+    S: Stream<Item = Result<Vec<u8>, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let read = async move {
+        let mut body = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| ApiError::MalformedJson(format!("reading the body: {e}")))?;
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::TooLarge { size: body.len() + chunk.len(), limit });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    };
+    match select(std::pin::pin!(read), std::pin::pin!(deadline)).await {
+        Either::Left((body, _)) => body,
+        Either::Right(_) => Err(ApiError::BodyTimeout { ms: timeout_ms }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::executor::block_on;
+    use futures::{future, stream};
+
+    fn chunks(parts: &[&str]) -> impl Stream<Item = Result<Vec<u8>, String>> {
+        stream::iter(parts.iter().map(|p| Ok(p.as_bytes().to_vec())).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn bodies_are_collected_within_size_and_time() {
+        let whole = block_on(collect_body(&mut chunks(&["{\"a\"", ":1}"]), 10, future::pending(), 5));
+        assert_eq!(whole, Ok(b"{\"a\":1}".to_vec()));
+        let mut big = chunks(&["12345", "678901", "left for the caller"]);
+        assert_eq!(block_on(collect_body(&mut big, 10, future::pending(), 5)), Err(ApiError::TooLarge { size: 11, limit: 10 }));
+        assert_eq!(block_on(big.next()), Some(Ok(b"left for the caller".to_vec())), "reading stops at the limit");
+        // A body that stops arriving: the deadline answers 408.
+        let mut stalled = chunks(&["{"]).chain(stream::pending());
+        let late = block_on(collect_body(&mut stalled, 10, future::ready(()), 5)).unwrap_err();
+        assert_eq!((late.status(), late.to_string()), (408, "the request body did not arrive within 5 ms".to_string()));
+        let mut broken = stream::iter([Ok(b"{".to_vec()), Err("connection reset".to_string())]);
+        assert_eq!(block_on(collect_body(&mut broken, 10, future::pending(), 5)).unwrap_err().status(), 400);
+    }
 
     #[test]
     fn routes_by_method_and_path() {

@@ -5,8 +5,11 @@
 //!   and numbers beyond f64, which JSON cannot carry).
 //! - 422: well-formed JSON that breaks the schema or a rule: unknown or mistyped field, wrong
 //!   vector length, a component that is not finite as f32, `k`/`ef`/`probe` out of range.
+//! - 401 no valid API key (missing, malformed and unknown keys look the same), 403 a key that may
+//!   not use the route or read the index (whether the index exists is not said).
 //! - 404 unknown route, index or model (no configured origin serves it), 405 wrong method,
-//!   413 body over the limit, 415 not JSON.
+//!   408 a body that did not arrive in time, 413 body over the limit, 415 not JSON, 429 the key's
+//!   rate limit is spent (with `Retry-After`).
 //! - 502 an origin answered with something unusable (a body that is not the OpenAI shape, or a
 //!   4xx that blames this service rather than the caller).
 //! - 503 shards unavailable, or no inference origin answered within the deadline and budget.
@@ -25,8 +28,16 @@ pub enum ApiError {
     Invalid(String),
     #[error("the content type must be application/json, not {0:?}")]
     UnsupportedMediaType(String),
-    #[error("the request body has {size} bytes; the limit is {limit}")]
+    #[error("the request body has at least {size} bytes; the limit is {limit}")]
     TooLarge { size: usize, limit: usize },
+    #[error("a valid API key is required: send `Authorization: Bearer <key>`")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("this API key's rate limit is used up; retry after {retry_after_s} s")]
+    RateLimited { retry_after_s: u64 },
+    #[error("the request body did not arrive within {ms} ms")]
+    BodyTimeout { ms: u64 },
     #[error("no index named {0:?}")]
     UnknownIndex(String),
     #[error("no inference origin serves the model {0:?}")]
@@ -56,6 +67,10 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::MalformedJson(_) => 400,
+            ApiError::Unauthorized => 401,
+            ApiError::Forbidden(_) => 403,
+            ApiError::BodyTimeout { .. } => 408,
+            ApiError::RateLimited { .. } => 429,
             ApiError::NotFound(_) | ApiError::UnknownIndex(_) | ApiError::UnknownModel(_) => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::TooLarge { .. } => 413,
@@ -75,12 +90,25 @@ impl ApiError {
             ApiError::Invalid(_) => ("invalid-request", "Invalid request"),
             ApiError::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
             ApiError::TooLarge { .. } => ("body-too-large", "Request body too large"),
+            ApiError::Unauthorized => ("unauthorized", "Unauthorized"),
+            ApiError::Forbidden(_) => ("forbidden", "Forbidden"),
+            ApiError::RateLimited { .. } => ("rate-limited", "Too many requests"),
+            ApiError::BodyTimeout { .. } => ("request-timeout", "Request timeout"),
             ApiError::UnknownIndex(_) => ("unknown-index", "Unknown index"),
             ApiError::UnknownModel(_) => ("unknown-model", "Unknown model"),
             ApiError::Unavailable(_) => ("shard-unavailable", "Shard unavailable"),
             ApiError::OriginsUnavailable(_) => ("origins-unavailable", "Inference origins unavailable"),
             ApiError::BadGateway(_) => ("bad-gateway", "Bad answer from an inference origin"),
             ApiError::Misconfigured(_) => ("misconfigured", "Service misconfigured"),
+        }
+    }
+
+    /// Headers the status calls for besides the problem document.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            ApiError::Unauthorized => vec![("www-authenticate", "Bearer".into())],
+            ApiError::RateLimited { retry_after_s } => vec![("retry-after", retry_after_s.to_string())],
+            _ => Vec::new(),
         }
     }
 
@@ -110,5 +138,13 @@ mod tests {
         for key in ["type", "title", "status", "detail"] {
             assert!(json.get(key).is_some(), "{key} missing");
         }
+    }
+
+    #[test]
+    fn auth_and_rate_errors_carry_their_headers() {
+        assert_eq!(ApiError::Unauthorized.headers(), vec![("www-authenticate", "Bearer".to_string())]);
+        let limited = ApiError::RateLimited { retry_after_s: 7 };
+        assert_eq!((limited.status(), limited.headers()), (429, vec![("retry-after", "7".to_string())]));
+        assert!(ApiError::Forbidden("no".into()).headers().is_empty());
     }
 }

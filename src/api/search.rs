@@ -13,6 +13,9 @@ pub const EF_DEFAULT: usize = 64;
 pub const EF_MAX: usize = 1024;
 /// Room for a 4096-dimension vector written with full f32 precision, and then some.
 pub const BODY_LIMIT: usize = 128 * 1024;
+/// Characters in a text query (`text`, and `/v1/rag`'s `query`): embedding models read a few
+/// hundred tokens, so a longer query only costs the embeddings origin.
+pub const QUERY_CHARS_MAX: usize = 4096;
 
 /// The query: a vector, or text that the embeddings pool turns into one.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,7 +56,7 @@ pub fn parse_search(content_type: Option<&str>, body: &[u8]) -> Result<SearchReq
     let body: SearchBody = parse_json(content_type, body, BODY_LIMIT)?;
     let query = match (body.vector, body.text) {
         (Some(vector), None) => Query::Vector(finite_f32(&vector)?),
-        (None, Some(text)) => Query::Text(text),
+        (None, Some(text)) => Query::Text(check_query_text("text", text)?),
         _ => return Err(ApiError::Invalid("give exactly one of `vector` and `text`".into())),
     };
     let k = body.k.unwrap_or(K_DEFAULT);
@@ -69,6 +72,15 @@ pub fn parse_search(content_type: Option<&str>, body: &[u8]) -> Result<SearchReq
         return Err(ApiError::Invalid("`probe` must be at least 1".into()));
     }
     Ok(SearchRequest { index: body.index, query, k, ef: body.ef, probe: body.probe, filter: body.filter })
+}
+
+/// The query text, within [`QUERY_CHARS_MAX`].
+pub(crate) fn check_query_text(field: &str, text: String) -> Result<String, ApiError> {
+    let chars = text.chars().count();
+    if chars > QUERY_CHARS_MAX {
+        return Err(ApiError::Invalid(format!("`{field}` has {chars} characters; the limit is {QUERY_CHARS_MAX}")));
+    }
+    Ok(text)
 }
 
 fn finite_f32(vector: &[f64]) -> Result<Vec<f32>, ApiError> {
@@ -197,9 +209,30 @@ mod tests {
     }
 
     #[test]
+    fn abusive_bodies_are_client_errors() {
+        // serde_json's recursion limit (128) turns deep nesting into a syntax error, not a stack overflow.
+        let deep = format!(r#"{{"index":"d","vector":[1],"filter":{{"a":{}{}}}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(status(JSON, &deep), 400);
+        // Nesting where the schema wants an object stops at the first bracket: a schema error.
+        assert_eq!(status(JSON, &"[".repeat(10_000)), 422);
+        let mut invalid_utf8 = br#"{"index":"d","text":"caf"#.to_vec();
+        invalid_utf8.extend_from_slice(&[0xff, 0xfe]);
+        invalid_utf8.extend_from_slice(br#""}"#);
+        assert_eq!(parse_search(JSON, &invalid_utf8).unwrap_err().status(), 400);
+        assert_eq!(status(JSON, r#"{"index":"d","vector":[1],"k":1000000000000}"#), 422);
+        assert_eq!(status(JSON, r#"{"index":"d","vector":[1],"k":1e300}"#), 422);
+    }
+
+    #[test]
     fn text_queries_parse() {
         let r = parse_search(JSON, br#"{"index":"d","text":"how?"}"#).unwrap();
         assert_eq!(r.query, Query::Text("how?".into()));
+        let longest = format!(r#"{{"index":"d","text":"{}"}}"#, "é".repeat(QUERY_CHARS_MAX));
+        assert!(parse_search(JSON, longest.as_bytes()).is_ok(), "the limit counts characters, not bytes");
+        let over = format!(r#"{{"index":"d","text":"{}"}}"#, "a".repeat(QUERY_CHARS_MAX + 1));
+        let error = parse_search(JSON, over.as_bytes()).unwrap_err();
+        assert_eq!(error.status(), 422);
+        assert!(error.to_string().contains(&QUERY_CHARS_MAX.to_string()), "{error}");
     }
 
     #[test]

@@ -147,8 +147,12 @@ fn check_config(config: &BuildConfig) -> Result<(), BuildError> {
             "--regions needs at least one non-empty region name".into(),
         ));
     }
-    if config.name.is_empty() {
-        return Err(BuildError::Invalid("--name must not be empty".into()));
+    if !crate::manifest::is_index_name(&config.name) {
+        return Err(BuildError::Invalid(format!(
+            "--name {:?}: 1 to {} bytes, no `/` or control characters, no leading `.`",
+            config.name,
+            crate::manifest::INDEX_NAME_MAX
+        )));
     }
     if config.threads == Some(0) {
         return Err(BuildError::Invalid("--threads must be at least 1".into()));

@@ -18,7 +18,7 @@ use crate::rag::{self, ChatCompletionRequest, ChatMessage, Passage};
 const CHAT_K: usize = crate::api::RAG_K_DEFAULT;
 
 pub async fn embeddings(req: &mut Request, ctx: &mut Ctx) -> Result<Response, ApiError> {
-    let (content_type, body) = read_body(req, INFERENCE_BODY_LIMIT).await?;
+    let (content_type, body) = read_body(req, ctx, INFERENCE_BODY_LIMIT).await?;
     let request = parse_embeddings(content_type.as_deref(), &body)?;
     let home = ctx.home(&[]);
     let reply = ctx.origins()?.embeddings(&request, &home, &ctx.outbound).await?;
@@ -27,7 +27,7 @@ pub async fn embeddings(req: &mut Request, ctx: &mut Ctx) -> Result<Response, Ap
 }
 
 pub async fn rag(req: &mut Request, ctx: &mut Ctx) -> Result<Response, ApiError> {
-    let (content_type, body) = read_body(req, INFERENCE_BODY_LIMIT).await?;
+    let (content_type, body) = read_body(req, ctx, INFERENCE_BODY_LIMIT).await?;
     let request = parse_rag(content_type.as_deref(), &body)?;
     // A bad model is refused before the embedding and the search are paid for.
     ctx.origins()?.check_model(Kind::Chat, &request.model)?;
@@ -43,7 +43,7 @@ pub async fn rag(req: &mut Request, ctx: &mut Ctx) -> Result<Response, ApiError>
 }
 
 pub async fn chat(req: &mut Request, ctx: &mut Ctx) -> Result<Response, ApiError> {
-    let (content_type, body) = read_body(req, INFERENCE_BODY_LIMIT).await?;
+    let (content_type, body) = read_body(req, ctx, INFERENCE_BODY_LIMIT).await?;
     let index_header = req.headers().get("x-rag-index").ok().flatten();
     let ChatRequest { completion, index } = parse_chat(content_type.as_deref(), &body, index_header.as_deref())?;
     ctx.origins()?.check_model(Kind::Chat, &completion.model)?;

@@ -1,6 +1,7 @@
 //! Cloudflare Workers glue: the fetch entry point, configuration from vars, and the one place
 //! where results and errors become HTTP responses (problem JSON, `x-request-id`, `Server-Timing`,
 //! `Cache-Status`), are counted in the metrics and logged.
+mod access;
 mod cache;
 mod host;
 mod inference;
@@ -11,12 +12,16 @@ mod search;
 
 use std::cell::OnceCell;
 use std::rc::Rc;
+use std::time::Duration;
 
+use futures::future::{select, Either};
+use futures::StreamExt;
 use serde::Serialize;
 use worker::wasm_bindgen::JsCast;
 use worker::*;
 
-use crate::api::{ApiError, IndexSummary, Route, UNMATCHED_ROUTE};
+use crate::api::{collect_body, ApiError, IndexSummary, Route, UNMATCHED_ROUTE};
+use crate::auth::Grant;
 use crate::rag::DEFAULT_SYSTEM;
 use crate::store::{Location, RegionMap, Store, StoreError};
 use crate::trace::TraceContext;
@@ -35,6 +40,9 @@ const RAG_CONTEXT_TOKENS_DEFAULT: usize = 2000;
 /// an index version's answers never change, so this only bounds the cache's memory of old
 /// queries (and, for embeddings, of a model an origin might swap under the same name).
 const RESULT_CACHE_TTL_S_DEFAULT: u32 = 300;
+/// A body still arriving after this long is refused (408): a client trickling bytes must not
+/// hold a request open for the platform's whole wall-time limit.
+const BODY_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 
 thread_local! {
     // One store per isolate: shards fetched by one request serve the following ones.
@@ -74,6 +82,7 @@ pub(crate) struct Config {
     pub rag_system: String,
     pub context_tokens: usize,
     pub result_cache_ttl_s: u32,
+    pub body_timeout_ms: u64,
 }
 
 fn var(env: &Env, name: &str) -> Option<String> {
@@ -105,6 +114,7 @@ impl Config {
             rag_system: var(env, "RAG_SYSTEM").unwrap_or_else(|| DEFAULT_SYSTEM.into()),
             context_tokens: parsed(env, "RAG_CONTEXT_TOKENS", RAG_CONTEXT_TOKENS_DEFAULT)?,
             result_cache_ttl_s: parsed(env, "RESULT_CACHE_TTL_S", RESULT_CACHE_TTL_S_DEFAULT)?,
+            body_timeout_ms: parsed(env, "BODY_TIMEOUT_MS", BODY_TIMEOUT_MS_DEFAULT)?,
         })
     }
 
@@ -183,6 +193,8 @@ pub(crate) struct Ctx {
     pub cache_status: Vec<String>,
     /// The index the request searched, for the log line.
     pub index: Option<String>,
+    /// What the caller's API key allows.
+    pub grant: Grant,
     origins: Option<Rc<origins::Origins>>,
 }
 
@@ -190,6 +202,14 @@ impl Ctx {
     /// The inference origins, which the route being served needs.
     pub fn origins(&self) -> Result<Rc<origins::Origins>, ApiError> {
         self.origins.clone().ok_or_else(|| ApiError::Misconfigured("ORIGINS is not set: this deployment has no inference origins".into()))
+    }
+
+    /// The live version of an index the caller may read. Every route that reads an index comes
+    /// through here, and the grant is checked before the store is asked, so that an unknown
+    /// index and another tenant's give the same 403.
+    pub async fn pin(&self, index: &str) -> Result<crate::store::Pinned, ApiError> {
+        self.grant.check_index(index)?;
+        Ok(self.store.pin(&self.source, index, &self.home(&[])).await?)
     }
 
     /// The region serving this request, among `available` (a manifest's regions).
@@ -221,6 +241,9 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
             let problem = error.problem(&request_id);
             let mut response = Response::from_json(&problem)?.with_status(error.status());
             response.headers_mut().set("content-type", "application/problem+json")?;
+            for (name, value) in error.headers() {
+                response.headers_mut().set(name, &value)?;
+            }
             (response, Some(problem))
         }
     };
@@ -255,6 +278,7 @@ async fn handle(mut req: Request, env: Env, outbound: origins::Outbound, report:
     let route = Route::parse(req.method().as_ref(), &req.path())?;
     report.route = route.label();
     let config = Config::from_env(&env)?;
+    let grant = access::admit(&req, &env, &config, &route).await?;
     let mut ctx = Ctx {
         source: r2::R2::new(env.clone(), config.mentioned_regions()),
         store: store(&env)?,
@@ -269,6 +293,7 @@ async fn handle(mut req: Request, env: Env, outbound: origins::Outbound, report:
         outbound,
         cache_status: Vec::new(),
         index: None,
+        grant,
     };
     let response = route_to(route, &mut req, &mut ctx).await;
     // After the handler, whether it failed or not: an error's log line and headers need these too.
@@ -289,7 +314,7 @@ async fn route_to(route: Route, req: &mut Request, ctx: &mut Ctx) -> Result<Resp
         Route::Indexes => {
             let home = ctx.home(&[]);
             let names = ctx.store.indexes(&ctx.source, &home).await?;
-            json(&serde_json::json!({ "indexes": names }))
+            json(&serde_json::json!({ "indexes": ctx.grant.visible(names) }))
         }
         Route::Index(name) => {
             ctx.index = Some(name.clone());
@@ -315,7 +340,7 @@ fn metrics(ctx: &Ctx) -> Result<Response, ApiError> {
 }
 
 async fn index_summary(ctx: &Ctx, name: &str) -> Result<IndexSummary, ApiError> {
-    let pinned = ctx.store.pin(&ctx.source, name, &ctx.home(&[])).await?;
+    let pinned = ctx.pin(name).await?;
     let m = &pinned.manifest;
     Ok(IndexSummary {
         name: m.name.clone(),
@@ -337,15 +362,41 @@ pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<String, ApiError> {
     serde_json::to_string(value).map_err(|e| ApiError::Misconfigured(format!("serialising a request: {e}")))
 }
 
-/// The body and its content type, refusing an announced oversized body before reading it.
-pub(crate) async fn read_body(req: &mut Request, limit: usize) -> Result<(Option<String>, Vec<u8>), ApiError> {
+/// The body and its content type. An announced oversized body is refused before reading, an
+/// unannounced one as soon as it passes the limit (so it is never held whole), and a body that
+/// has not arrived within `BODY_TIMEOUT_MS` with 408.
+pub(crate) async fn read_body(req: &mut Request, ctx: &Ctx, limit: usize) -> Result<(Option<String>, Vec<u8>), ApiError> {
     let announced = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<usize>().ok());
     if let Some(size) = announced.filter(|&size| size > limit) {
         return Err(ApiError::TooLarge { size, limit });
     }
     let content_type = req.headers().get("content-type").ok().flatten();
-    let body = req.bytes().await.map_err(|e| ApiError::MalformedJson(format!("reading the body: {e}")))?;
-    Ok((content_type, body))
+    // No body at all is an empty one (which then fails as JSON).
+    let Some(raw) = req.inner().body() else { return Ok((content_type, Vec::new())) };
+    let mut body_stream = wasm_streams::ReadableStream::from_raw(raw);
+    let mut reader = body_stream.get_reader().into_stream();
+    let mut chunks = (&mut reader).map(|chunk| {
+        chunk.map(|bytes| js_sys::Uint8Array::new(&bytes).to_vec()).map_err(|e| format!("{e:?}"))
+    });
+    let ms = ctx.config.body_timeout_ms;
+    let outcome = collect_body(&mut chunks, limit, Delay::from(Duration::from_millis(ms)), ms).await;
+    let stop_reading = match outcome {
+        Err(ApiError::BodyTimeout { .. }) => true,
+        // The rest of an oversized body is read and dropped (in JS, never copied into wasm memory)
+        // within another deadline, so that the client gets the 413 after its upload rather than
+        // a connection reset in the middle of it.
+        Err(ApiError::TooLarge { .. }) => {
+            let drain = async { while let Some(Ok(_)) = reader.next().await {} };
+            let deadline = Delay::from(Duration::from_millis(ms));
+            matches!(select(std::pin::pin!(drain), std::pin::pin!(deadline)).await, Either::Right(_))
+        }
+        _ => false,
+    };
+    if stop_reading {
+        // A read is still pending: cancel the body, so the runtime stops waiting for it.
+        let _ = reader.cancel().await;
+    }
+    Ok((content_type, outcome?))
 }
 
 /// The caller's id when it is a sane token (so traces join up), else a fresh random one.

@@ -22,7 +22,7 @@ use crate::shard::{Filter, Hit, Metric, SearchParams};
 use crate::store::{Got, LoadedShard, Pinned};
 
 pub async fn handle(req: &mut Request, ctx: &mut Ctx) -> Result<SearchResponse, ApiError> {
-    let (content_type, body) = read_body(req, BODY_LIMIT).await?;
+    let (content_type, body) = read_body(req, ctx, BODY_LIMIT).await?;
     run(ctx, &parse_search(content_type.as_deref(), &body)?).await
 }
 
@@ -32,7 +32,7 @@ pub async fn handle(req: &mut Request, ctx: &mut Ctx) -> Result<SearchResponse, 
 /// are not cached: the next request should get the whole one.
 pub async fn run(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchResponse, ApiError> {
     ctx.index = Some(request.index.clone());
-    let pinned = Rc::new(ctx.store.pin(&ctx.source, &request.index, &ctx.home(&[])).await?);
+    let pinned = Rc::new(ctx.pin(&request.index).await?);
     // A bad vector is refused before the cache is consulted (a text query's, once it is embedded).
     if let Query::Vector(vector) = &request.query {
         check_vector(vector, &pinned)?;

@@ -1,9 +1,13 @@
 """Fixtures for the end-to-end suite: a small index built by `shardc build`, published into local
 R2, and the real worker under `wrangler dev` (local and durable serving modes); for the inference
 endpoints, `devorigin` processes on free loopback ports behind a worker whose ORIGINS names them;
-for caching and observability, a worker of its own whose index is republished from other data."""
+for caching and observability, a worker of its own whose index is republished from other data.
+Every worker runs with authentication on, with the key table KEY_TABLE (keys fresh per session);
+`Worker.call` sends the admin key unless the test's headers say otherwise."""
+import hashlib
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -25,6 +29,28 @@ CHAT_MODEL = "devorigin-extractive"
 SLOW_MODEL = "slow"
 LIMITED_MODEL = "limited"
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+
+# API keys: an admin key that reads every index (the default for requests), tenant "acme" (index
+# `docs`), tenant "beta" (index `other`), and an acme key limited to 3 requests an hour.
+KEYS = {name: f"test-{name}-{secrets.token_hex(16)}" for name in ("admin", "a", "b", "limited")}
+LIMITED_RATE = dict(requests=3, per_s=3600)
+
+
+def sha256(key):
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+KEY_TABLE = [
+    dict(id="k-admin", tenant="ops", sha256=sha256(KEYS["admin"]), indexes=["*"], admin=True),
+    dict(id="k-a", tenant="acme", sha256=sha256(KEYS["a"]), indexes=["docs"]),
+    dict(id="k-b", tenant="beta", sha256=sha256(KEYS["b"]), indexes=["other"]),
+    dict(id="k-limited", tenant="acme", sha256=sha256(KEYS["limited"]), indexes=["docs"], rate=LIMITED_RATE),
+]
+DEFAULT_KEY = KEYS["admin"]
+
+
+def bearer(key):
+    return {"authorization": f"Bearer {key}"}
 
 
 def log(msg):
@@ -53,9 +79,11 @@ class Worker:
         self.port = port
 
     def call(self, method, path, body=None, headers=None, raw=None):
+        """`headers` override the defaults; a header given as None is not sent."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        hdrs = {"content-type": "application/json"} if data is not None else {}
+        hdrs = dict(bearer(DEFAULT_KEY), **({"content-type": "application/json"} if data is not None else {}))
         hdrs.update(headers or {})
+        hdrs = {name: value for name, value in hdrs.items() if value is not None}
         req = urllib.request.Request(self.base + path, data=data, method=method, headers=hdrs)
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
@@ -138,7 +166,7 @@ def start_worker(persist, mode, logfile, extra_vars=None, ready_status=200):
     with a bad configuration answers every request, /healthz included, with a 500 problem)."""
     port = free_port()
     env = dict(os.environ, WRANGLER_SEND_METRICS="false")
-    variables = dict(SERVING_MODE=mode, CURRENT_TTL_MS="0", **(extra_vars or {}))
+    variables = dict(SERVING_MODE=mode, CURRENT_TTL_MS="0", API_KEYS=json.dumps(KEY_TABLE), **(extra_vars or {}))
     proc = subprocess.Popen(
         [os.path.join(ROOT, "scripts", "serve"), "--port", str(port), "--persist-to", persist, "--",
          *(arg for name, value in variables.items() for arg in ("--var", f"{name}:{value}"))],
@@ -250,7 +278,8 @@ def env():
             publish(index, persist)
         logfile = open(os.path.join(tmp, f"wrangler-{mode}.log"), "w")
         log(f"starting wrangler dev ({mode}); log {logfile.name}")
-        workers[mode] = start_worker(persist, mode, logfile)
+        # A short body deadline, so that the slow-body test need not trickle for long.
+        workers[mode] = start_worker(persist, mode, logfile, dict(BODY_TIMEOUT_MS="3000"))
     yield dict(tmp=tmp, docs=docs, other=other, passages=passages, vectors=vectors, queries=queries, **workers)
     for worker in workers.values():
         stop(worker)

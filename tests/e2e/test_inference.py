@@ -13,7 +13,8 @@ import urllib.request
 
 import openai
 
-from conftest import CHAT_MODEL, DIMS, EMBEDDING_MODEL, LIMITED_MODEL, PYDOCS, SLOW_MODEL, log, start_worker, stop
+from conftest import (CHAT_MODEL, DEFAULT_KEY, DIMS, EMBEDDING_MODEL, LIMITED_MODEL, PYDOCS, SLOW_MODEL, bearer, log,
+                      start_worker, stop)
 
 QUESTION = "How do I read a file line by line?"
 
@@ -32,7 +33,7 @@ def stream(worker, path, body):
     url = urllib.parse.urlparse(worker.base)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
     t0 = time.perf_counter()
-    conn.request("POST", path, json.dumps(body), {"content-type": "application/json"})
+    conn.request("POST", path, json.dumps(body), {"content-type": "application/json", **bearer(DEFAULT_KEY)})
     resp = conn.getresponse()
     if resp.status != 200:
         yield time.perf_counter() - t0, "status", (resp.status, json.loads(resp.read()))
@@ -149,8 +150,8 @@ def test_embeddings_and_chat_problem_json(rag):
         assert problem["type"].endswith("/" + kind) and problem["detail"], problem
 
 
-def test_openai_sdk_needs_only_base_url(rag):
-    client = openai.OpenAI(base_url=rag["worker"].base + "/v1", api_key="unused")
+def test_openai_sdk_needs_only_base_url_and_key(rag):
+    client = openai.OpenAI(base_url=rag["worker"].base + "/v1", api_key=DEFAULT_KEY)
     messages = [{"role": "user", "content": QUESTION}]
     plain = client.chat.completions.create(model=CHAT_MODEL, messages=messages)
     assert plain.choices[0].message.content and plain.choices[0].finish_reason == "stop"
@@ -172,6 +173,13 @@ def test_openai_sdk_needs_only_base_url(rag):
         raise AssertionError("an unknown model must fail")
     except openai.NotFoundError as e:
         assert e.status_code == 404
+
+    stranger = openai.OpenAI(base_url=rag["worker"].base + "/v1", api_key="not-a-key")
+    try:
+        stranger.chat.completions.create(model=CHAT_MODEL, messages=messages)
+        raise AssertionError("an unknown key must fail")
+    except openai.AuthenticationError as e:
+        assert e.status_code == 401
 
 
 def test_an_origin_answering_429_is_skipped_for_its_retry_after(rag):
@@ -207,7 +215,7 @@ def test_a_client_leaving_mid_stream_cancels_the_origins_work(rag):
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
     # Quoting eight passages at 10 tokens/s keeps the origin busy for several seconds.
     conn.request("POST", "/v1/rag", json.dumps(dict(index="docs", query=QUESTION, k=8, model=SLOW_MODEL, stream=True)),
-                 {"content-type": "application/json"})
+                 {"content-type": "application/json", **bearer(DEFAULT_KEY)})
     resp = conn.getresponse()
     assert resp.status == 200
     assert resp.readline().startswith(b"event: sources")

@@ -6,7 +6,7 @@ import re
 import socket
 import urllib.parse
 
-from conftest import CHAT_MODEL, EMBEDDING_MODEL
+from conftest import CHAT_MODEL, DEFAULT_KEY, EMBEDDING_MODEL
 
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-0[01]$")
 # What the worker sets, and what the runtime adds to every subrequest (host, length, cf-worker).
@@ -86,10 +86,12 @@ def test_failures_are_logged_with_their_problem_type(observed):
 
 
 def raw_request(worker, method, path, header_lines, body=b""):
-    """Sends bytes as given (no client library would send these headers); (status, head, body)."""
+    """Sends bytes as given (no client library would send these headers), with the default API
+    key first; (status, head, body)."""
     url = urllib.parse.urlparse(worker.base)
     head = [f"{method} {path} HTTP/1.1".encode(), f"host: {url.hostname}:{url.port}".encode(),
-            b"connection: close", f"content-length: {len(body)}".encode(), *header_lines]
+            b"connection: close", f"content-length: {len(body)}".encode(),
+            f"authorization: Bearer {DEFAULT_KEY}".encode(), *header_lines]
     with socket.create_connection((url.hostname, url.port), timeout=30) as s:
         s.sendall(b"\r\n".join(head) + b"\r\n\r\n" + body)
         data = b""
