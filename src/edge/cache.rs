@@ -5,7 +5,7 @@
 //! `wrangler dev`.)
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use worker::{console_warn, js_sys, Cache, Response};
+use worker::{console_warn, js_sys, Cache, Context, Response};
 
 use super::observe;
 use crate::metrics::RESPONSE_CACHE;
@@ -37,6 +37,8 @@ impl Which {
 pub struct ResponseCache {
     /// `None`: disabled (`RESULT_CACHE_TTL_S = 0`) or no Cache API in this runtime.
     ttl_s: Option<u32>,
+    /// The request's context, which writes outlive: the answer does not wait for them.
+    request: Context,
 }
 
 /// How a value was found or made, for `Cache-Status` (RFC 9211).
@@ -65,10 +67,10 @@ impl Outcome {
 }
 
 impl ResponseCache {
-    pub fn new(ttl_s: u32) -> ResponseCache {
+    pub fn new(ttl_s: u32, request: Context) -> ResponseCache {
         // `Cache::default()` unwraps the global `caches`; check that it is there first.
         let available = js_sys::Reflect::has(&js_sys::global(), &"caches".into()).unwrap_or(false);
-        ResponseCache { ttl_s: (ttl_s > 0 && available).then_some(ttl_s) }
+        ResponseCache { ttl_s: (ttl_s > 0 && available).then_some(ttl_s), request }
     }
 
     pub fn enabled(&self) -> bool {
@@ -94,21 +96,27 @@ impl ResponseCache {
         value
     }
 
-    /// Stores `value` under `key` (nothing while disabled); whether it was stored.
-    pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> bool {
+    /// Starts storing `value` under `key` (nothing while disabled) and says whether it did. The
+    /// write finishes after the response is sent (`waitUntil`): a miss costs the client the
+    /// lookup only, not the write.
+    pub fn put<T: Serialize>(&self, key: &str, value: &T) -> bool {
         let Some(ttl_s) = self.ttl_s else { return false };
-        let stored = async {
-            let mut response = Response::from_json(value)?;
-            response.headers_mut().set("cache-control", &format!("max-age={ttl_s}"))?;
-            Cache::default().put(key, response).await
-        };
-        match stored.await {
-            Ok(()) => true,
+        let response = Response::from_json(value)
+            .and_then(|mut response| response.headers_mut().set("cache-control", &format!("max-age={ttl_s}")).map(|()| response));
+        let response = match response {
+            Ok(response) => response,
             Err(e) => {
                 console_warn!("response cache {key}: storing failed: {e}");
-                false
+                return false;
             }
-        }
+        };
+        let key = key.to_string();
+        self.request.wait_until(async move {
+            if let Err(e) = Cache::default().put(key.as_str(), response).await {
+                console_warn!("response cache {key}: storing failed: {e}");
+            }
+        });
+        true
     }
 }
 

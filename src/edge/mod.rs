@@ -227,14 +227,14 @@ struct Report {
 }
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+async fn fetch(req: Request, env: Env, context: Context) -> Result<Response> {
     let started = now_ms();
     let request_id = request_id(&req);
     let trace = TraceContext::continue_or_start(req.headers().get("traceparent").ok().flatten().as_deref(), &mut random_u64);
     let method = req.method().to_string();
     let outbound = origins::Outbound { request_id: request_id.clone(), traceparent: trace.traceparent() };
     let mut report = Report { route: UNMATCHED_ROUTE, timing: Timing::default(), cache_status: Vec::new(), index: None };
-    let outcome = handle(req, env, outbound, &mut report).await;
+    let outcome = handle(req, env, context, outbound, &mut report).await;
     let (mut response, error) = match outcome {
         Ok(response) => (response, None),
         Err(error) => {
@@ -274,7 +274,13 @@ fn random_u64() -> u64 {
     (part() << 32) | part()
 }
 
-async fn handle(mut req: Request, env: Env, outbound: origins::Outbound, report: &mut Report) -> Result<Response, ApiError> {
+async fn handle(
+    mut req: Request,
+    env: Env,
+    context: Context,
+    outbound: origins::Outbound,
+    report: &mut Report,
+) -> Result<Response, ApiError> {
     let route = Route::parse(req.method().as_ref(), &req.path())?;
     report.route = route.label();
     let config = Config::from_env(&env)?;
@@ -286,7 +292,7 @@ async fn handle(mut req: Request, env: Env, outbound: origins::Outbound, report:
         forced_region: if config.dev { req.headers().get("x-edge-region").ok().flatten() } else { None },
         // Parsed at the first request (and kept per isolate), so a bad ORIGINS fails loudly at once.
         origins: origins::for_isolate(&env)?,
-        cache: cache::ResponseCache::new(config.result_cache_ttl_s),
+        cache: cache::ResponseCache::new(config.result_cache_ttl_s, context),
         config,
         env,
         timing: Timing::default(),

@@ -46,7 +46,7 @@ pub async fn run(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchRespons
     let outcome = match (ctx.cache.enabled(), found.partial) {
         (false, _) => Outcome::Bypass,
         (true, true) => Outcome::Miss { stored: false, detail: Some("partial") },
-        (true, false) => Outcome::Miss { stored: ctx.cache.put(&key, &found).await, detail: None },
+        (true, false) => Outcome::Miss { stored: ctx.cache.put(&key, &found), detail: None },
     };
     ctx.cache_status.push(outcome.member(Which::Search));
     Ok(found)
@@ -160,7 +160,7 @@ async fn embed(ctx: &mut Ctx, text: &str) -> Result<Vec<f32>, ApiError> {
         .map(|e| e.embedding)
         .ok_or_else(|| ApiError::BadGateway("the embeddings origin sent no vector".into()))?;
     let outcome = if ctx.cache.enabled() {
-        Outcome::Miss { stored: ctx.cache.put(&key, &vector).await, detail: None }
+        Outcome::Miss { stored: ctx.cache.put(&key, &vector), detail: None }
     } else {
         Outcome::Bypass
     };
