@@ -206,26 +206,28 @@ mod simd128 {
         unsafe { [0, 4, 8, 12].map(|at| v128_load(chunk.as_ptr().add(at).cast())) }
     }
 
-    /// [`f16_bits_to_f32`] on 16 lanes: the interleave with zeros is its `<< 16`.
+    /// [`f16_bits_to_f32`] on 16 lanes, with its shifts done in 16-bit lanes: the upper half of
+    /// `(h << 16) >> 3` (arithmetic) is `h >> 3` (arithmetic), its lower half `h << 13`; an
+    /// interleave of the two halves gives the f32 bits.
     #[inline(always)]
     fn load_f16(chunk: &[u16]) -> [v128; 4] {
         assert!(chunk.len() >= LANES);
         // SAFETY: as in load_f32, 16 u16.
-        let (low, high) = unsafe {
+        let halves = unsafe {
             let p = chunk.as_ptr();
-            (v128_load(p.cast()), v128_load(p.add(8).cast()))
+            [v128_load(p.cast()), v128_load(p.add(8).cast())]
         };
-        let zero = u16x8_splat(0);
+        let [(low0, high0), (low1, high1)] = halves.map(|h| {
+            let upper = v128_and(i16x8_shr(h, 3), u16x8_splat((F16_IN_F32_MASK >> 16) as u16));
+            (i16x8_shl(h, 13), upper)
+        });
         [
-            i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(zero, low),
-            i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(zero, low),
-            i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(zero, high),
-            i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(zero, high),
+            i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(low0, high0),
+            i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(low0, high0),
+            i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(low1, high1),
+            i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(low1, high1),
         ]
-        .map(|shifted| {
-            let bits = v128_and(i32x4_shr(shifted, 3), u32x4_splat(F16_IN_F32_MASK));
-            f32x4_mul(bits, f32x4_splat(F16_REBIAS))
-        })
+        .map(|bits| f32x4_mul(bits, f32x4_splat(F16_REBIAS)))
     }
 
     #[inline(always)]
