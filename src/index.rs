@@ -112,8 +112,9 @@ impl LocalIndex {
     }
 }
 
-/// Blob `i` checked against manifest entry `i` (size and checksum, then its own header, archive
-/// and description) and opened.
+/// Blob `i` checked against manifest entry `i` (size, and the payload checksum its header
+/// records), then verified (the one hash of its payload) and opened, then its description
+/// compared with the manifest's.
 fn open_shard(manifest: &Manifest, i: usize, bytes: &[u8]) -> Result<Shard, OpenError> {
     manifest.verify_shard(i, bytes)?;
     let entry = &manifest.shards[i];

@@ -3,16 +3,22 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::shard::format::Header;
 use crate::shard::{Metric, Quant};
 
-/// Manifest layout version; bump when fields change meaning.
-pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+/// Manifest layout version; bump when fields change meaning (2: a shard's `checksum` is its
+/// payload checksum, the one its header records, no longer a hash of the whole file).
+pub const MANIFEST_FORMAT_VERSION: u32 = 2;
 /// File name of the manifest inside an index directory (or under an index prefix in R2).
 pub const MANIFEST_FILE: &str = "manifest.json";
 
 /// The one checksum function: xxh3-64 of `bytes` as 16 lowercase hex digits.
 pub fn checksum_hex(bytes: &[u8]) -> String {
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
+    hex(xxhash_rust::xxh3::xxh3_64(bytes))
+}
+
+fn hex(checksum: u64) -> String {
+    format!("{checksum:016x}")
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
@@ -25,7 +31,7 @@ pub enum ManifestError {
     Invalid(String),
     #[error("manifest version {declared} does not match its content (hashes to {actual})")]
     VersionMismatch { declared: String, actual: String },
-    #[error("shard {shard}: expected {expected_bytes} bytes with checksum {expected}, got {actual_bytes} bytes with checksum {actual}")]
+    #[error("shard {shard}: expected {expected_bytes} bytes with payload checksum {expected}, got {actual_bytes} bytes whose header records checksum {actual}")]
     ShardMismatch {
         shard: String,
         expected_bytes: u64,
@@ -59,7 +65,9 @@ pub struct ShardEntry {
     pub count: u32,
     /// Mean of the shard's vectors (normalised for cosine): where to route queries.
     pub centroid: Vec<f32>,
-    /// [`checksum_hex`] of the whole shard file.
+    /// [`checksum_hex`] of the shard's payload (everything after its 32-byte header): the value
+    /// the shard's header records, so checking a blob against its entry costs no hashing and the
+    /// payload is hashed once, when it arrives (`shard::format::verify_payload`).
     pub checksum: String,
     /// Regions whose hosts serve this shard.
     pub regions: Vec<String>,
@@ -157,20 +165,22 @@ impl Manifest {
         Ok(())
     }
 
-    /// Checks a fetched shard file against its entry (size and checksum).
+    /// Checks that a fetched shard file is the one entry `shard` names: its size, and the payload
+    /// checksum its header records (O(1): the payload itself is verified against that header
+    /// field by `shard::format::verify_payload`, which [`crate::shard::Shard::from_bytes`] runs).
     pub fn verify_shard(&self, shard: usize, bytes: &[u8]) -> Result<(), ManifestError> {
         let entry = self
             .shards
             .get(shard)
             .ok_or_else(|| ManifestError::Invalid(format!("no shard number {shard}")))?;
-        let actual = checksum_hex(bytes);
-        if entry.bytes != bytes.len() as u64 || entry.checksum != actual {
+        let declared = Header::declared_checksum(bytes).map(hex);
+        if entry.bytes != bytes.len() as u64 || declared.as_ref() != Some(&entry.checksum) {
             return Err(ManifestError::ShardMismatch {
                 shard: entry.name.clone(),
                 expected_bytes: entry.bytes,
                 expected: entry.checksum.clone(),
                 actual_bytes: bytes.len() as u64,
-                actual,
+                actual: declared.unwrap_or_else(|| "none (no header)".into()),
             });
         }
         Ok(())
@@ -293,15 +303,24 @@ mod tests {
     }
 
     #[test]
-    fn verify_shard_checks_size_and_checksum() {
+    fn verify_shard_checks_size_and_the_header_checksum() {
+        let payload = b"payload";
+        let blob = [&Header::for_payload(payload).encode()[..], payload].concat();
         let mut manifest = sample();
-        manifest.shards[0].bytes = 2;
-        manifest.shards[0].checksum = checksum_hex(b"ok");
-        assert!(manifest.verify_shard(0, b"ok").is_ok());
-        assert!(matches!(
-            manifest.verify_shard(0, b"no"),
-            Err(ManifestError::ShardMismatch { .. })
-        ));
-        assert!(manifest.verify_shard(7, b"ok").is_err());
+        manifest.shards[0].bytes = blob.len() as u64;
+        manifest.shards[0].checksum = checksum_hex(payload);
+        assert!(manifest.verify_shard(0, &blob).is_ok());
+
+        let other = [&Header::for_payload(b"PAYLOAD").encode()[..], b"PAYLOAD"].concat();
+        let mismatch = |bytes: &[u8]| {
+            matches!(
+                manifest.verify_shard(0, bytes),
+                Err(ManifestError::ShardMismatch { .. })
+            )
+        };
+        assert!(mismatch(&other), "another shard's header checksum");
+        assert!(mismatch(&blob[..blob.len() - 1]), "wrong size");
+        assert!(mismatch(&blob[..20]), "no header");
+        assert!(manifest.verify_shard(7, &blob).is_err());
     }
 }

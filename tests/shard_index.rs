@@ -6,7 +6,7 @@ use std::process::Command;
 
 use edgerag::build::{build_index, BuildConfig, BuildError, IndexDir};
 use edgerag::manifest::{checksum_hex, Manifest, MANIFEST_FILE};
-use edgerag::shard::format::{Header, HEADER_LEN};
+use edgerag::shard::format::{encode_blob, Header, ShardData, HEADER_LEN, LAYER0_STRIDE};
 use edgerag::shard::{DocId, Filter, Metric, Quant, SearchParams, Shard, ShardError};
 use rand::{Rng, SeedableRng};
 
@@ -372,9 +372,9 @@ fn corrupted_blobs_and_manifests_give_clear_errors_never_panics() {
     assert!(shardc_inspect(&out).0);
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let exercise = |bytes: &[u8]| {
-        // Whatever opens must also answer without panicking.
-        if let Ok(shard) = Shard::from_bytes(bytes) {
+    let exercise = |opened: Result<Shard, ShardError>| {
+        // Whatever opens must also answer (or fail) without panicking.
+        if let Ok(shard) = opened {
             let _ = shard.search(
                 &rows[0],
                 &SearchParams {
@@ -383,8 +383,15 @@ fn corrupted_blobs_and_manifests_give_clear_errors_never_panics() {
                     filter: None,
                 },
             );
+            let lang: Filter = serde_json::from_str(r#"{"lang": "en"}"#).unwrap();
+            let _ = shard.search_exact(&rows[0], 5, Some(&lang));
             (0..shard.meta().count).for_each(|ord| drop(shard.passage(ord)));
         }
+    };
+    let aligned = |bytes: &[u8]| {
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        aligned
     };
     for _ in 0..2000 {
         let len = rng.gen_range(0..blob.len());
@@ -403,6 +410,9 @@ fn corrupted_blobs_and_manifests_give_clear_errors_never_panics() {
                 Shard::from_bytes(&bytes).is_err(),
                 "flip at {at} passed the checksum"
             );
+            // `open` trusts that the checksum was verified on arrival, so it does not hash:
+            // unverified corrupt bytes may open, but must still never panic.
+            exercise(Shard::open(aligned(&bytes)));
         } else if at >= HEADER_LEN {
             // Re-seal the header so the flip reaches bytecheck and the structure checks.
             let header = Header::for_payload(&bytes[HEADER_LEN..]).encode();
@@ -412,7 +422,7 @@ fn corrupted_blobs_and_manifests_give_clear_errors_never_panics() {
             {
                 archive_rejections += 1;
             }
-            exercise(&bytes);
+            exercise(Shard::from_bytes(&bytes));
         }
     }
     assert!(
@@ -433,21 +443,31 @@ fn corrupted_blobs_and_manifests_give_clear_errors_never_panics() {
         Err(ShardError::UnsupportedVersion { found: 7, .. })
     ));
 
-    for (bytes, expected) in [
-        (&wrong_magic[..], "bad magic"),
-        (&wrong_version[..], "version 7"),
-        (&blob[..100], "length mismatch"),
+    let mut flipped_payload = blob.clone();
+    flipped_payload[blob.len() / 2] ^= 0x10;
+    for (bytes, expected, in_index) in [
+        (&wrong_magic[..], "bad magic", "bad magic"),
+        (&wrong_version[..], "version 7", "version 7"),
+        // A file of another size is not the one the manifest names.
+        (&blob[..100], "length mismatch", "expected"),
+        // Same size and header, corrupt payload: the one hash of the payload catches it.
+        (
+            &flipped_payload[..],
+            "checksum mismatch",
+            "checksum mismatch",
+        ),
     ] {
         std::fs::write(&shard_path, bytes).unwrap();
         let (ok, message) = shardc_inspect(&shard_path);
         assert!(!ok && message.contains("shardc: error"), "{message}");
         assert!(message.to_lowercase().contains(expected), "{message}");
-        // The index directory notices first that the file is not the one its manifest names.
         let (ok, message) = shardc_inspect(&out);
-        assert!(!ok && message.contains("checksum"), "{message}");
+        assert!(!ok && message.contains("shardc: error"), "{message}");
+        assert!(message.to_lowercase().contains(in_index), "{message}");
     }
 
-    // Manifest checksum mismatch: the manifest's recorded checksum no longer matches the file.
+    // Manifest checksum mismatch: the manifest's recorded checksum is not the one in the file's
+    // header (another version's file, or a tampered manifest).
     std::fs::write(&shard_path, &blob).unwrap();
     let mut tampered: Manifest =
         serde_json::from_slice(&std::fs::read(out.join(MANIFEST_FILE)).unwrap()).unwrap();
@@ -460,6 +480,52 @@ fn corrupted_blobs_and_manifests_give_clear_errors_never_panics() {
     ));
     let (ok, message) = shardc_inspect(&out);
     assert!(!ok && message.contains("checksum"), "{message}");
+}
+
+/// Opening does not scan the graph's links; the search checks each link it follows, so a link
+/// to a node that does not exist is an error from the search (never an out-of-bounds read).
+#[test]
+fn a_corrupt_link_is_an_error_from_the_search_not_a_panic() {
+    let work = tempfile::tempdir().unwrap();
+    let (passages, vectors, rows) = synthetic_corpus(work.path(), 400, 8, false);
+    let out = work.path().join("index");
+    let manifest = build_index(&config(&passages, Some(&vectors), 8, Quant::F16, 1, &out)).unwrap();
+    let blob = std::fs::read(out.join(&manifest.shards[0].file)).unwrap();
+    let mut payload = rkyv::util::AlignedVec::<16>::new();
+    payload.extend_from_slice(&blob[HEADER_LEN..]);
+    let sound: ShardData = rkyv::from_bytes::<ShardData, rkyv::rancor::Error>(&payload).unwrap();
+    assert!(
+        !sound.upper_layers.is_empty(),
+        "the test needs an upper layer"
+    );
+    let count = sound.count;
+    let params = SearchParams {
+        k: 5,
+        ef: 16,
+        filter: None,
+    };
+
+    let mut bad_layer0 = sound.clone();
+    (0..count as usize).for_each(|node| bad_layer0.layer0[node * LAYER0_STRIDE] = count + 7);
+    // The top layer's entry point 0 links outside its layer.
+    let mut bad_upper = sound.clone();
+    bad_upper.upper_layers.last_mut().unwrap()[0] = count;
+    for (corrupt, layer) in [(bad_layer0, "layer 0"), (bad_upper, "layer ")] {
+        // A sealed blob (valid checksum): opening succeeds, as it checks no links.
+        let shard = Shard::from_bytes(&encode_blob(&corrupt).unwrap()).unwrap();
+        match shard.search(&rows[3], &params) {
+            Err(ShardError::Inconsistent(message)) => {
+                assert!(
+                    message.starts_with(layer) && message.contains("links to node"),
+                    "{message}"
+                )
+            }
+            other => panic!("expected a link error, got {other:?}"),
+        }
+        // What does not follow links still works.
+        assert_eq!(shard.search_exact(&rows[3], 5, None).unwrap().len(), 5);
+        assert!(shard.passage(count - 1).is_ok());
+    }
 }
 
 /// With one graph thread the same corpus and seed give the same shard bytes and version id

@@ -105,7 +105,7 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
             shard: shard_name.clone(),
             source,
         })?;
-        let checksum = checksum_hex(&blob);
+        let checksum = checksum_hex(&blob[format::HEADER_LEN..]);
         let file = format!("{shard_name}.{checksum}{}", output::SHARD_FILE_SUFFIX);
         entries.push(ShardEntry {
             name: shard_name,

@@ -75,7 +75,7 @@ pub struct Passage {
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
-/// An open shard. Owns its bytes (16-aligned); validated once when opened.
+/// An open shard. Owns its bytes (16-aligned); checked once when opened (see [`Shard::open`]).
 pub struct Shard {
     bytes: AlignedVec<16>,
     meta: ShardMeta,
@@ -84,16 +84,27 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// Copies `bytes` once into an aligned buffer, then validates it.
+    /// Copies `bytes` once into an aligned buffer, then verifies and opens it ([`Shard::from_aligned`]).
     pub fn from_bytes(bytes: &[u8]) -> Result<Shard, ShardError> {
         let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
         Shard::from_aligned(aligned)
     }
 
-    /// Validates header, checksum, archive (bytecheck) and structure; no copy.
+    /// Verifies the payload checksum ([`format::verify_payload`]), then opens ([`Shard::open`]).
     pub fn from_aligned(bytes: AlignedVec<16>) -> Result<Shard, ShardError> {
-        let (header, payload) = format::verified_payload(&bytes)?;
+        format::verify_payload(&bytes)?;
+        Shard::open(bytes)
+    }
+
+    /// Opens bytes whose payload checksum was already verified (when they arrived), without
+    /// hashing them again: checks the header and payload length, validates the archive
+    /// (bytecheck) and the structure that reading in place relies on, in time independent of the
+    /// shard's size ([`format::check_structure`]). Memory-safe for any bytes: corruption the
+    /// checksum would have caught is still an error here or when the corrupt part is read,
+    /// never a panic; only the answers of such a shard could be wrong.
+    pub fn open(bytes: AlignedVec<16>) -> Result<Shard, ShardError> {
+        let (header, payload) = format::payload(&bytes)?;
         let data = rkyv::access::<ArchivedShardData, rkyv::rancor::Error>(payload)
             .map_err(|e| ShardError::InvalidArchive(e.to_string()))?;
         format::check_structure(data)?;
@@ -125,8 +136,8 @@ impl Shard {
     }
 
     fn data(&self) -> &ArchivedShardData {
-        // SAFETY: the same bytes passed `rkyv::access` (full bytecheck validation) in
-        // `from_aligned` and are never mutated afterwards.
+        // SAFETY: the same bytes passed `rkyv::access` (full bytecheck validation) in `open` and
+        // are never mutated afterwards.
         unsafe { rkyv::access_unchecked::<ArchivedShardData>(&self.bytes[format::HEADER_LEN..]) }
     }
 
@@ -178,12 +189,13 @@ impl Shard {
             .transpose()
     }
 
-    /// Approximate nearest passages by the graph, best first.
+    /// Approximate nearest passages by the graph, best first. A link to a node that does not
+    /// exist (only a corrupt archive has one) is an [`ShardError::Inconsistent`] error.
     pub fn search(&self, query: &[f32], params: &SearchParams) -> Result<Vec<Hit>, ShardError> {
         let query = self.prepare_query(query)?;
         let mask = self.pass_mask(params.filter.as_ref())?;
         let index = self.index();
-        let hits = match self.scratch.try_lock() {
+        match self.scratch.try_lock() {
             Ok(mut scratch) => {
                 index.search(&query, params.k, params.ef, mask.as_ref(), &mut scratch)
             }
@@ -194,8 +206,7 @@ impl Shard {
                 mask.as_ref(),
                 &mut Scratch::default(),
             ),
-        };
-        Ok(hits)
+        }
     }
 
     /// Exact nearest passages by scanning every stored (quantised) vector, best first.

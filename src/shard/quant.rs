@@ -1,7 +1,9 @@
 //! Vector quantisation (f32 → f16 bits / i8 + scale) and the distance kernels that read quantised vectors.
 //!
-//! Kernels come in two builds: a portable one written in fixed-width chunks so LLVM vectorises it
-//! (this is the one wasm32 uses), and on x86_64 an AVX2+FMA+F16C one chosen at run time.
+//! Kernels come in three builds: a portable one written in fixed-width chunks so LLVM vectorises
+//! it where it can; on x86_64 an AVX2+FMA+F16C one chosen at run time; on wasm32 with simd128 (the
+//! worker's build) a 128-bit one chosen at compile time, as wasm has no run-time feature detection.
+//! All three decode f16 exactly and sum 16 lanes in the same order, so they agree to rounding.
 
 /// Lanes per chunk in the portable kernels: wide enough for two 256-bit registers of f32.
 const LANES: usize = 16;
@@ -27,15 +29,28 @@ pub fn encode_i8(values: &[f32], out: &mut Vec<i8>) -> f32 {
     scale
 }
 
-/// Exact f16 → f32 for every finite half (normal and subnormal), branch-free so it vectorises:
-/// move exponent and mantissa into f32 position, then rebias the exponent by multiplying by 2^112.
+/// 2^112 = 2^(127 - 15): rebiases an f16 exponent that sits in f32 position.
+const F16_REBIAS: f32 = 5.192_297e33;
+/// Sign, exponent and mantissa of an f16 that was shifted into f32 position (see below).
+const F16_IN_F32_MASK: u32 = 0x8fff_e000;
+
+/// Exact f16 → f32 for every finite half (normal and subnormal, ±0), branch-free so it
+/// vectorises: put the half in the upper 16 bits, shift right arithmetically by 3 (exponent and
+/// mantissa land in f32 position, the sign is copied into bit 31 and the three bits the mask
+/// clears), then rebias the exponent by multiplying by 2^112 (exact, sign included). Infinity and
+/// NaN would decode to finite values: the builder stores only finite halves. The simd128 kernels
+/// do exactly this per lane.
 #[inline(always)]
 pub fn f16_bits_to_f32(bits: u16) -> f32 {
-    const REBIAS: f32 = 5.192_297e33; // 2^112 = 2^(127 - 15)
-    let bits = bits as u32;
-    let magnitude = f32::from_bits((bits & 0x7fff) << 13) * REBIAS;
-    f32::from_bits(magnitude.to_bits() | ((bits & 0x8000) << 16))
+    let shifted = ((u32::from(bits) << 16) as i32 >> 3) as u32;
+    f32::from_bits(shifted & F16_IN_F32_MASK) * F16_REBIAS
 }
+
+// The kernels used when no run-time-detected ones apply.
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+use portable as baseline;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+use simd128 as baseline;
 
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
@@ -43,7 +58,7 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: the CPU supports the features the function is compiled for.
         return unsafe { avx2::dot_f32(a, b) };
     }
-    portable::dot_f32(a, b)
+    baseline::dot_f32(a, b)
 }
 
 pub fn l2sq_f32(a: &[f32], b: &[f32]) -> f32 {
@@ -52,7 +67,7 @@ pub fn l2sq_f32(a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: as in dot_f32.
         return unsafe { avx2::l2sq_f32(a, b) };
     }
-    portable::l2sq_f32(a, b)
+    baseline::l2sq_f32(a, b)
 }
 
 /// Inner product of an f32 query with an f16 vector.
@@ -62,7 +77,7 @@ pub fn dot_f16(query: &[f32], bits: &[u16]) -> f32 {
         // SAFETY: as in dot_f32.
         return unsafe { avx2::dot_f16(query, bits) };
     }
-    portable::dot_f16(query, bits)
+    baseline::dot_f16(query, bits)
 }
 
 /// Squared euclidean distance between an f32 query and an f16 vector.
@@ -72,7 +87,7 @@ pub fn l2sq_f16(query: &[f32], bits: &[u16]) -> f32 {
         // SAFETY: as in dot_f32.
         return unsafe { avx2::l2sq_f16(query, bits) };
     }
-    portable::l2sq_f16(query, bits)
+    baseline::l2sq_f16(query, bits)
 }
 
 /// Inner product of an f32 query with the codes of an i8 vector (multiply by the scale afterwards).
@@ -82,7 +97,7 @@ pub fn dot_i8(query: &[f32], codes: &[i8]) -> f32 {
         // SAFETY: as in dot_f32.
         return unsafe { avx2::dot_i8(query, codes) };
     }
-    portable::dot_i8(query, codes)
+    baseline::dot_i8(query, codes)
 }
 
 /// Squared euclidean distance between an f32 query and the i8 vector `scale · codes`.
@@ -92,7 +107,7 @@ pub fn l2sq_i8(query: &[f32], codes: &[i8], scale: f32) -> f32 {
         // SAFETY: as in dot_f32.
         return unsafe { avx2::l2sq_i8(query, codes, scale) };
     }
-    portable::l2sq_i8(query, codes, scale)
+    baseline::l2sq_i8(query, codes, scale)
 }
 
 pub(crate) mod portable {
@@ -142,6 +157,130 @@ pub(crate) mod portable {
             let d = q - scale * c as f32;
             d * d
         })
+    }
+}
+
+/// The wasm32 simd128 kernels: the AVX2 kernels' scheme in 128-bit lanes. 16 elements per step
+/// in four f32x4 accumulators (lanes 0-3, 4-7, 8-11, 12-15), reduced in the AVX2 kernels' order,
+/// so wasm and native sums differ only by FMA rounding. Stored elements widen exactly to f32: f16
+/// by the bit manipulation of [`f16_bits_to_f32`], i8 through i16 and i32. (The query stays f32,
+/// as natively: an i16 query and `i32x4_dot_i16x8` would change the scores.)
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd128 {
+    use core::arch::wasm32::*;
+
+    use super::{portable, F16_IN_F32_MASK, F16_REBIAS, LANES};
+
+    /// `load` widens the 16 stored elements of a chunk to four f32x4; `step(acc, q, v)` folds
+    /// four lanes; the tail (fewer than 16 elements) goes to the portable kernel, as on x86_64.
+    #[inline(always)]
+    fn reduce<T: Copy>(
+        query: &[f32],
+        vector: &[T],
+        load: impl Fn(&[T]) -> [v128; 4],
+        step: impl Fn(v128, v128, v128) -> v128,
+        tail: impl Fn(&[f32], &[T]) -> f32,
+    ) -> f32 {
+        let len = query.len().min(vector.len());
+        let query_chunks = query[..len].chunks_exact(LANES);
+        let vector_chunks = vector[..len].chunks_exact(LANES);
+        let rest = tail(query_chunks.remainder(), vector_chunks.remainder());
+        let mut acc = [f32x4_splat(0.0); 4];
+        for (q, v) in query_chunks.zip(vector_chunks) {
+            let q = load_f32(q);
+            let v = load(v);
+            for lane in 0..4 {
+                acc[lane] = step(acc[lane], q[lane], v[lane]);
+            }
+        }
+        let halves = f32x4_add(f32x4_add(acc[0], acc[2]), f32x4_add(acc[1], acc[3]));
+        let pairs = f32x4_add(halves, i32x4_shuffle::<2, 3, 2, 3>(halves, halves));
+        f32x4_extract_lane::<0>(pairs) + f32x4_extract_lane::<1>(pairs) + rest
+    }
+
+    #[inline(always)]
+    fn load_f32(chunk: &[f32]) -> [v128; 4] {
+        assert!(chunk.len() >= LANES);
+        // SAFETY: 16 f32 are in bounds (asserted; the callers' chunks make it free); v128_load
+        // needs no alignment.
+        unsafe { [0, 4, 8, 12].map(|at| v128_load(chunk.as_ptr().add(at).cast())) }
+    }
+
+    /// [`f16_bits_to_f32`] on 16 lanes, with its shifts done in 16-bit lanes: the upper half of
+    /// `(h << 16) >> 3` (arithmetic) is `h >> 3` (arithmetic), its lower half `h << 13`; an
+    /// interleave of the two halves gives the f32 bits.
+    #[inline(always)]
+    fn load_f16(chunk: &[u16]) -> [v128; 4] {
+        assert!(chunk.len() >= LANES);
+        // SAFETY: as in load_f32, 16 u16.
+        let halves = unsafe {
+            let p = chunk.as_ptr();
+            [v128_load(p.cast()), v128_load(p.add(8).cast())]
+        };
+        let [(low0, high0), (low1, high1)] = halves.map(|h| {
+            let upper = v128_and(i16x8_shr(h, 3), u16x8_splat((F16_IN_F32_MASK >> 16) as u16));
+            (i16x8_shl(h, 13), upper)
+        });
+        [
+            i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(low0, high0),
+            i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(low0, high0),
+            i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(low1, high1),
+            i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(low1, high1),
+        ]
+        .map(|bits| f32x4_mul(bits, f32x4_splat(F16_REBIAS)))
+    }
+
+    #[inline(always)]
+    fn load_i8(chunk: &[i8]) -> [v128; 4] {
+        assert!(chunk.len() >= LANES);
+        // SAFETY: as in load_f32, 16 i8.
+        let codes = unsafe { v128_load(chunk.as_ptr().cast()) };
+        let (low, high) = (
+            i16x8_extend_low_i8x16(codes),
+            i16x8_extend_high_i8x16(codes),
+        );
+        [
+            i32x4_extend_low_i16x8(low),
+            i32x4_extend_high_i16x8(low),
+            i32x4_extend_low_i16x8(high),
+            i32x4_extend_high_i16x8(high),
+        ]
+        .map(|lane| f32x4_convert_i32x4(lane))
+    }
+
+    fn multiply_add(acc: v128, q: v128, v: v128) -> v128 {
+        f32x4_add(acc, f32x4_mul(q, v))
+    }
+
+    fn square_add(acc: v128, q: v128, v: v128) -> v128 {
+        let d = f32x4_sub(q, v);
+        f32x4_add(acc, f32x4_mul(d, d))
+    }
+
+    pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        reduce(a, b, load_f32, multiply_add, portable::dot_f32)
+    }
+    pub fn l2sq_f32(a: &[f32], b: &[f32]) -> f32 {
+        reduce(a, b, load_f32, square_add, portable::l2sq_f32)
+    }
+    pub fn dot_f16(query: &[f32], bits: &[u16]) -> f32 {
+        reduce(query, bits, load_f16, multiply_add, portable::dot_f16)
+    }
+    pub fn l2sq_f16(query: &[f32], bits: &[u16]) -> f32 {
+        reduce(query, bits, load_f16, square_add, portable::l2sq_f16)
+    }
+    pub fn dot_i8(query: &[f32], codes: &[i8]) -> f32 {
+        reduce(query, codes, load_i8, multiply_add, portable::dot_i8)
+    }
+    pub fn l2sq_i8(query: &[f32], codes: &[i8], scale: f32) -> f32 {
+        let scale4 = f32x4_splat(scale);
+        reduce(
+            query,
+            codes,
+            load_i8,
+            |acc, q, v| square_add(acc, q, f32x4_mul(scale4, v)),
+            |q, c| portable::l2sq_i8(q, c, scale),
+        )
     }
 }
 
@@ -329,6 +468,75 @@ mod tests {
                 portable::l2sq_i8(&q, &codes, scale),
                 naive_l2(&q, &v8)
             ));
+        }
+    }
+
+    /// The vectorised kernels this target dispatches to (AVX2 here when the CPU has it; the
+    /// wasm32 simd128 ones are compared with native search by tests/e2e/test_wasm_search.py)
+    /// equal the portable ones up to FMA rounding, on every length and on the edge values of
+    /// the stored formats: ±0, subnormal and largest halves, -128 and 127.
+    #[test]
+    fn vectorised_kernels_equal_portable_ones() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let edge_halves = [
+            0x0000, 0x8000, 0x0001, 0x83ff, 0x0400, 0x7bff, 0xfbff, 0x3c00,
+        ];
+        let edge_codes = [-128i8, 127, 0, -1];
+        for len in [0, 1, 15, 16, 17, 31, 33, 64, 384, 385] {
+            let q = random_vector(&mut rng, len);
+            let mut bits = Vec::new();
+            encode_f16(&random_vector(&mut rng, len), &mut bits);
+            let mut codes = Vec::new();
+            let scale = encode_i8(&random_vector(&mut rng, len), &mut codes);
+            for (i, (b, c)) in bits.iter_mut().zip(codes.iter_mut()).enumerate().step_by(3) {
+                *b = edge_halves[i % edge_halves.len()];
+                *c = edge_codes[i % edge_codes.len()];
+            }
+            let v16: Vec<f32> = bits.iter().map(|&b| f16_bits_to_f32(b)).collect();
+            let v8: Vec<f32> = codes.iter().map(|&c| scale * c as f32).collect();
+            let v = random_vector(&mut rng, len);
+            // Rounding differences are relative to the terms' magnitudes, not to their sum.
+            let agree = |fast: f32, portable: f32, a: &[f32], b: &[f32], l2: bool| {
+                let magnitude: f32 = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| if l2 { (x - y) * (x - y) } else { (x * y).abs() })
+                    .sum();
+                assert!(
+                    (fast - portable).abs() <= 1e-6 * magnitude,
+                    "len {len}: {fast} vs {portable} (terms {magnitude})"
+                );
+            };
+            agree(dot_f32(&q, &v), portable::dot_f32(&q, &v), &q, &v, false);
+            agree(l2sq_f32(&q, &v), portable::l2sq_f32(&q, &v), &q, &v, true);
+            agree(
+                dot_f16(&q, &bits),
+                portable::dot_f16(&q, &bits),
+                &q,
+                &v16,
+                false,
+            );
+            agree(
+                l2sq_f16(&q, &bits),
+                portable::l2sq_f16(&q, &bits),
+                &q,
+                &v16,
+                true,
+            );
+            agree(
+                scale * dot_i8(&q, &codes),
+                scale * portable::dot_i8(&q, &codes),
+                &q,
+                &v8,
+                false,
+            );
+            agree(
+                l2sq_i8(&q, &codes, scale),
+                portable::l2sq_i8(&q, &codes, scale),
+                &q,
+                &v8,
+                true,
+            );
         }
     }
 

@@ -1,6 +1,8 @@
 //! HNSW search over the archived graph, in place: greedy descent (ef = 1) through the upper layers
 //! from entry point 0, then a beam search with width ef on layer 0; optionally restricted by a
-//! filter pass mask, switching to an exact scan when few documents pass.
+//! filter pass mask, switching to an exact scan when few documents pass. Neighbour ordinals are
+//! checked as they are read (one compare per link, never mispredicted on a sound shard), so that
+//! opening a shard need not scan every link.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
@@ -8,8 +10,9 @@ use std::collections::BinaryHeap;
 use rkyv::rend::u32_le;
 use rkyv::vec::ArchivedVec;
 
+use super::error::ShardError;
 use super::filter::PassMask;
-use super::format::{native_u32, LAYER0_STRIDE, NO_NEIGHBOUR, UPPER_STRIDE};
+use super::format::{inconsistent, native_u32, LAYER0_STRIDE, NO_NEIGHBOUR, UPPER_STRIDE};
 use super::metric::Metric;
 use super::quant;
 
@@ -83,22 +86,22 @@ impl SearchIndex<'_> {
         ef: usize,
         mask: Option<&PassMask>,
         scratch: &mut Scratch,
-    ) -> Vec<Hit> {
+    ) -> Result<Vec<Hit>, ShardError> {
         if k == 0 || self.count == 0 || mask.is_some_and(|m| m.passing == 0) {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let ef = ef.max(k);
         if let Some(mask) = mask {
             if exact_scan_is_cheaper(mask.passing, self.count, ef) {
-                return self.exact(query, k, Some(mask));
+                return Ok(self.exact(query, k, Some(mask)));
             }
         }
-        let entry = self.descend(query);
-        self.beam_layer0(query, entry, ef, mask, scratch);
+        let entry = self.descend(query)?;
+        self.beam_layer0(query, entry, ef, mask, scratch)?;
         let mut hits: Vec<Hit> = scratch.results.drain().collect();
         hits.sort_unstable();
         hits.truncate(k);
-        hits
+        Ok(hits)
     }
 
     /// Brute force over all (passing) documents: the reference the graph search is measured against.
@@ -126,13 +129,15 @@ impl SearchIndex<'_> {
     }
 
     /// Greedy walk (ef = 1) from entry point 0 down to layer 1; returns the layer-0 entry.
-    fn descend(&self, query: &[f32]) -> Hit {
+    /// Every node of a layer is a node of the layers below (the open checks the layer sizes).
+    fn descend(&self, query: &[f32]) -> Result<Hit, ShardError> {
         let mut current = Hit {
             ord: 0,
             distance: self.distance(query, 0),
         };
-        for layer in self.upper_layers.iter().rev() {
+        for (index, layer) in self.upper_layers.iter().enumerate().rev() {
             let layer = native_u32(layer);
+            let nodes = layer.len() / UPPER_STRIDE;
             loop {
                 let start = current.ord as usize * UPPER_STRIDE;
                 let mut moved = false;
@@ -140,6 +145,7 @@ impl SearchIndex<'_> {
                     .iter()
                     .take_while(|&&n| n != NO_NEIGHBOUR)
                 {
+                    check_link(index + 1, current.ord, neighbour, nodes)?;
                     let candidate = Hit {
                         ord: neighbour,
                         distance: self.distance(query, neighbour),
@@ -154,7 +160,7 @@ impl SearchIndex<'_> {
                 }
             }
         }
-        current
+        Ok(current)
     }
 
     /// Beam search on layer 0; leaves up to `ef` passing results in `scratch.results`.
@@ -166,7 +172,7 @@ impl SearchIndex<'_> {
         ef: usize,
         mask: Option<&PassMask>,
         scratch: &mut Scratch,
-    ) {
+    ) -> Result<(), ShardError> {
         scratch.begin(self.count);
         let allows = |ord: u32| mask.is_none_or(|m| m.allows(ord));
         scratch.first_visit(entry.ord);
@@ -184,6 +190,7 @@ impl SearchIndex<'_> {
                 .iter()
                 .take_while(|&&n| n != NO_NEIGHBOUR)
             {
+                check_link(0, closest.ord, neighbour, self.count)?;
                 if !scratch.first_visit(neighbour) {
                     continue;
                 }
@@ -204,7 +211,25 @@ impl SearchIndex<'_> {
                 }
             }
         }
+        Ok(())
     }
+}
+
+/// A link is an ordinal of a node of its layer (NO_NEIGHBOUR ends a list before this is asked).
+#[inline(always)]
+fn check_link(layer: usize, from: u32, to: u32, nodes: usize) -> Result<(), ShardError> {
+    if (to as usize) < nodes {
+        Ok(())
+    } else {
+        Err(bad_link(layer, from, to, nodes))
+    }
+}
+
+#[cold]
+fn bad_link(layer: usize, from: u32, to: u32, nodes: usize) -> ShardError {
+    inconsistent(format!(
+        "layer {layer}: node {from} links to node {to}, the layer has {nodes}"
+    ))
 }
 
 /// A filtered beam search visits roughly ef / selectivity nodes; scanning the passing documents

@@ -16,13 +16,16 @@ K = 10
 EFS = [16, 64]
 
 
-@pytest.fixture(scope="module", params=["f16", "i8"])
+# Every distance kernel (f16 and i8, inner product and euclidean) under wasm32 simd128.
+@pytest.fixture(scope="module", params=[("f16", "cosine"), ("i8", "cosine"), ("f16", "l2"), ("i8", "l2"),
+                                        ("f16", "dot")], ids=lambda p: "-".join(p))
 def index(request, tmp_path_factory):
     if not os.path.exists(SHARDC):
         subprocess.run(["cargo", "build", "--release", "--bin", "shardc"], cwd=ROOT, check=True)
-    out = str(tmp_path_factory.mktemp("wasm") / f"demo-{request.param}")
+    quant, metric = request.param
+    out = str(tmp_path_factory.mktemp("wasm") / f"demo-{quant}-{metric}")
     shardc("build", "--passages", os.path.join(DEMO, "passages.jsonl"), "--vectors", os.path.join(DEMO, "vectors.f32"),
-           "--dims", str(DIMS), "--metric", "cosine", "--quant", request.param, "--shards", "2",
+           "--dims", str(DIMS), "--metric", metric, "--quant", quant, "--shards", "2",
            "--regions", "weur", "--name", "demo", "--out", out)
     return out
 
