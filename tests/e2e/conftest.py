@@ -166,7 +166,9 @@ def start_worker(persist, mode, logfile, extra_vars=None, ready_status=200):
     with a bad configuration answers every request, /healthz included, with a 500 problem)."""
     port = free_port()
     env = dict(os.environ, WRANGLER_SEND_METRICS="false")
-    variables = dict(SERVING_MODE=mode, CURRENT_TTL_MS="0", API_KEYS=json.dumps(KEY_TABLE), **(extra_vars or {}))
+    # CURRENT_TTL_MS=0: a publish is visible to the next request (tests check versions); callers may override.
+    variables = dict(SERVING_MODE=mode, CURRENT_TTL_MS="0", API_KEYS=json.dumps(KEY_TABLE))
+    variables.update(extra_vars or {})
     proc = subprocess.Popen(
         [os.path.join(ROOT, "scripts", "serve"), "--port", str(port), "--persist-to", persist, "--",
          *(arg for name, value in variables.items() for arg in ("--var", f"{name}:{value}"))],
