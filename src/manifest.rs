@@ -9,6 +9,9 @@ use crate::shard::{Metric, Quant};
 /// Manifest layout version; bump when fields change meaning (2: a shard's `checksum` is its
 /// payload checksum, the one its header records, no longer a hash of the whole file).
 pub const MANIFEST_FORMAT_VERSION: u32 = 2;
+/// The oldest manifest layout still read, so that indexes published before an upgrade keep
+/// serving: version 1's `checksum` is the hash of the whole shard file.
+const OLDEST_READABLE_FORMAT_VERSION: u32 = 1;
 /// File name of the manifest inside an index directory (or under an index prefix in R2).
 pub const MANIFEST_FILE: &str = "manifest.json";
 
@@ -25,7 +28,7 @@ fn hex(checksum: u64) -> String {
 pub enum ManifestError {
     #[error("manifest is not valid JSON for this format: {0}")]
     Json(String),
-    #[error("unsupported manifest format version {found} (this build reads version {supported})")]
+    #[error("unsupported manifest format version {found} (this build reads versions 1 to {supported})")]
     UnsupportedVersion { found: u32, supported: u32 },
     #[error("invalid manifest: {0}")]
     Invalid(String),
@@ -98,7 +101,7 @@ impl Manifest {
 
     pub fn validate(&self) -> Result<(), ManifestError> {
         let invalid = |message: String| Err(ManifestError::Invalid(message));
-        if self.format_version != MANIFEST_FORMAT_VERSION {
+        if !(OLDEST_READABLE_FORMAT_VERSION..=MANIFEST_FORMAT_VERSION).contains(&self.format_version) {
             return Err(ManifestError::UnsupportedVersion {
                 found: self.format_version,
                 supported: MANIFEST_FORMAT_VERSION,
@@ -168,12 +171,17 @@ impl Manifest {
     /// Checks that a fetched shard file is the one entry `shard` names: its size, and the payload
     /// checksum its header records (O(1): the payload itself is verified against that header
     /// field by `shard::format::verify_payload`, which [`crate::shard::Shard::from_bytes`] runs).
+    /// A version 1 manifest names the hash of the whole file, which is computed here instead.
     pub fn verify_shard(&self, shard: usize, bytes: &[u8]) -> Result<(), ManifestError> {
         let entry = self
             .shards
             .get(shard)
             .ok_or_else(|| ManifestError::Invalid(format!("no shard number {shard}")))?;
-        let declared = Header::declared_checksum(bytes).map(hex);
+        let declared = if self.format_version == 1 {
+            Some(checksum_hex(bytes))
+        } else {
+            Header::declared_checksum(bytes).map(hex)
+        };
         if entry.bytes != bytes.len() as u64 || declared.as_ref() != Some(&entry.checksum) {
             return Err(ManifestError::ShardMismatch {
                 shard: entry.name.clone(),
@@ -322,5 +330,21 @@ mod tests {
         assert!(mismatch(&blob[..blob.len() - 1]), "wrong size");
         assert!(mismatch(&blob[..20]), "no header");
         assert!(manifest.verify_shard(7, &blob).is_err());
+    }
+
+    #[test]
+    fn a_version_1_manifest_still_verifies_by_the_whole_file_hash() {
+        let payload = b"payload";
+        let blob = [&Header::for_payload(payload).encode()[..], payload].concat();
+        let mut manifest = sample();
+        manifest.format_version = 1;
+        manifest.shards[0].bytes = blob.len() as u64;
+        manifest.shards[0].checksum = checksum_hex(&blob);
+        assert!(!matches!(manifest.validate(), Err(ManifestError::UnsupportedVersion { .. })));
+        assert!(manifest.verify_shard(0, &blob).is_ok());
+        manifest.shards[0].checksum = checksum_hex(payload);
+        assert!(matches!(manifest.verify_shard(0, &blob), Err(ManifestError::ShardMismatch { .. })));
+        manifest.format_version = 0;
+        assert!(matches!(manifest.validate(), Err(ManifestError::UnsupportedVersion { found: 0, .. })));
     }
 }
