@@ -73,10 +73,6 @@ impl ResponseCache {
         ResponseCache { ttl_s: (ttl_s > 0 && available).then_some(ttl_s), request }
     }
 
-    pub fn enabled(&self) -> bool {
-        self.ttl_s.is_some()
-    }
-
     /// The value cached under `key`, if any (always `None` while disabled).
     pub async fn get<T: DeserializeOwned>(&self, which: Which, key: &str) -> Option<T> {
         self.ttl_s?;
@@ -96,11 +92,26 @@ impl ResponseCache {
         value
     }
 
-    /// Starts storing `value` under `key` (nothing while disabled) and says whether it did. The
-    /// write finishes after the response is sent (`waitUntil`): a miss costs the client the
-    /// lookup only, not the write.
-    pub fn put<T: Serialize>(&self, key: &str, value: &T) -> bool {
-        let Some(ttl_s) = self.ttl_s else { return false };
+    /// A value computed after a miss that is by rule not stored (`why`: a partial answer).
+    pub fn skip(&self, why: &'static str) -> Outcome {
+        match self.ttl_s {
+            Some(_) => Outcome::Miss { stored: false, detail: Some(why) },
+            None => Outcome::Bypass,
+        }
+    }
+
+    /// What became of a value computed after a miss: stored under `key` (`Miss`), or `Bypass`
+    /// while the cache is off.
+    pub fn store<T: Serialize>(&self, key: &str, value: &T) -> Outcome {
+        match self.ttl_s {
+            Some(ttl_s) => Outcome::Miss { stored: self.put(ttl_s, key, value), detail: None },
+            None => Outcome::Bypass,
+        }
+    }
+
+    /// Starts storing `value` under `key` and says whether it did. The write finishes after the
+    /// response is sent (`waitUntil`): a miss costs the client the lookup only, not the write.
+    fn put<T: Serialize>(&self, ttl_s: u32, key: &str, value: &T) -> bool {
         let response = Response::from_json(value)
             .and_then(|mut response| response.headers_mut().set("cache-control", &format!("max-age={ttl_s}")).map(|()| response));
         let response = match response {

@@ -43,11 +43,7 @@ pub async fn run(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchRespons
         return Ok(cached);
     }
     let found = search(ctx, request, pinned).await?;
-    let outcome = match (ctx.cache.enabled(), found.partial) {
-        (false, _) => Outcome::Bypass,
-        (true, true) => Outcome::Miss { stored: false, detail: Some("partial") },
-        (true, false) => Outcome::Miss { stored: ctx.cache.put(&key, &found), detail: None },
-    };
+    let outcome = if found.partial { ctx.cache.skip("partial") } else { ctx.cache.store(&key, &found) };
     ctx.cache_status.push(outcome.member(Which::Search));
     Ok(found)
 }
@@ -55,10 +51,14 @@ pub async fn run(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchRespons
 /// Embeds a text query, fans out to the planned shards and merges: the answer without the cache.
 async fn search(ctx: &mut Ctx, request: &SearchRequest, pinned: Rc<Pinned>) -> Result<SearchResponse, ApiError> {
     let vector = match &request.query {
+        // Checked by `run` before the cache lookup.
         Query::Vector(vector) => vector.clone(),
-        Query::Text(text) => embed(ctx, text).await?,
+        Query::Text(text) => {
+            let vector = embed(ctx, text).await?;
+            check_vector(&vector, &pinned)?;
+            vector
+        }
     };
-    check_vector(&vector, &pinned)?;
     let started = now_ms();
     let home = ctx.home(&pinned.manifest.regions);
     let planned = fanout::plan(&pinned.manifest, &vector, request.probe);
@@ -159,12 +159,7 @@ async fn embed(ctx: &mut Ctx, text: &str) -> Result<Vec<f32>, ApiError> {
         .next()
         .map(|e| e.embedding)
         .ok_or_else(|| ApiError::BadGateway("the embeddings origin sent no vector".into()))?;
-    let outcome = if ctx.cache.enabled() {
-        Outcome::Miss { stored: ctx.cache.put(&key, &vector), detail: None }
-    } else {
-        Outcome::Bypass
-    };
-    ctx.cache_status.push(outcome.member(Which::Embedding));
+    ctx.cache_status.push(ctx.cache.store(&key, &vector).member(Which::Embedding));
     Ok(vector)
 }
 
