@@ -371,6 +371,14 @@ pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<String, ApiError> {
 /// The body and its content type. An announced oversized body is refused before reading, an
 /// unannounced one as soon as it passes the limit (so it is never held whole), and a body that
 /// has not arrived within `BODY_TIMEOUT_MS` with 408.
+/// `future`, unless `limit` passes first.
+pub(crate) async fn race<F: std::future::Future>(future: F, limit: Duration) -> Option<F::Output> {
+    match select(std::pin::pin!(future), Delay::from(limit)).await {
+        Either::Left((output, _)) => Some(output),
+        Either::Right(_) => None,
+    }
+}
+
 pub(crate) async fn read_body(req: &mut Request, ctx: &Ctx, limit: usize) -> Result<(Option<String>, Vec<u8>), ApiError> {
     let announced = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<usize>().ok());
     if let Some(size) = announced.filter(|&size| size > limit) {
@@ -393,8 +401,7 @@ pub(crate) async fn read_body(req: &mut Request, ctx: &Ctx, limit: usize) -> Res
         // a connection reset in the middle of it.
         Err(ApiError::TooLarge { .. }) => {
             let drain = async { while let Some(Ok(_)) = reader.next().await {} };
-            let deadline = Delay::from(Duration::from_millis(ms));
-            matches!(select(std::pin::pin!(drain), std::pin::pin!(deadline)).await, Either::Right(_))
+            race(drain, Duration::from_millis(ms)).await.is_none()
         }
         _ => false,
     };

@@ -5,17 +5,15 @@
 //! The balancer lives per isolate so that the latency, health and Retry-After state one request
 //! learns steers the next. Its clock is `Date.now()`: wall time, which also dates `Retry-After`.
 use std::cell::RefCell;
-use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures::future::{select, Either};
 use futures::StreamExt;
 use worker::js_sys;
 use worker::wasm_bindgen::JsValue;
 use worker::{AbortController, AbortSignal, ByteStream, Date, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response};
 
-use super::{now_ms, observe, parsed, var};
+use super::{now_ms, observe, parsed, race, var};
 use crate::api::{judge_origin, refusal, ApiError, Verdict};
 use crate::balancer::{
     parse_affinity, parse_origins, Balancer, BalancerError, FailureKind, GiveUpReason, Kind, OriginId, Policy, RetryDecision,
@@ -169,15 +167,6 @@ impl Read for FirstChunk {
             Some(Some(Err(e))) => Err(Attempt::Failed(FailureKind::Connect, format!("reading the stream: {e}"))),
             Some(Some(Ok(first))) => Ok(Streamed { first, rest }),
         }
-    }
-}
-
-/// `future`, unless `limit` passes first.
-async fn race<F: Future>(future: F, limit: Duration) -> Option<F::Output> {
-    let future = std::pin::pin!(future);
-    match select(future, Delay::from(limit)).await {
-        Either::Left((output, _)) => Some(output),
-        Either::Right(_) => None,
     }
 }
 
