@@ -33,6 +33,18 @@ pub enum Route {
     Metrics,
 }
 
+/// The path of an absolute URL as the runtime serialises it (`scheme://authority/path?query#f`),
+/// still percent-encoded; `/` when it has none.
+pub fn url_path(url: &str) -> &str {
+    let Some(scheme_end) = url.find("://") else { return "/" };
+    let after_scheme = &url[scheme_end + 3..];
+    let rest = match after_scheme.find(['/', '?', '#']) {
+        Some(i) if after_scheme.as_bytes()[i] == b'/' => &after_scheme[i..],
+        _ => return "/",
+    };
+    &rest[..rest.find(['?', '#']).unwrap_or(rest.len())]
+}
+
 impl Route {
     pub fn parse(method: &str, path: &str) -> Result<Route, ApiError> {
         let path = path.trim_end_matches('/');
@@ -125,6 +137,22 @@ mod tests {
     use super::*;
     use futures::executor::block_on;
     use futures::{future, stream};
+
+    #[test]
+    fn url_paths_stop_at_the_query_and_keep_their_encoding() {
+        for (url, path) in [
+            ("https://example.com/", "/"),
+            ("https://example.com", "/"),
+            ("http://127.0.0.1:8787/v1/search", "/v1/search"),
+            ("https://example.com/v1/indexes/a%2Fb?x=/y", "/v1/indexes/a%2Fb"),
+            ("https://example.com/healthz#/frag?x", "/healthz"),
+            ("https://example.com?q=/v1/rag", "/"),
+            ("https://example.com#/v1/rag", "/"),
+            ("not a url", "/"),
+        ] {
+            assert_eq!(url_path(url), path, "{url}");
+        }
+    }
 
     fn chunks(parts: &[&str]) -> impl Stream<Item = Result<Vec<u8>, String>> {
         stream::iter(parts.iter().map(|p| Ok(p.as_bytes().to_vec())).collect::<Vec<_>>())

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 use worker::*;
 
-use super::{var, Config};
+use super::{var, Config, Incoming};
 use crate::api::{ApiError, Route};
 use crate::auth::{Auth, Grant};
 use crate::ratelimit::{Decision, Rate, TokenBucket};
@@ -32,8 +32,8 @@ fn for_isolate(env: &Env, config: &Config) -> Result<Rc<Auth>, ApiError> {
 }
 
 /// The caller's grant: 401/403 from the key rules, 429 when the key's rate is used up.
-pub async fn admit(req: &Request, env: &Env, config: &Config, route: &Route) -> Result<Grant, ApiError> {
-    let authorization = req.headers().get("authorization").ok().flatten();
+pub async fn admit(req: &Incoming, env: &Env, config: &Config, route: &Route) -> Result<Grant, ApiError> {
+    let authorization = req.header("authorization");
     let grant = for_isolate(env, config)?.admit(route, authorization.as_deref())?;
     if let Some(rate) = grant.rate {
         take(env, &grant.key_id, rate).await?;

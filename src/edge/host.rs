@@ -75,7 +75,7 @@ impl DurableObject for ShardHost {
 impl ShardHost {
     async fn answer(&self, req: &mut Request) -> std::result::Result<HostAnswer, ApiError> {
         let query: HostQuery = req.json().await.map_err(|e| ApiError::Invalid(format!("host query: {e}")))?;
-        let config = Config::from_env(&self.env)?;
+        let config = Config::for_isolate(&self.env)?;
         let store = store(&self.env)?;
         let source = R2::new(self.env.clone(), config.mentioned_regions());
         let pinned = store.pin_version(&source, &query.index, &query.version, &query.region).await?;

@@ -3,10 +3,10 @@
 //! and pass streamed answers through chunk by chunk as they arrive.
 use futures::stream::{self, StreamExt};
 use serde_json::Map;
-use worker::{Request, Response};
+use worker::Response;
 
 use super::origins::{Call, Lease, Reply, Streamed, CHAT_PATH};
-use super::{read_body, search, to_json, Ctx};
+use super::{read_body, search, to_json, Ctx, Incoming};
 use crate::api::{
     interrupted_event, parse_chat, parse_embeddings, parse_rag, passages, with_sources, ApiError, ChatRequest, SearchRequest,
     INFERENCE_BODY_LIMIT,
@@ -17,7 +17,7 @@ use crate::rag::{self, ChatCompletionRequest, ChatMessage, Passage};
 /// Passages retrieved for `/v1/chat/completions` with an index (the OpenAI request has no `k`).
 const CHAT_K: usize = crate::api::RAG_K_DEFAULT;
 
-pub async fn embeddings(req: &mut Request, ctx: &mut Ctx) -> Result<Response, ApiError> {
+pub async fn embeddings(req: &Incoming, ctx: &mut Ctx) -> Result<Response, ApiError> {
     let (content_type, body) = read_body(req, ctx, INFERENCE_BODY_LIMIT).await?;
     let request = parse_embeddings(content_type.as_deref(), &body)?;
     let home = ctx.home(&[]);
@@ -26,7 +26,7 @@ pub async fn embeddings(req: &mut Request, ctx: &mut Ctx) -> Result<Response, Ap
     json_bytes(reply.answer)
 }
 
-pub async fn rag(req: &mut Request, ctx: &mut Ctx) -> Result<Response, ApiError> {
+pub async fn rag(req: &Incoming, ctx: &mut Ctx) -> Result<Response, ApiError> {
     let (content_type, body) = read_body(req, ctx, INFERENCE_BODY_LIMIT).await?;
     let request = parse_rag(content_type.as_deref(), &body)?;
     // A bad model is refused before the embedding and the search are paid for.
@@ -42,9 +42,9 @@ pub async fn rag(req: &mut Request, ctx: &mut Ctx) -> Result<Response, ApiError>
     answer(ctx, completion, Some(&passages(&found.matches)), SourcesEvent::Send).await
 }
 
-pub async fn chat(req: &mut Request, ctx: &mut Ctx) -> Result<Response, ApiError> {
+pub async fn chat(req: &Incoming, ctx: &mut Ctx) -> Result<Response, ApiError> {
     let (content_type, body) = read_body(req, ctx, INFERENCE_BODY_LIMIT).await?;
-    let index_header = req.headers().get("x-rag-index").ok().flatten();
+    let index_header = req.header("x-rag-index");
     let ChatRequest { completion, index } = parse_chat(content_type.as_deref(), &body, index_header.as_deref())?;
     ctx.origins()?.check_model(Kind::Chat, &completion.model)?;
     let Some(index) = index else {

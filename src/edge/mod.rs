@@ -10,7 +10,7 @@ mod origins;
 mod r2;
 mod search;
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use serde::Serialize;
 use worker::wasm_bindgen::JsCast;
 use worker::*;
 
-use crate::api::{collect_body, ApiError, IndexSummary, Route, UNMATCHED_ROUTE};
+use crate::api::{collect_body, url_path, ApiError, IndexSummary, Route, UNMATCHED_ROUTE};
 use crate::auth::Grant;
 use crate::rag::DEFAULT_SYSTEM;
 use crate::store::{Location, RegionMap, Store, StoreError};
@@ -47,6 +47,7 @@ const BODY_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 thread_local! {
     // One store per isolate: shards fetched by one request serve the following ones.
     static STORE: OnceCell<Rc<Store>> = const { OnceCell::new() };
+    static CONFIG: RefCell<Option<Rc<Config>>> = const { RefCell::new(None) };
 }
 
 #[event(start)]
@@ -71,7 +72,7 @@ pub(crate) enum Mode {
     Durable,
 }
 
-/// Everything read from vars, once per request (cheap: a few string lookups).
+/// Everything read from vars, once per isolate (see `Config::for_isolate`).
 pub(crate) struct Config {
     pub dev: bool,
     pub regions: RegionMap,
@@ -97,6 +98,18 @@ fn parsed<T: std::str::FromStr>(env: &Env, name: &str, default: T) -> Result<T, 
 }
 
 impl Config {
+    /// Read at the isolate's first request: vars do not change under a running isolate, and
+    /// reading them (a dozen JS calls and a JSON parse) is not free. An invalid configuration is
+    /// not kept, so every request fails naming the var until the deployment is fixed.
+    pub fn for_isolate(env: &Env) -> Result<Rc<Config>, ApiError> {
+        if let Some(config) = CONFIG.with(|cell| cell.borrow().clone()) {
+            return Ok(config);
+        }
+        let config = Rc::new(Config::from_env(env)?);
+        CONFIG.with(|cell| *cell.borrow_mut() = Some(config.clone()));
+        Ok(config)
+    }
+
     fn from_env(env: &Env) -> Result<Config, ApiError> {
         let regions = RegionMap::from_json(&var(env, "REGION_MAP").unwrap_or_else(|| r#"{"default":"weur"}"#.into()))
             .map_err(ApiError::Misconfigured)?;
@@ -131,7 +144,11 @@ impl Config {
     }
 }
 
+/// This isolate's store; its vars are read when it is made.
 pub(crate) fn store(env: &Env) -> Result<Rc<Store>, ApiError> {
+    if let Some(store) = STORE.with(|cell| cell.get().cloned()) {
+        return Ok(store);
+    }
     let cache_bytes = parsed(env, "CACHE_BYTES", CACHE_BYTES_DEFAULT)?;
     let ttl = parsed(env, "CURRENT_TTL_MS", CURRENT_TTL_MS_DEFAULT)?;
     Ok(STORE.with(|cell| cell.get_or_init(|| Rc::new(Store::new(cache_bytes, ttl))).clone()))
@@ -180,7 +197,7 @@ impl Timing {
 /// Per-request facts the handlers need.
 pub(crate) struct Ctx {
     pub env: Env,
-    pub config: Config,
+    pub config: Rc<Config>,
     pub store: Rc<Store>,
     pub source: r2::R2,
     pub location: Location,
@@ -226,12 +243,32 @@ struct Report {
     index: Option<String>,
 }
 
+/// The client's request as the runtime hands it over. Not `worker::Request`: making one reads
+/// `request.cf` (in a CPU profile the costliest JS call of a request: workerd makes the object
+/// from JSON on each read), which `location` then reads again for the three fields it needs.
+pub(crate) struct Incoming {
+    raw: web_sys::Request,
+    headers: web_sys::Headers,
+    pub method: String,
+}
+
+impl Incoming {
+    fn new(raw: web_sys::Request) -> Incoming {
+        Incoming { headers: raw.headers(), method: raw.method(), raw }
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).ok().flatten()
+    }
+}
+
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, context: Context) -> Result<Response> {
+async fn fetch(req: web_sys::Request, env: Env, context: Context) -> Result<Response> {
     let started = now_ms();
+    let req = Incoming::new(req);
     let request_id = request_id(&req);
-    let trace = TraceContext::continue_or_start(req.headers().get("traceparent").ok().flatten().as_deref(), &mut random_u64);
-    let method = req.method().to_string();
+    let trace = TraceContext::continue_or_start(req.header("traceparent").as_deref(), &mut random_u64);
+    let method = req.method.clone();
     let outbound = origins::Outbound { request_id: request_id.clone(), traceparent: trace.traceparent() };
     let mut report = Report { route: UNMATCHED_ROUTE, timing: Timing::default(), cache_status: Vec::new(), index: None };
     let outcome = handle(req, env, context, outbound, &mut report).await;
@@ -275,21 +312,21 @@ fn random_u64() -> u64 {
 }
 
 async fn handle(
-    mut req: Request,
+    req: Incoming,
     env: Env,
     context: Context,
     outbound: origins::Outbound,
     report: &mut Report,
 ) -> Result<Response, ApiError> {
-    let route = Route::parse(req.method().as_ref(), &req.path())?;
+    let route = Route::parse(&req.method, url_path(&req.raw.url()))?;
     report.route = route.label();
-    let config = Config::from_env(&env)?;
+    let config = Config::for_isolate(&env)?;
     let grant = access::admit(&req, &env, &config, &route).await?;
     let mut ctx = Ctx {
         source: r2::R2::new(env.clone(), config.mentioned_regions()),
         store: store(&env)?,
         location: location(&req),
-        forced_region: if config.dev { req.headers().get("x-edge-region").ok().flatten() } else { None },
+        forced_region: if config.dev { req.header("x-edge-region") } else { None },
         // Parsed at the first request (and kept per isolate), so a bad ORIGINS fails loudly at once.
         origins: origins::for_isolate(&env)?,
         cache: cache::ResponseCache::new(config.result_cache_ttl_s, context),
@@ -301,7 +338,7 @@ async fn handle(
         index: None,
         grant,
     };
-    let response = route_to(route, &mut req, &mut ctx).await;
+    let response = route_to(route, &req, &mut ctx).await;
     // After the handler, whether it failed or not: an error's log line and headers need these too.
     report.timing = ctx.timing;
     report.cache_status = ctx.cache_status;
@@ -309,7 +346,7 @@ async fn handle(
     response
 }
 
-async fn route_to(route: Route, req: &mut Request, ctx: &mut Ctx) -> Result<Response, ApiError> {
+async fn route_to(route: Route, req: &Incoming, ctx: &mut Ctx) -> Result<Response, ApiError> {
     match route {
         Route::Health => json(&serde_json::json!({
             "status": "ok",
@@ -379,14 +416,14 @@ pub(crate) async fn race<F: std::future::Future>(future: F, limit: Duration) -> 
     }
 }
 
-pub(crate) async fn read_body(req: &mut Request, ctx: &Ctx, limit: usize) -> Result<(Option<String>, Vec<u8>), ApiError> {
-    let announced = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<usize>().ok());
+pub(crate) async fn read_body(req: &Incoming, ctx: &Ctx, limit: usize) -> Result<(Option<String>, Vec<u8>), ApiError> {
+    let announced = req.header("content-length").and_then(|v| v.parse::<usize>().ok());
     if let Some(size) = announced.filter(|&size| size > limit) {
         return Err(ApiError::TooLarge { size, limit });
     }
-    let content_type = req.headers().get("content-type").ok().flatten();
+    let content_type = req.header("content-type");
     // No body at all is an empty one (which then fails as JSON).
-    let Some(raw) = req.inner().body() else { return Ok((content_type, Vec::new())) };
+    let Some(raw) = req.raw.body() else { return Ok((content_type, Vec::new())) };
     let mut body_stream = wasm_streams::ReadableStream::from_raw(raw);
     let mut reader = body_stream.get_reader().into_stream();
     let mut chunks = (&mut reader).map(|chunk| {
@@ -413,8 +450,8 @@ pub(crate) async fn read_body(req: &mut Request, ctx: &Ctx, limit: usize) -> Res
 }
 
 /// The caller's id when it is a sane token (so traces join up), else a fresh random one.
-fn request_id(req: &Request) -> String {
-    let given = req.headers().get("x-request-id").ok().flatten().unwrap_or_default();
+fn request_id(req: &Incoming) -> String {
+    let given = req.header("x-request-id").unwrap_or_default();
     let sane = !given.is_empty()
         && given.len() <= 64
         && given.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
@@ -428,8 +465,8 @@ fn request_id(req: &Request) -> String {
 
 /// Read through Reflect instead of `worker::Cf`, whose getters unwrap and would panic on the
 /// partial `cf` object a local runtime supplies.
-fn location(req: &Request) -> Location {
-    let cf = js_sys::Reflect::get(req.inner(), &"cf".into()).unwrap_or_default();
+fn location(req: &Incoming) -> Location {
+    let cf = js_sys::Reflect::get(&req.raw, &"cf".into()).unwrap_or_default();
     let field = |name: &str| {
         if cf.is_object() {
             js_sys::Reflect::get(&cf, &name.into()).ok().and_then(|v| v.as_string())

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use worker::js_sys;
-use worker::wasm_bindgen::JsValue;
-use worker::{AbortController, AbortSignal, ByteStream, Date, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response};
+use worker::js_sys::futures::JsFuture;
+use worker::wasm_bindgen::{JsCast, JsValue};
+use worker::{web_sys, AbortController, AbortSignal, ByteStream, Date, Delay, Env, Headers, Method, Request, RequestInit, Response};
 
 use super::{now_ms, observe, parsed, race, var};
 use crate::api::{judge_origin, refusal, ApiError, Verdict};
@@ -127,7 +128,7 @@ trait Read {
     type Out;
     /// The `accept` header of the request.
     const ACCEPT: &'static str;
-    async fn read(response: Response, within: Duration) -> Result<Self::Out, Attempt>;
+    async fn read(response: web_sys::Response, within: Duration) -> Result<Self::Out, Attempt>;
 }
 
 /// A non-streamed answer is read whole: until it is, the client has nothing, so a failure while
@@ -137,11 +138,15 @@ struct Whole;
 impl Read for Whole {
     type Out = Vec<u8>;
     const ACCEPT: &'static str = "application/json";
-    async fn read(mut response: Response, within: Duration) -> Result<Vec<u8>, Attempt> {
-        match race(response.bytes(), within).await {
+    async fn read(response: web_sys::Response, within: Duration) -> Result<Vec<u8>, Attempt> {
+        let failed = |e: JsValue| Attempt::Failed(FailureKind::Connect, format!("reading the answer: {e:?}"));
+        // `arrayBuffer()`: the runtime collects the body in one call, rather than a JS round trip
+        // per chunk and a lock release through a stream reader.
+        let whole = JsFuture::from(response.array_buffer().map_err(failed)?);
+        match race(whole, within).await {
             None => Err(Attempt::Failed(FailureKind::Timeout, "no complete answer within the try timeout".into())),
-            Some(Err(e)) => Err(Attempt::Failed(FailureKind::Connect, format!("reading the answer: {e}"))),
-            Some(Ok(bytes)) => Ok(bytes),
+            Some(Err(e)) => Err(failed(e)),
+            Some(Ok(buffer)) => Ok(js_sys::Uint8Array::new(&buffer).to_vec()),
         }
     }
 }
@@ -159,7 +164,8 @@ pub struct Streamed {
 impl Read for FirstChunk {
     type Out = Streamed;
     const ACCEPT: &'static str = "text/event-stream";
-    async fn read(mut response: Response, within: Duration) -> Result<Streamed, Attempt> {
+    async fn read(response: web_sys::Response, within: Duration) -> Result<Streamed, Attempt> {
+        let mut response = Response::from(response);
         let mut rest = response.stream().map_err(|e| Attempt::Failed(FailureKind::Connect, format!("no body: {e}")))?;
         match race(rest.next(), within).await {
             None => Err(Attempt::Failed(FailureKind::Timeout, "no first token within the try timeout".into())),
@@ -412,13 +418,19 @@ async fn attempt<R: Read>(
     init.with_method(Method::Post).with_headers(headers).with_body(Some(JsValue::from_str(body)));
     let request = Request::new_with_init(url, &init).map_err(connect)?;
     let until = now_ms() + timeout.as_secs_f64() * 1000.0;
-    let response = match race(Fetch::Request(request).send_with_signal(signal), timeout).await {
+    // The runtime's Response as is: making a `worker::Response` reads properties (`cf`,
+    // `webSocket`) that an origin's answer never has, each a JS call.
+    let init = web_sys::RequestInit::new();
+    init.set_signal(Some(&**signal));
+    let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+    let sent = JsFuture::from(global.fetch_with_request_and_init(request.inner(), &init));
+    let response: web_sys::Response = match race(sent, timeout).await {
         None => return Err(Attempt::Failed(FailureKind::Timeout, "no response within the try timeout".into())),
-        Some(response) => response.map_err(connect)?,
+        Some(response) => response.and_then(|r| r.dyn_into()).map_err(|e| connect(e.into()))?,
     };
     let latency = observe::seconds(now_ms() - started);
     observe::record(|m| m.observe(&ORIGIN_DURATION, &[("origin", origin)], latency));
-    let status = response.status_code();
+    let status = response.status();
     let retry_after = response.headers().get("retry-after").ok().flatten();
     let left = Duration::from_secs_f64(((until - now_ms()) / 1000.0).max(0.0));
     match judge_origin(status, retry_after.as_deref(), now()) {

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use futures::future::{select, Either};
 use futures::stream::{self, StreamExt};
-use worker::{Delay, Request};
+use worker::Delay;
 
 use super::cache::{Outcome, Which};
-use super::{host, now_ms, observe, read_body, Ctx, Mode, Timing};
+use super::{host, now_ms, observe, read_body, Ctx, Incoming, Mode, Timing};
 use crate::api::{parse_search, ApiError, Match, Query, SearchRequest, SearchResponse, BODY_LIMIT};
 use crate::cache_key::{embedding_key, normalise_text, search_key};
 use crate::metrics::{EMBEDDING_DURATION, SEARCH_DURATION};
@@ -21,7 +21,7 @@ use crate::rag::{EmbeddingInput, EmbeddingsRequest, EmbeddingsResponse};
 use crate::shard::{Filter, Hit, Metric, SearchParams};
 use crate::store::{Got, LoadedShard, Pinned};
 
-pub async fn handle(req: &mut Request, ctx: &mut Ctx) -> Result<SearchResponse, ApiError> {
+pub async fn handle(req: &Incoming, ctx: &mut Ctx) -> Result<SearchResponse, ApiError> {
     let (content_type, body) = read_body(req, ctx, BODY_LIMIT).await?;
     run(ctx, &parse_search(content_type.as_deref(), &body)?).await
 }

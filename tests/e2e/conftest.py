@@ -161,16 +161,19 @@ def publish(index_dir, persist):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def start_worker(persist, mode, logfile, extra_vars=None, ready_status=200):
+def start_worker(persist, mode, logfile, extra_vars=None, ready_status=200, inspector=True):
     """`wrangler dev` serving `persist`; ready once /healthz answers `ready_status` (a deployment
-    with a bad configuration answers every request, /healthz included, with a 500 problem)."""
+    with a bad configuration answers every request, /healthz included, with a 500 problem).
+    `inspector=False`: the same dev server without wrangler's DevTools inspector (`scripts/serve
+    --no-inspector`), as benchmarks use it."""
     port = free_port()
     env = dict(os.environ, WRANGLER_SEND_METRICS="false")
     # CURRENT_TTL_MS=0: a publish is visible to the next request (tests check versions); callers may override.
     variables = dict(SERVING_MODE=mode, CURRENT_TTL_MS="0", API_KEYS=json.dumps(KEY_TABLE))
     variables.update(extra_vars or {})
     proc = subprocess.Popen(
-        [os.path.join(ROOT, "scripts", "serve"), "--port", str(port), "--persist-to", persist, "--",
+        [os.path.join(ROOT, "scripts", "serve"), "--port", str(port), "--persist-to", persist,
+         *([] if inspector else ["--no-inspector"]), "--",
          *(arg for name, value in variables.items() for arg in ("--var", f"{name}:{value}"))],
         cwd=ROOT, env=env, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
     worker = Worker(port, persist, proc, logfile.name)

@@ -92,6 +92,9 @@ def test_bad_input_gets_problem_json(env):
         assert problem["status"] == status and problem["type"].endswith("/" + kind), (name, problem)
         assert problem["title"] and problem["detail"], name
     assert env["local"].call("GET", "/v1/search")[0] == 405
+    # A method the route does not offer is refused as sent, whatever its spelling.
+    got, _, problem = env["local"].call("PROPFIND", "/healthz")
+    assert got == 405 and "PROPFIND" in problem["detail"], problem
     assert env["local"].call("GET", "/nowhere")[0] == 404
 
 
