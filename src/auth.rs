@@ -59,12 +59,24 @@ const FORBIDDEN_INDEX: &str = "this API key may not read the requested index";
 impl Grant {
     /// A public route's caller: no index, nothing else.
     fn anonymous() -> Grant {
-        Grant { key_id: String::new(), tenant: String::new(), indexes: Indexes::Only(Vec::new()), rate: None, admin: false }
+        Grant {
+            key_id: String::new(),
+            tenant: String::new(),
+            indexes: Indexes::Only(Vec::new()),
+            rate: None,
+            admin: false,
+        }
     }
 
     /// `AUTH = off` (development only): everything, unlimited.
     fn open() -> Grant {
-        Grant { key_id: "auth-off".into(), tenant: "dev".into(), indexes: Indexes::All, rate: None, admin: true }
+        Grant {
+            key_id: "auth-off".into(),
+            tenant: "dev".into(),
+            indexes: Indexes::All,
+            rate: None,
+            admin: true,
+        }
     }
 
     pub fn may_read(&self, index: &str) -> bool {
@@ -86,7 +98,9 @@ impl Grant {
     /// 403 for a non-admin key on an admin route.
     pub fn check_access(&self, needs: Access) -> Result<(), ApiError> {
         if needs == Access::Admin && !self.admin {
-            return Err(ApiError::Forbidden("this route needs an admin API key".into()));
+            return Err(ApiError::Forbidden(
+                "this route needs an admin API key".into(),
+            ));
         }
         Ok(())
     }
@@ -124,36 +138,60 @@ impl KeyTable {
     /// A JSON array of `{id, tenant, sha256, indexes, rate?, admin?}`; an error names the entry and
     /// field (never a hash).
     pub fn parse(json: &str) -> Result<KeyTable, String> {
-        let entries: Vec<Value> = serde_json::from_str(json).map_err(|e| format!("API_KEYS is not a JSON array: {e}"))?;
+        let entries: Vec<Value> =
+            serde_json::from_str(json).map_err(|e| format!("API_KEYS is not a JSON array: {e}"))?;
         if entries.is_empty() {
             return Err("API_KEYS has no keys".into());
         }
         let mut keys: Vec<Key> = Vec::with_capacity(entries.len());
         for (i, entry) in entries.into_iter().enumerate() {
             let at = |field: &str| format!("API_KEYS[{i}].{field}");
-            let entry: KeyEntry = serde_json::from_value(entry).map_err(|e| format!("API_KEYS[{i}]: {e}"))?;
+            let entry: KeyEntry =
+                serde_json::from_value(entry).map_err(|e| format!("API_KEYS[{i}]: {e}"))?;
             if entry.id.trim().is_empty() || entry.tenant.trim().is_empty() {
-                return Err(format!("API_KEYS[{i}]: `id` and `tenant` must not be empty"));
+                return Err(format!(
+                    "API_KEYS[{i}]: `id` and `tenant` must not be empty"
+                ));
             }
-            let digest = parse_digest(&entry.sha256).ok_or_else(|| format!("{}: 64 lowercase hex digits expected", at("sha256")))?;
+            let digest = parse_digest(&entry.sha256)
+                .ok_or_else(|| format!("{}: 64 lowercase hex digits expected", at("sha256")))?;
             let indexes = match entry.indexes.as_slice() {
-                [] => return Err(format!("{}: empty (list the indexes, or [\"*\"] for all)", at("indexes"))),
+                [] => {
+                    return Err(format!(
+                        "{}: empty (list the indexes, or [\"*\"] for all)",
+                        at("indexes")
+                    ))
+                }
                 [all] if all == "*" => Indexes::All,
                 names if names.iter().any(|n| n.is_empty() || n == "*") => {
-                    return Err(format!("{}: \"*\" must stand alone, and names must not be empty", at("indexes")))
+                    return Err(format!(
+                        "{}: \"*\" must stand alone, and names must not be empty",
+                        at("indexes")
+                    ))
                 }
                 names => Indexes::Only(names.to_vec()),
             };
             if let Some(rate) = &entry.rate {
-                rate.validate().map_err(|e| format!("{}: {e}", at("rate")))?;
+                rate.validate()
+                    .map_err(|e| format!("{}: {e}", at("rate")))?;
             }
             if let Some(j) = keys.iter().position(|k| k.grant.key_id == entry.id) {
-                return Err(format!("{}: {:?} is also the id of API_KEYS[{j}]", at("id"), entry.id));
+                return Err(format!(
+                    "{}: {:?} is also the id of API_KEYS[{j}]",
+                    at("id"),
+                    entry.id
+                ));
             }
             if let Some(j) = keys.iter().position(|k| k.digest == digest) {
                 return Err(format!("{}: the same hash as API_KEYS[{j}]", at("sha256")));
             }
-            let grant = Grant { key_id: entry.id, tenant: entry.tenant, indexes, rate: entry.rate, admin: entry.admin };
+            let grant = Grant {
+                key_id: entry.id,
+                tenant: entry.tenant,
+                indexes,
+                rate: entry.rate,
+                admin: entry.admin,
+            };
             keys.push(Key { digest, grant });
         }
         Ok(KeyTable { keys })
@@ -162,7 +200,9 @@ impl KeyTable {
     /// The grant of the key in an `Authorization` header. Every entry is compared, without
     /// branching on the outcome until the end; missing, malformed and unknown keys are one error.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<&Grant, ApiError> {
-        let token = authorization.and_then(bearer_token).ok_or(ApiError::Unauthorized)?;
+        let token = authorization
+            .and_then(bearer_token)
+            .ok_or(ApiError::Unauthorized)?;
         let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut found = Choice::from(0);
         let mut at = 0u64;
@@ -172,7 +212,10 @@ impl KeyTable {
             found |= matched;
         }
         if bool::from(found) {
-            self.keys.get(at as usize).map(|k| &k.grant).ok_or(ApiError::Unauthorized)
+            self.keys
+                .get(at as usize)
+                .map(|k| &k.grant)
+                .ok_or(ApiError::Unauthorized)
         } else {
             Err(ApiError::Unauthorized)
         }
@@ -211,17 +254,27 @@ pub enum Auth {
 }
 
 impl Auth {
-    pub fn from_vars(auth: Option<&str>, dev: bool, api_keys: Option<&str>) -> Result<Auth, ApiError> {
+    pub fn from_vars(
+        auth: Option<&str>,
+        dev: bool,
+        api_keys: Option<&str>,
+    ) -> Result<Auth, ApiError> {
         match auth.map(str::trim) {
             None | Some("required") => {
                 let json = api_keys.ok_or_else(|| {
                     ApiError::Misconfigured("API_KEYS is not set; AUTH = \"required\" needs the key table (`wrangler secret put API_KEYS`)".into())
                 })?;
-                KeyTable::parse(json).map(Auth::Required).map_err(ApiError::Misconfigured)
+                KeyTable::parse(json)
+                    .map(Auth::Required)
+                    .map_err(ApiError::Misconfigured)
             }
             Some("off") if dev => Ok(Auth::Off),
-            Some("off") => Err(ApiError::Misconfigured("AUTH = \"off\" is only allowed with ENVIRONMENT = \"dev\"".into())),
-            Some(other) => Err(ApiError::Misconfigured(format!("AUTH = {other:?}: expected \"required\" or \"off\""))),
+            Some("off") => Err(ApiError::Misconfigured(
+                "AUTH = \"off\" is only allowed with ENVIRONMENT = \"dev\"".into(),
+            )),
+            Some(other) => Err(ApiError::Misconfigured(format!(
+                "AUTH = {other:?}: expected \"required\" or \"off\""
+            ))),
         }
     }
 
@@ -245,7 +298,10 @@ mod tests {
 
     /// What `printf %s "$KEY" | sha256sum` prints.
     fn key_hash(key: &str) -> String {
-        Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+        Sha256::digest(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     fn table() -> KeyTable {
@@ -261,7 +317,10 @@ mod tests {
     #[test]
     fn the_hash_is_sha256_hex() {
         // `printf %s abc | sha256sum`
-        assert_eq!(key_hash("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            key_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert_eq!(parse_digest(&key_hash("abc")).map(|d| d[0]), Some(0xba));
         assert_eq!(parse_digest(&key_hash("abc").to_uppercase()), None);
         assert_eq!(parse_digest("ab"), None);
@@ -271,13 +330,45 @@ mod tests {
     fn tokens_find_their_keys_and_everything_else_is_one_401() {
         let t = table();
         let acme = t.authenticate(Some("Bearer acme-secret")).expect("acme");
-        assert_eq!((acme.key_id.as_str(), acme.tenant.as_str(), acme.admin), ("k-acme", "acme", false));
-        assert_eq!(acme.rate, Some(Rate { requests: 60, per_s: 60 }));
-        assert_eq!(t.authenticate(Some("bearer  ops-secret ")).expect("ops").key_id, "k-ops");
-        assert_eq!(t.authenticate(Some("Bearer beta-secret")).expect("beta").indexes, Indexes::Only(vec!["other".into(), "more".into()]));
-        for bad in [None, Some(""), Some("Bearer"), Some("Bearer "), Some("Basic acme-secret"), Some("acme-secret"),
-                    Some("Bearer acme-secret2"), Some("Bearer ACME-SECRET"), Some(key_hash("acme-secret").as_str())] {
-            assert_eq!(t.authenticate(bad).unwrap_err(), ApiError::Unauthorized, "{bad:?}");
+        assert_eq!(
+            (acme.key_id.as_str(), acme.tenant.as_str(), acme.admin),
+            ("k-acme", "acme", false)
+        );
+        assert_eq!(
+            acme.rate,
+            Some(Rate {
+                requests: 60,
+                per_s: 60
+            })
+        );
+        assert_eq!(
+            t.authenticate(Some("bearer  ops-secret "))
+                .expect("ops")
+                .key_id,
+            "k-ops"
+        );
+        assert_eq!(
+            t.authenticate(Some("Bearer beta-secret"))
+                .expect("beta")
+                .indexes,
+            Indexes::Only(vec!["other".into(), "more".into()])
+        );
+        for bad in [
+            None,
+            Some(""),
+            Some("Bearer"),
+            Some("Bearer "),
+            Some("Basic acme-secret"),
+            Some("acme-secret"),
+            Some("Bearer acme-secret2"),
+            Some("Bearer ACME-SECRET"),
+            Some(key_hash("acme-secret").as_str()),
+        ] {
+            assert_eq!(
+                t.authenticate(bad).unwrap_err(),
+                ApiError::Unauthorized,
+                "{bad:?}"
+            );
         }
         assert_eq!(ApiError::Unauthorized.status(), 401);
     }
@@ -290,42 +381,110 @@ mod tests {
         let foreign = acme.check_index("other").unwrap_err();
         let unknown = acme.check_index("no-such-index").unwrap_err();
         assert_eq!(foreign.status(), 403);
-        assert_eq!(foreign, unknown, "a foreign and an unknown index look alike");
+        assert_eq!(
+            foreign, unknown,
+            "a foreign and an unknown index look alike"
+        );
         let names = vec!["docs".to_string(), "more".into(), "other".into()];
         assert_eq!(acme.visible(names.clone()), ["docs"]);
-        assert_eq!(t.authenticate(Some("Bearer beta-secret")).expect("beta").visible(names.clone()), ["more", "other"]);
-        assert_eq!(t.authenticate(Some("Bearer ops-secret")).expect("ops").visible(names.clone()), names);
+        assert_eq!(
+            t.authenticate(Some("Bearer beta-secret"))
+                .expect("beta")
+                .visible(names.clone()),
+            ["more", "other"]
+        );
+        assert_eq!(
+            t.authenticate(Some("Bearer ops-secret"))
+                .expect("ops")
+                .visible(names.clone()),
+            names
+        );
     }
 
     #[test]
     fn routes_need_a_key_except_health() {
         let auth = Auth::Required(table());
-        assert_eq!(auth.admit(&Route::Health, None).expect("public").indexes, Indexes::Only(vec![]));
-        for route in [Route::Indexes, Route::Index("docs".into()), Route::Search, Route::Embeddings, Route::Rag, Route::ChatCompletions] {
-            assert_eq!(auth.admit(&route, None).unwrap_err().status(), 401, "{route:?}");
-            assert_eq!(auth.admit(&route, Some("Bearer acme-secret")).expect("acme").key_id, "k-acme");
+        assert_eq!(
+            auth.admit(&Route::Health, None).expect("public").indexes,
+            Indexes::Only(vec![])
+        );
+        for route in [
+            Route::Indexes,
+            Route::Index("docs".into()),
+            Route::Search,
+            Route::Embeddings,
+            Route::Rag,
+            Route::ChatCompletions,
+        ] {
+            assert_eq!(
+                auth.admit(&route, None).unwrap_err().status(),
+                401,
+                "{route:?}"
+            );
+            assert_eq!(
+                auth.admit(&route, Some("Bearer acme-secret"))
+                    .expect("acme")
+                    .key_id,
+                "k-acme"
+            );
         }
     }
 
     #[test]
     fn admin_routes_need_an_admin_key() {
         let t = table();
-        let grant = |token: &str| t.authenticate(Some(&format!("Bearer {token}"))).expect("a key").clone();
+        let grant = |token: &str| {
+            t.authenticate(Some(&format!("Bearer {token}")))
+                .expect("a key")
+                .clone()
+        };
         assert!(grant("ops-secret").check_access(Access::Admin).is_ok());
-        assert_eq!(grant("acme-secret").check_access(Access::Admin).unwrap_err().status(), 403);
+        assert_eq!(
+            grant("acme-secret")
+                .check_access(Access::Admin)
+                .unwrap_err()
+                .status(),
+            403
+        );
         assert!(grant("acme-secret").check_access(Access::Key).is_ok());
     }
 
     #[test]
     fn auth_off_is_for_development_only() {
-        assert!(matches!(Auth::from_vars(Some("off"), true, None), Ok(Auth::Off)));
+        assert!(matches!(
+            Auth::from_vars(Some("off"), true, None),
+            Ok(Auth::Off)
+        ));
         let open = Auth::Off.admit(&Route::Search, None).expect("open");
         assert!(open.may_read("anything") && open.rate.is_none());
-        assert_eq!(Auth::from_vars(Some("off"), false, None).err().map(|e| e.status()), Some(500));
-        assert_eq!(Auth::from_vars(None, true, None).err().map(|e| e.status()), Some(500), "required needs a table");
-        assert_eq!(Auth::from_vars(Some("maybe"), true, Some("[]")).err().map(|e| e.status()), Some(500));
-        assert!(matches!(Auth::from_vars(Some("required"), false, Some(&format!(
-            r#"[{{"id":"a","tenant":"t","sha256":"{}","indexes":["*"]}}]"#, key_hash("k")))), Ok(Auth::Required(_))));
+        assert_eq!(
+            Auth::from_vars(Some("off"), false, None)
+                .err()
+                .map(|e| e.status()),
+            Some(500)
+        );
+        assert_eq!(
+            Auth::from_vars(None, true, None).err().map(|e| e.status()),
+            Some(500),
+            "required needs a table"
+        );
+        assert_eq!(
+            Auth::from_vars(Some("maybe"), true, Some("[]"))
+                .err()
+                .map(|e| e.status()),
+            Some(500)
+        );
+        assert!(matches!(
+            Auth::from_vars(
+                Some("required"),
+                false,
+                Some(&format!(
+                    r#"[{{"id":"a","tenant":"t","sha256":"{}","indexes":["*"]}}]"#,
+                    key_hash("k")
+                ))
+            ),
+            Ok(Auth::Required(_))
+        ));
     }
 
     #[test]
@@ -335,21 +494,65 @@ mod tests {
         let cases = [
             ("{}".to_string(), "not a JSON array"),
             ("[]".to_string(), "no keys"),
-            (format!(r#"[{{"id":"a","tenant":"t","sha256":"{h}","indexes":["*"],"colour":1}}]"#), "API_KEYS[0]: unknown field `colour`"),
-            (format!(r#"[{{"id":"a","tenant":"t","indexes":["*"]}}]"#), "API_KEYS[0]: missing field `sha256`"),
-            (r#"[{"id":"a","tenant":"t","sha256":"abc","indexes":["*"]}]"#.to_string(), "API_KEYS[0].sha256"),
-            (format!(r#"[{{"id":"a","tenant":"t","sha256":"{}","indexes":["*"]}}]"#, h.to_uppercase()), "API_KEYS[0].sha256"),
-            (format!(r#"[{{"id":"a","tenant":"t","sha256":"{h}","indexes":[]}}]"#), "API_KEYS[0].indexes"),
-            (format!(r#"[{{"id":"a","tenant":"t","sha256":"{h}","indexes":["*","docs"]}}]"#), "API_KEYS[0].indexes"),
-            (format!(r#"[{{"id":"a","tenant":"t","sha256":"{h}","indexes":["d"],"rate":{{"requests":0,"per_s":1}}}}]"#), "API_KEYS[0].rate"),
-            (format!(r#"[{{"id":"a","tenant":"","sha256":"{h}","indexes":["d"]}}]"#), "API_KEYS[0]"),
-            (format!(r#"[{{"id":"a","tenant":"t","sha256":"{h}","indexes":["d"]}},{{"id":"a","tenant":"t","sha256":"{h2}","indexes":["d"]}}]"#), "API_KEYS[1].id"),
-            (format!(r#"[{{"id":"a","tenant":"t","sha256":"{h}","indexes":["d"]}},{{"id":"b","tenant":"t","sha256":"{h}","indexes":["d"]}}]"#), "API_KEYS[1].sha256"),
+            (
+                format!(r#"[{{"id":"a","tenant":"t","sha256":"{h}","indexes":["*"],"colour":1}}]"#),
+                "API_KEYS[0]: unknown field `colour`",
+            ),
+            (
+                format!(r#"[{{"id":"a","tenant":"t","indexes":["*"]}}]"#),
+                "API_KEYS[0]: missing field `sha256`",
+            ),
+            (
+                r#"[{"id":"a","tenant":"t","sha256":"abc","indexes":["*"]}]"#.to_string(),
+                "API_KEYS[0].sha256",
+            ),
+            (
+                format!(
+                    r#"[{{"id":"a","tenant":"t","sha256":"{}","indexes":["*"]}}]"#,
+                    h.to_uppercase()
+                ),
+                "API_KEYS[0].sha256",
+            ),
+            (
+                format!(r#"[{{"id":"a","tenant":"t","sha256":"{h}","indexes":[]}}]"#),
+                "API_KEYS[0].indexes",
+            ),
+            (
+                format!(r#"[{{"id":"a","tenant":"t","sha256":"{h}","indexes":["*","docs"]}}]"#),
+                "API_KEYS[0].indexes",
+            ),
+            (
+                format!(
+                    r#"[{{"id":"a","tenant":"t","sha256":"{h}","indexes":["d"],"rate":{{"requests":0,"per_s":1}}}}]"#
+                ),
+                "API_KEYS[0].rate",
+            ),
+            (
+                format!(r#"[{{"id":"a","tenant":"","sha256":"{h}","indexes":["d"]}}]"#),
+                "API_KEYS[0]",
+            ),
+            (
+                format!(
+                    r#"[{{"id":"a","tenant":"t","sha256":"{h}","indexes":["d"]}},{{"id":"a","tenant":"t","sha256":"{h2}","indexes":["d"]}}]"#
+                ),
+                "API_KEYS[1].id",
+            ),
+            (
+                format!(
+                    r#"[{{"id":"a","tenant":"t","sha256":"{h}","indexes":["d"]}},{{"id":"b","tenant":"t","sha256":"{h}","indexes":["d"]}}]"#
+                ),
+                "API_KEYS[1].sha256",
+            ),
         ];
         for (json, want) in cases {
-            let error = KeyTable::parse(&json).err().unwrap_or_else(|| panic!("{json} parsed"));
+            let error = KeyTable::parse(&json)
+                .err()
+                .unwrap_or_else(|| panic!("{json} parsed"));
             assert!(error.contains(want), "{json}: {error}");
-            assert!(!error.contains(&h[..16]) && !error.contains(&h2[..16]), "no hash in {error}");
+            assert!(
+                !error.contains(&h[..16]) && !error.contains(&h2[..16]),
+                "no hash in {error}"
+            );
         }
     }
 }

@@ -29,8 +29,12 @@ pub fn normalise_text(text: &str) -> String {
 /// is the model a text query is embedded with (part of what the text means).
 pub fn search_key(request: &SearchRequest, version: &str, embedding_model: &str) -> String {
     let query = match &request.query {
-        Query::Vector(vector) => serde_json::json!({ "vector_bits": vector.iter().map(|x| x.to_bits()).collect::<Vec<_>>() }),
-        Query::Text(text) => serde_json::json!({ "text": normalise_text(text), "model": embedding_model }),
+        Query::Vector(vector) => {
+            serde_json::json!({ "vector_bits": vector.iter().map(|x| x.to_bits()).collect::<Vec<_>>() })
+        }
+        Query::Text(text) => {
+            serde_json::json!({ "text": normalise_text(text), "model": embedding_model })
+        }
     };
     let shape = serde_json::json!({
         "query": query,
@@ -39,13 +43,22 @@ pub fn search_key(request: &SearchRequest, version: &str, embedding_model: &str)
         "probe": request.probe,
         "filter": request.filter.clone().map(Value::Object),
     });
-    format!("{CACHE_ORIGIN}/search/{}/{}/{}", segment(&request.index), segment(version), sha256_hex(&canonical(&shape)))
+    format!(
+        "{CACHE_ORIGIN}/search/{}/{}/{}",
+        segment(&request.index),
+        segment(version),
+        sha256_hex(&canonical(&shape))
+    )
 }
 
 /// Where the embedding of (already normalised) `text` by `model` is cached; independent of any
 /// index version.
 pub fn embedding_key(model: &str, text: &str) -> String {
-    format!("{CACHE_ORIGIN}/embedding/{}/{}", segment(model), sha256_hex(text))
+    format!(
+        "{CACHE_ORIGIN}/embedding/{}/{}",
+        segment(model),
+        sha256_hex(text)
+    )
 }
 
 /// JSON with object keys sorted at every depth, whatever order the map kept them in.
@@ -54,19 +67,27 @@ fn canonical(value: &Value) -> String {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort();
-            let members: Vec<String> = keys.iter().map(|k| format!("{}:{}", Value::String((*k).clone()), canonical(&map[*k]))).collect();
+            let members: Vec<String> = keys
+                .iter()
+                .map(|k| format!("{}:{}", Value::String((*k).clone()), canonical(&map[*k])))
+                .collect();
             format!("{{{}}}", members.join(","))
         }
-        Value::Array(items) => format!("[{}]", items.iter().map(canonical).collect::<Vec<_>>().join(",")),
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(canonical).collect::<Vec<_>>().join(",")
+        ),
         scalar => scalar.to_string(),
     }
 }
 
 fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes()).iter().fold(String::with_capacity(64), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .fold(String::with_capacity(64), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
 }
 
 /// Percent-encodes all but RFC 3986's unreserved characters, so a name is one path segment.
@@ -94,12 +115,30 @@ mod tests {
 
     #[test]
     fn equal_queries_share_a_key_however_spelled() {
-        let a = key(r#"{"index":"docs","vector":[1,0.5],"k":3,"filter":{"a":1,"b":{"y":2,"x":1}}}"#, "v1");
-        let b = key(r#"{"filter":{"b":{"x":1,"y":2},"a":1},"k":3,"vector":[1.0,0.50],"index":"docs","ef":64}"#, "v1");
-        assert_eq!(a, b, "key order, number spelling and the default ef do not matter");
-        assert!(a.starts_with("https://cache.edgerag.internal/search/docs/v1/"), "{a}");
-        let text = key(r#"{"index":"docs","text":"  How do I\tread\n a file? "}"#, "v1");
-        assert_eq!(text, key(r#"{"index":"docs","text":"How do I read a file?"}"#, "v1"));
+        let a = key(
+            r#"{"index":"docs","vector":[1,0.5],"k":3,"filter":{"a":1,"b":{"y":2,"x":1}}}"#,
+            "v1",
+        );
+        let b = key(
+            r#"{"filter":{"b":{"x":1,"y":2},"a":1},"k":3,"vector":[1.0,0.50],"index":"docs","ef":64}"#,
+            "v1",
+        );
+        assert_eq!(
+            a, b,
+            "key order, number spelling and the default ef do not matter"
+        );
+        assert!(
+            a.starts_with("https://cache.edgerag.internal/search/docs/v1/"),
+            "{a}"
+        );
+        let text = key(
+            r#"{"index":"docs","text":"  How do I\tread\n a file? "}"#,
+            "v1",
+        );
+        assert_eq!(
+            text,
+            key(r#"{"index":"docs","text":"How do I read a file?"}"#, "v1")
+        );
     }
 
     #[test]
@@ -112,26 +151,46 @@ mod tests {
             key(r#"{"index":"docs","vector":[1,0.5],"k":3}"#, "v1"),
             key(r#"{"index":"docs","vector":[1,0.5],"ef":65}"#, "v1"),
             key(r#"{"index":"docs","vector":[1,0.5],"probe":1}"#, "v1"),
-            key(r#"{"index":"docs","vector":[1,0.5],"filter":{"a":1}}"#, "v1"),
-            key(r#"{"index":"docs","vector":[1,0.5],"filter":{"a":"1"}}"#, "v1"),
+            key(
+                r#"{"index":"docs","vector":[1,0.5],"filter":{"a":1}}"#,
+                "v1",
+            ),
+            key(
+                r#"{"index":"docs","vector":[1,0.5],"filter":{"a":"1"}}"#,
+                "v1",
+            ),
             key(r#"{"index":"docs","text":"1 0.5"}"#, "v1"),
         ];
         for (i, other) in others.iter().enumerate() {
             assert_ne!(&base, other, "variant {i}");
         }
-        let request = parse_search(Some("application/json"), br#"{"index":"docs","text":"q"}"#).expect("valid");
-        assert_ne!(search_key(&request, "v1", "minilm"), search_key(&request, "v1", "other-model"));
-        assert_ne!(normalise_text("Read"), normalise_text("read"), "no lowercasing: the model may be cased");
+        let request = parse_search(Some("application/json"), br#"{"index":"docs","text":"q"}"#)
+            .expect("valid");
+        assert_ne!(
+            search_key(&request, "v1", "minilm"),
+            search_key(&request, "v1", "other-model")
+        );
+        assert_ne!(
+            normalise_text("Read"),
+            normalise_text("read"),
+            "no lowercasing: the model may be cased"
+        );
     }
 
     #[test]
     fn names_are_one_path_segment() {
         let k = key(r#"{"index":"a/b?c#d e","vector":[1]}"#, "v1");
-        assert!(k.starts_with("https://cache.edgerag.internal/search/a%2Fb%3Fc%23d%20e/v1/"), "{k}");
+        assert!(
+            k.starts_with("https://cache.edgerag.internal/search/a%2Fb%3Fc%23d%20e/v1/"),
+            "{k}"
+        );
         assert_eq!(
             embedding_key("all-MiniLM-L6-v2", "hello"),
             "https://cache.edgerag.internal/embedding/all-MiniLM-L6-v2/2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         );
-        assert_eq!(canonical(&serde_json::json!({"b":[{"d":1,"c":"\n"}],"a":null})), r#"{"a":null,"b":[{"c":"\n","d":1}]}"#);
+        assert_eq!(
+            canonical(&serde_json::json!({"b":[{"d":1,"c":"\n"}],"a":null})),
+            r#"{"a":null,"b":[{"c":"\n","d":1}]}"#
+        );
     }
 }

@@ -44,12 +44,20 @@ pub struct Merged<'a, P> {
 pub struct AllFailed(pub Vec<(usize, String)>);
 
 fn describe(failed: &[(usize, String)]) -> String {
-    failed.iter().map(|(i, why)| format!("shard {i}: {why}")).collect::<Vec<_>>().join("; ")
+    failed
+        .iter()
+        .map(|(i, why)| format!("shard {i}: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl<P> Gather<P> {
     pub fn new(planned: Vec<usize>) -> Self {
-        Gather { planned, answers: BTreeMap::new(), failures: BTreeMap::new() }
+        Gather {
+            planned,
+            answers: BTreeMap::new(),
+            failures: BTreeMap::new(),
+        }
     }
 
     pub fn record(&mut self, shard: usize, outcome: Result<Answer<P>, String>) {
@@ -64,7 +72,15 @@ impl<P> Gather<P> {
             .planned
             .iter()
             .filter(|i| !self.answers.contains_key(i))
-            .map(|&i| (i, self.failures.get(&i).cloned().unwrap_or_else(|| "deadline exceeded".into())))
+            .map(|&i| {
+                (
+                    i,
+                    self.failures
+                        .get(&i)
+                        .cloned()
+                        .unwrap_or_else(|| "deadline exceeded".into()),
+                )
+            })
             .collect();
         if self.answers.is_empty() && !failed.is_empty() {
             return Err(AllFailed(failed));
@@ -82,19 +98,43 @@ mod tests {
     use super::*;
 
     fn hits(list: &[(u32, f32)]) -> Vec<Hit> {
-        list.iter().map(|&(ord, distance)| Hit { ord, distance }).collect()
+        list.iter()
+            .map(|&(ord, distance)| Hit { ord, distance })
+            .collect()
     }
 
     #[test]
     fn merges_answers_exactly_and_names_missing_shards() {
         let mut g = Gather::new(vec![0, 1, 2, 3]);
-        g.record(2, Ok(Answer { hits: hits(&[(7, 0.2), (8, 0.9)]), passages: "c" }));
-        g.record(0, Ok(Answer { hits: hits(&[(1, 0.1), (2, 0.5)]), passages: "a" }));
+        g.record(
+            2,
+            Ok(Answer {
+                hits: hits(&[(7, 0.2), (8, 0.9)]),
+                passages: "c",
+            }),
+        );
+        g.record(
+            0,
+            Ok(Answer {
+                hits: hits(&[(1, 0.1), (2, 0.5)]),
+                passages: "a",
+            }),
+        );
         g.record(1, Err("checksum mismatch".into()));
         let merged = g.merge(3).unwrap();
-        let got: Vec<(usize, u32, &str)> = merged.top.iter().map(|(h, p)| (h.shard, h.ord, **p)).collect();
+        let got: Vec<(usize, u32, &str)> = merged
+            .top
+            .iter()
+            .map(|(h, p)| (h.shard, h.ord, **p))
+            .collect();
         assert_eq!(got, vec![(0, 1, "a"), (2, 7, "c"), (0, 2, "a")]);
-        assert_eq!(merged.failed, vec![(1, "checksum mismatch".into()), (3, "deadline exceeded".into())]);
+        assert_eq!(
+            merged.failed,
+            vec![
+                (1, "checksum mismatch".into()),
+                (3, "deadline exceeded".into())
+            ]
+        );
     }
 
     #[test]

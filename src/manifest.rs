@@ -28,7 +28,9 @@ fn hex(checksum: u64) -> String {
 pub enum ManifestError {
     #[error("manifest is not valid JSON for this format: {0}")]
     Json(String),
-    #[error("unsupported manifest format version {found} (this build reads versions 1 to {supported})")]
+    #[error(
+        "unsupported manifest format version {found} (this build reads versions 1 to {supported})"
+    )]
     UnsupportedVersion { found: u32, supported: u32 },
     #[error("invalid manifest: {0}")]
     Invalid(String),
@@ -101,7 +103,9 @@ impl Manifest {
 
     pub fn validate(&self) -> Result<(), ManifestError> {
         let invalid = |message: String| Err(ManifestError::Invalid(message));
-        if !(OLDEST_READABLE_FORMAT_VERSION..=MANIFEST_FORMAT_VERSION).contains(&self.format_version) {
+        if !(OLDEST_READABLE_FORMAT_VERSION..=MANIFEST_FORMAT_VERSION)
+            .contains(&self.format_version)
+        {
             return Err(ManifestError::UnsupportedVersion {
                 found: self.format_version,
                 supported: MANIFEST_FORMAT_VERSION,
@@ -340,11 +344,20 @@ mod tests {
         manifest.format_version = 1;
         manifest.shards[0].bytes = blob.len() as u64;
         manifest.shards[0].checksum = checksum_hex(&blob);
-        assert!(!matches!(manifest.validate(), Err(ManifestError::UnsupportedVersion { .. })));
+        assert!(!matches!(
+            manifest.validate(),
+            Err(ManifestError::UnsupportedVersion { .. })
+        ));
         assert!(manifest.verify_shard(0, &blob).is_ok());
         manifest.shards[0].checksum = checksum_hex(payload);
-        assert!(matches!(manifest.verify_shard(0, &blob), Err(ManifestError::ShardMismatch { .. })));
+        assert!(matches!(
+            manifest.verify_shard(0, &blob),
+            Err(ManifestError::ShardMismatch { .. })
+        ));
         manifest.format_version = 0;
-        assert!(matches!(manifest.validate(), Err(ManifestError::UnsupportedVersion { found: 0, .. })));
+        assert!(matches!(
+            manifest.validate(),
+            Err(ManifestError::UnsupportedVersion { found: 0, .. })
+        ));
     }
 }

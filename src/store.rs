@@ -77,7 +77,10 @@ impl RegionMap {
 /// Only regions with a configured bucket appear.
 pub fn replica_order(home: &str, holders: &[String], configured: &[String]) -> Vec<String> {
     let mut order: Vec<String> = Vec::new();
-    for region in std::iter::once(home).chain(holders.iter().map(String::as_str)).chain(configured.iter().map(String::as_str)) {
+    for region in std::iter::once(home)
+        .chain(holders.iter().map(String::as_str))
+        .chain(configured.iter().map(String::as_str))
+    {
         if configured.iter().any(|c| c == region) && !order.iter().any(|o| o == region) {
             order.push(region.to_string());
         }
@@ -94,7 +97,10 @@ pub struct VersionPointers {
 
 impl VersionPointers {
     pub fn new(ttl_ms: f64) -> Self {
-        VersionPointers { ttl_ms, seen: RefCell::new(HashMap::new()) }
+        VersionPointers {
+            ttl_ms,
+            seen: RefCell::new(HashMap::new()),
+        }
     }
 
     pub fn fresh(&self, index: &str, now_ms: f64) -> Option<String> {
@@ -104,7 +110,9 @@ impl VersionPointers {
     }
 
     pub fn remember(&self, index: &str, version: &str, now_ms: f64) {
-        self.seen.borrow_mut().insert(index.to_string(), (version.to_string(), now_ms));
+        self.seen
+            .borrow_mut()
+            .insert(index.to_string(), (version.to_string(), now_ms));
     }
 }
 
@@ -117,14 +125,22 @@ struct Loaded<V> {
 // Not derived: that would demand `V: Clone`, and only the Rc is cloned.
 impl<V> Clone for Loaded<V> {
     fn clone(&self) -> Self {
-        Loaded { value: self.value.clone(), bytes: self.bytes }
+        Loaded {
+            value: self.value.clone(),
+            bytes: self.bytes,
+        }
     }
 }
 
 enum Slot<V> {
-    Ready { loaded: Loaded<V>, used: u64 },
+    Ready {
+        loaded: Loaded<V>,
+        used: u64,
+    },
     /// A request is loading this key; `load_id` tells its slot from a later load's.
-    Loading { load_id: u64 },
+    Loading {
+        load_id: u64,
+    },
 }
 
 /// What [`Cache::get_or_load`] hands back.
@@ -168,7 +184,8 @@ struct LoadingGuard<'a, V> {
 impl<V> Drop for LoadingGuard<'_, V> {
     fn drop(&mut self) {
         let mut state = self.cache.state.borrow_mut();
-        if matches!(state.slots.get(self.key), Some(Slot::Loading { load_id }) if *load_id == self.load_id) {
+        if matches!(state.slots.get(self.key), Some(Slot::Loading { load_id }) if *load_id == self.load_id)
+        {
             state.slots.remove(self.key);
         }
     }
@@ -176,7 +193,15 @@ impl<V> Drop for LoadingGuard<'_, V> {
 
 impl<V: 'static> Cache<V> {
     pub fn new(capacity: usize) -> Self {
-        Cache { capacity, state: RefCell::new(CacheState { slots: HashMap::new(), bytes: 0, tick: 0, reads: Reads::default() }) }
+        Cache {
+            capacity,
+            state: RefCell::new(CacheState {
+                slots: HashMap::new(),
+                bytes: 0,
+                tick: 0,
+                reads: Reads::default(),
+            }),
+        }
     }
 
     /// Bytes held by ready entries.
@@ -189,7 +214,12 @@ impl<V: 'static> Cache<V> {
     }
 
     pub fn len(&self) -> usize {
-        self.state.borrow().slots.values().filter(|s| matches!(s, Slot::Ready { .. })).count()
+        self.state
+            .borrow()
+            .slots
+            .values()
+            .filter(|s| matches!(s, Slot::Ready { .. }))
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -223,11 +253,16 @@ impl<V: 'static> Cache<V> {
                         } else {
                             state.reads.hits += 1;
                         }
-                        return Ok(Got { value, loaded_now: waited });
+                        return Ok(Got {
+                            value,
+                            loaded_now: waited,
+                        });
                     }
                     Some(Slot::Loading { .. }) => {}
                     None => {
-                        state.slots.insert(key.to_string(), Slot::Loading { load_id: tick });
+                        state
+                            .slots
+                            .insert(key.to_string(), Slot::Loading { load_id: tick });
                         state.reads.misses += 1;
                         break tick;
                     }
@@ -236,11 +271,21 @@ impl<V: 'static> Cache<V> {
             waited = true;
             pause().await;
         };
-        let _guard = LoadingGuard { cache: self, key, load_id };
+        let _guard = LoadingGuard {
+            cache: self,
+            key,
+            load_id,
+        };
         let (value, bytes) = load.await?;
-        let loaded = Loaded { value: Rc::new(value), bytes };
+        let loaded = Loaded {
+            value: Rc::new(value),
+            bytes,
+        };
         self.settle(key, loaded.clone());
-        Ok(Got { value: loaded.value, loaded_now: true })
+        Ok(Got {
+            value: loaded.value,
+            loaded_now: true,
+        })
     }
 
     fn settle(&self, key: &str, loaded: Loaded<V>) {
@@ -253,7 +298,9 @@ impl<V: 'static> Cache<V> {
         state.tick += 1;
         let used = state.tick;
         state.bytes += loaded.bytes;
-        state.slots.insert(key.to_string(), Slot::Ready { loaded, used });
+        state
+            .slots
+            .insert(key.to_string(), Slot::Ready { loaded, used });
         while state.bytes > self.capacity {
             let victim = state
                 .slots
@@ -345,7 +392,11 @@ impl Store {
     }
 
     /// Index names, as listed by the first region that answers.
-    pub async fn indexes<S: Source>(&self, source: &S, home: &str) -> Result<Vec<String>, StoreError> {
+    pub async fn indexes<S: Source>(
+        &self,
+        source: &S,
+        home: &str,
+    ) -> Result<Vec<String>, StoreError> {
         let mut last = String::from("no region is configured");
         for region in replica_order(home, &[], &source.regions()) {
             match source.indexes(&region).await {
@@ -358,7 +409,12 @@ impl Store {
 
     /// Reads (or recalls) `<index>/current` once and loads that version's manifest.
     /// A name no index can have is unknown without a lookup (and is not echoed whole).
-    pub async fn pin<S: Source>(&self, source: &S, index: &str, home: &str) -> Result<Pinned, StoreError> {
+    pub async fn pin<S: Source>(
+        &self,
+        source: &S,
+        index: &str,
+        home: &str,
+    ) -> Result<Pinned, StoreError> {
         if !is_index_name(index) {
             let shown: String = index.chars().take(32).collect();
             let more = if shown.len() < index.len() { "…" } else { "" };
@@ -381,27 +437,47 @@ impl Store {
 
     /// Loads the manifest of a version named by someone else (a shard host gets it from the
     /// entry worker, so both sides use the same version).
-    pub async fn pin_version<S: Source>(&self, source: &S, index: &str, version: &str, home: &str) -> Result<Pinned, StoreError> {
+    pub async fn pin_version<S: Source>(
+        &self,
+        source: &S,
+        index: &str,
+        version: &str,
+        home: &str,
+    ) -> Result<Pinned, StoreError> {
         let order = replica_order(home, &[], &source.regions());
         let key = blob_key(index, &version, MANIFEST_FILE);
         let (source2, key2) = (source.clone(), key.clone());
         let load = async move {
-            let (bytes, region) = read_first(&source2, &order, &key2)
-                .await?
-                .ok_or_else(|| StoreError::Unavailable(format!("{key2} is missing in every region")))?;
+            let (bytes, region) = read_first(&source2, &order, &key2).await?.ok_or_else(|| {
+                StoreError::Unavailable(format!("{key2} is missing in every region"))
+            })?;
             let manifest = Manifest::from_json(&bytes)
                 .map_err(|e| StoreError::Unavailable(format!("{key2} in {region}: {e}")))?;
             Ok((manifest, bytes.len()))
         };
-        let manifest = self.manifests.get_or_load(&key, load, || source.pause()).await?.value;
-        Ok(Pinned { index: index.to_string(), version: version.to_string(), manifest })
+        let manifest = self
+            .manifests
+            .get_or_load(&key, load, || source.pause())
+            .await?
+            .value;
+        Ok(Pinned {
+            index: index.to_string(),
+            version: version.to_string(),
+            manifest,
+        })
     }
 
     /// Shard `i` of the pinned version: from this isolate's cache, else read from the first
     /// region holding an intact copy of the file the manifest names (the manifest's checksum is
     /// the one in the blob's header, and the payload hashes to it: verified once, as it arrives,
     /// before it is cached), then opened without hashing again.
-    pub async fn shard<S: Source>(&self, source: &S, pinned: &Pinned, i: usize, home: &str) -> Result<Got<LoadedShard>, StoreError> {
+    pub async fn shard<S: Source>(
+        &self,
+        source: &S,
+        pinned: &Pinned,
+        i: usize,
+        home: &str,
+    ) -> Result<Got<LoadedShard>, StoreError> {
         let entry = pinned
             .manifest
             .shards
@@ -425,20 +501,34 @@ impl Store {
                 };
                 // A corrupt replica is skipped: another region may hold a good one.
                 let intact = manifest.verify_shard(i, &bytes).map_err(|e| e.to_string());
-                if let Err(e) = intact.and_then(|()| format::verify_payload(&bytes).map_err(|e| e.to_string())) {
+                if let Err(e) =
+                    intact.and_then(|()| format::verify_payload(&bytes).map_err(|e| e.to_string()))
+                {
                     problems.push(format!("{region}: {e}"));
                     continue;
                 }
                 let fetched = source.now_ms();
                 let len = bytes.len();
-                let shard = Shard::open(bytes).map_err(|e| StoreError::Unavailable(format!("{key2} in {region}: {e}")))?;
+                let shard = Shard::open(bytes)
+                    .map_err(|e| StoreError::Unavailable(format!("{key2} in {region}: {e}")))?;
                 let validate_ms = source.now_ms() - fetched;
-                return Ok((LoadedShard { shard, region: region.clone(), fetch_ms: fetched - started, validate_ms }, len));
+                return Ok((
+                    LoadedShard {
+                        shard,
+                        region: region.clone(),
+                        fetch_ms: fetched - started,
+                        validate_ms,
+                    },
+                    len,
+                ));
             }
             if problems.is_empty() {
                 problems.push("missing in every region".into());
             }
-            Err(StoreError::Unavailable(format!("{key2}: {}", problems.join("; "))))
+            Err(StoreError::Unavailable(format!(
+                "{key2}: {}",
+                problems.join("; ")
+            )))
         };
         self.shards.get_or_load(&key, load, || source.pause()).await
     }
@@ -446,7 +536,11 @@ impl Store {
 
 /// The object from the first region that has it, and that region. Errors only if no region has
 /// it and some region failed to answer (so "missing" is never confused with "unreachable").
-async fn read_first<S: Source>(source: &S, order: &[String], key: &str) -> Result<Option<(AlignedVec<16>, String)>, StoreError> {
+async fn read_first<S: Source>(
+    source: &S,
+    order: &[String],
+    key: &str,
+) -> Result<Option<(AlignedVec<16>, String)>, StoreError> {
     let mut errors = Vec::new();
     for region in order {
         match source.get(region, key).await {
@@ -458,7 +552,10 @@ async fn read_first<S: Source>(source: &S, order: &[String], key: &str) -> Resul
     if errors.is_empty() {
         Ok(None)
     } else {
-        Err(StoreError::Unavailable(format!("reading {key}: {}", errors.join("; "))))
+        Err(StoreError::Unavailable(format!(
+            "reading {key}: {}",
+            errors.join("; ")
+        )))
     }
 }
 
@@ -475,7 +572,11 @@ mod tests {
         futures::future::ready(())
     }
 
-    fn counting_load(calls: &Rc<Cell<u32>>, value: &'static str, bytes: usize) -> impl Future<Output = Result<(String, usize), String>> {
+    fn counting_load(
+        calls: &Rc<Cell<u32>>,
+        value: &'static str,
+        bytes: usize,
+    ) -> impl Future<Output = Result<(String, usize), String>> {
         let calls = calls.clone();
         async move {
             calls.set(calls.get() + 1);
@@ -493,7 +594,8 @@ mod tests {
         let mut pool = LocalPool::new();
         let results = Rc::new(RefCell::new(Vec::new()));
         for _ in 0..5 {
-            let (cache, calls, gate, results) = (cache.clone(), calls.clone(), gate.clone(), results.clone());
+            let (cache, calls, gate, results) =
+                (cache.clone(), calls.clone(), gate.clone(), results.clone());
             pool.spawner()
                 .spawn_local(async move {
                     let load_gate = gate.clone();
@@ -505,7 +607,9 @@ mod tests {
                     // Waiters pause until the gate opens: by then the load has settled.
                     let pause = || gate.clone().map(|_| ());
                     let got = cache.get_or_load("a", load, pause).await.unwrap();
-                    results.borrow_mut().push((got.value.to_string(), got.loaded_now));
+                    results
+                        .borrow_mut()
+                        .push((got.value.to_string(), got.loaded_now));
                 })
                 .unwrap();
         }
@@ -514,10 +618,19 @@ mod tests {
         tx.send(()).unwrap();
         pool.run_until_stalled();
         assert_eq!(*results.borrow(), vec![("blob".to_string(), true); 5]);
-        let again = futures::executor::block_on(cache.get_or_load("a", counting_load(&calls, "x", 1), no_pause)).unwrap();
+        let again = futures::executor::block_on(cache.get_or_load(
+            "a",
+            counting_load(&calls, "x", 1),
+            no_pause,
+        ))
+        .unwrap();
         assert!(!again.loaded_now);
         assert_eq!((calls.get(), cache.bytes(), cache.len()), (1, 10, 1));
-        assert_eq!(cache.reads(), Reads { hits: 1, misses: 5 }, "the loader and its four waiters missed");
+        assert_eq!(
+            cache.reads(),
+            Reads { hits: 1, misses: 5 },
+            "the loader and its four waiters missed"
+        );
     }
 
     #[test]
@@ -525,7 +638,12 @@ mod tests {
         let cache: Cache<String> = Cache::new(100);
         let calls = Rc::new(Cell::new(0));
         let get = |key: &'static str, bytes| {
-            futures::executor::block_on(cache.get_or_load(key, counting_load(&calls, key, bytes), no_pause)).unwrap()
+            futures::executor::block_on(cache.get_or_load(
+                key,
+                counting_load(&calls, key, bytes),
+                no_pause,
+            ))
+            .unwrap()
         };
         get("a", 40);
         get("b", 40);
@@ -543,13 +661,22 @@ mod tests {
     #[test]
     fn an_abandoned_load_is_taken_over_by_a_waiter() {
         let cache: Cache<String> = Cache::new(100);
-        let abandoned = cache.get_or_load("a", futures::future::pending::<Result<(String, usize), String>>(), no_pause);
+        let abandoned = cache.get_or_load(
+            "a",
+            futures::future::pending::<Result<(String, usize), String>>(),
+            no_pause,
+        );
         let mut abandoned = Box::pin(abandoned);
         // Start the load (it never finishes), then drop it as a cancelled request would.
         assert!(abandoned.as_mut().now_or_never().is_none());
         drop(abandoned);
         let calls = Rc::new(Cell::new(0));
-        let got = futures::executor::block_on(cache.get_or_load("a", counting_load(&calls, "ok", 1), no_pause)).unwrap();
+        let got = futures::executor::block_on(cache.get_or_load(
+            "a",
+            counting_load(&calls, "ok", 1),
+            no_pause,
+        ))
+        .unwrap();
         assert_eq!((got.value.as_str(), calls.get()), ("ok", 1));
     }
 
@@ -557,31 +684,62 @@ mod tests {
     fn failed_loads_are_retried() {
         let cache: Cache<String> = Cache::new(100);
         let failing = async { Err::<(String, usize), String>("boom".into()) };
-        assert_eq!(futures::executor::block_on(cache.get_or_load("a", failing, no_pause)).err(), Some("boom".to_string()));
+        assert_eq!(
+            futures::executor::block_on(cache.get_or_load("a", failing, no_pause)).err(),
+            Some("boom".to_string())
+        );
         let calls = Rc::new(Cell::new(0));
-        assert!(futures::executor::block_on(cache.get_or_load("a", counting_load(&calls, "ok", 1), no_pause)).is_ok());
+        assert!(futures::executor::block_on(cache.get_or_load(
+            "a",
+            counting_load(&calls, "ok", 1),
+            no_pause
+        ))
+        .is_ok());
         assert_eq!(calls.get(), 1);
     }
 
     #[test]
     fn region_mapping_prefers_specific_and_stays_available() {
-        let map = RegionMap::from_json(r#"{"default":"weur","continent":{"NA":"enam","AS":"apac"},"colo":{"SJC":"wnam"}}"#).unwrap();
+        let map = RegionMap::from_json(
+            r#"{"default":"weur","continent":{"NA":"enam","AS":"apac"},"colo":{"SJC":"wnam"}}"#,
+        )
+        .unwrap();
         let avail = vec!["weur".to_string(), "enam".to_string()];
-        let loc = |colo: &str, continent: &str| Location { colo: Some(colo.into()), region: None, continent: Some(continent.into()) };
+        let loc = |colo: &str, continent: &str| Location {
+            colo: Some(colo.into()),
+            region: None,
+            continent: Some(continent.into()),
+        };
         assert_eq!(map.home(&loc("EWR", "NA"), None, &avail), "enam");
-        assert_eq!(map.home(&loc("SJC", "NA"), None, &avail), "weur", "wnam unavailable: default");
+        assert_eq!(
+            map.home(&loc("SJC", "NA"), None, &avail),
+            "weur",
+            "wnam unavailable: default"
+        );
         assert_eq!(map.home(&loc("LHR", "EU"), None, &avail), "weur");
         assert_eq!(map.home(&loc("LHR", "EU"), Some("enam"), &avail), "enam");
-        assert_eq!(map.home(&Location::default(), None, &["enam".to_string()]), "enam");
-        assert!(RegionMap::from_json(r#"{"continent":{}}"#).is_err(), "default is required");
+        assert_eq!(
+            map.home(&Location::default(), None, &["enam".to_string()]),
+            "enam"
+        );
+        assert!(
+            RegionMap::from_json(r#"{"continent":{}}"#).is_err(),
+            "default is required"
+        );
     }
 
     #[test]
     fn replicas_home_first_then_holders_then_rest() {
         let configured: Vec<String> = ["weur", "enam", "apac"].map(String::from).to_vec();
         let holders = vec!["apac".to_string(), "mars".to_string()];
-        assert_eq!(replica_order("enam", &holders, &configured), ["enam", "apac", "weur"]);
-        assert_eq!(replica_order("mars", &[], &configured), ["weur", "enam", "apac"]);
+        assert_eq!(
+            replica_order("enam", &holders, &configured),
+            ["enam", "apac", "weur"]
+        );
+        assert_eq!(
+            replica_order("mars", &[], &configured),
+            ["weur", "enam", "apac"]
+        );
     }
 
     /// A source with no objects that counts its reads.
@@ -612,9 +770,15 @@ mod tests {
         assert_eq!(pin("docs"), Some(StoreError::UnknownIndex("docs".into())));
         assert_eq!(source.0.get(), 1, "a possible name is looked up");
         let long = "d".repeat(100_000);
-        assert_eq!(pin(&long), Some(StoreError::UnknownIndex(format!("{}…", &long[..32]))));
+        assert_eq!(
+            pin(&long),
+            Some(StoreError::UnknownIndex(format!("{}…", &long[..32])))
+        );
         for bad in ["", "..", "a/b", ".hidden", "tab\tname"] {
-            assert!(matches!(pin(bad), Some(StoreError::UnknownIndex(_))), "{bad:?}");
+            assert!(
+                matches!(pin(bad), Some(StoreError::UnknownIndex(_))),
+                "{bad:?}"
+            );
         }
         assert_eq!(source.0.get(), 1, "impossible names are not looked up");
     }

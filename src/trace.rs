@@ -15,15 +15,26 @@ pub struct TraceContext {
 impl TraceContext {
     /// Continues the trace in `header` when it is a valid `traceparent`, else starts a new one.
     /// Either way the span id is new: the caller's span is our parent, not us.
-    pub fn continue_or_start(header: Option<&str>, random: &mut impl FnMut() -> u64) -> TraceContext {
+    pub fn continue_or_start(
+        header: Option<&str>,
+        random: &mut impl FnMut() -> u64,
+    ) -> TraceContext {
         let span_id = nonzero_u64(random).to_be_bytes();
         match header.and_then(parse) {
-            Some((trace_id, flags)) => TraceContext { trace_id, span_id, sampled: flags & 1 == 1 },
+            Some((trace_id, flags)) => TraceContext {
+                trace_id,
+                span_id,
+                sampled: flags & 1 == 1,
+            },
             None => {
                 let mut trace_id = [0; 16];
                 trace_id[..8].copy_from_slice(&random().to_be_bytes());
                 trace_id[8..].copy_from_slice(&nonzero_u64(random).to_be_bytes());
-                TraceContext { trace_id, span_id, sampled: true }
+                TraceContext {
+                    trace_id,
+                    span_id,
+                    sampled: true,
+                }
             }
         }
     }
@@ -35,7 +46,12 @@ impl TraceContext {
     /// The header for a request this worker makes: same trace, our span as the parent. Only the
     /// flag version 00 defines (sampled) is passed on.
     pub fn traceparent(&self) -> String {
-        format!("00-{}-{}-{:02x}", hex(&self.trace_id), hex(&self.span_id), u8::from(self.sampled))
+        format!(
+            "00-{}-{}-{:02x}",
+            hex(&self.trace_id),
+            hex(&self.span_id),
+            u8::from(self.sampled)
+        )
     }
 }
 
@@ -54,7 +70,11 @@ fn hex(bytes: &[u8]) -> String {
 /// Lowercase hex of exactly `N` bytes.
 fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
     let digits = text.as_bytes();
-    if digits.len() != 2 * N || !digits.iter().all(|d| matches!(d, b'0'..=b'9' | b'a'..=b'f')) {
+    if digits.len() != 2 * N
+        || !digits
+            .iter()
+            .all(|d| matches!(d, b'0'..=b'9' | b'a'..=b'f'))
+    {
         return None;
     }
     let mut out = [0; N];
@@ -71,11 +91,19 @@ fn parse(header: &str) -> Option<([u8; 16], u8)> {
     let version = unhex::<1>(header.get(..2)?)?[0];
     let fixed = header.get(..55)?;
     let rest = &header[55..];
-    if version == 0xff || (version == 0 && !rest.is_empty()) || !(rest.is_empty() || rest.starts_with('-')) {
+    if version == 0xff
+        || (version == 0 && !rest.is_empty())
+        || !(rest.is_empty() || rest.starts_with('-'))
+    {
         return None;
     }
     let mut fields = fixed.split('-');
-    let (_, trace, parent, flags) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
+    let (_, trace, parent, flags) = (
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+    );
     let trace_id = unhex::<16>(trace)?;
     let parent_id = unhex::<8>(parent)?;
     let flags = unhex::<1>(flags)?[0];
@@ -104,13 +132,24 @@ mod tests {
         let t = TraceContext::continue_or_start(Some(VALID), &mut counter());
         assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
         let sent = t.traceparent();
-        assert_eq!(sent, "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000001001-01");
+        assert_eq!(
+            sent,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000001001-01"
+        );
         let unsampled = VALID.replace("-01", "-00");
-        assert!(TraceContext::continue_or_start(Some(&unsampled), &mut counter()).traceparent().ends_with("-00"));
+        assert!(
+            TraceContext::continue_or_start(Some(&unsampled), &mut counter())
+                .traceparent()
+                .ends_with("-00")
+        );
         // Unknown flags are not passed on; a later version's extra fields are ignored.
-        let future = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-what-the-future-holds";
+        let future =
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-what-the-future-holds";
         let t = TraceContext::continue_or_start(Some(future), &mut counter());
-        assert_eq!(t.traceparent(), "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000001001-01");
+        assert_eq!(
+            t.traceparent(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000001001-01"
+        );
     }
 
     #[test]
@@ -134,9 +173,17 @@ mod tests {
         ];
         for header in bad {
             let t = TraceContext::continue_or_start(Some(header), &mut counter());
-            assert_eq!(t.trace_id(), "00000000000010020000000000001003", "{header:?}");
+            assert_eq!(
+                t.trace_id(),
+                "00000000000010020000000000001003",
+                "{header:?}"
+            );
         }
         let t = TraceContext::continue_or_start(None, &mut || 0);
-        assert_eq!(t.traceparent(), "00-00000000000000000000000000000001-0000000000000001-01", "never all-zero ids");
+        assert_eq!(
+            t.traceparent(),
+            "00-00000000000000000000000000000001-0000000000000001-01",
+            "never all-zero ids"
+        );
     }
 }

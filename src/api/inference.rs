@@ -41,7 +41,10 @@ pub struct RagRequest {
 pub fn parse_rag(content_type: Option<&str>, body: &[u8]) -> Result<RagRequest, ApiError> {
     let request: RagRequest = parse_json(content_type, body, INFERENCE_BODY_LIMIT)?;
     if !(1..=K_MAX).contains(&request.k) {
-        return Err(ApiError::Invalid(format!("`k` must be in 1..={K_MAX}, got {}", request.k)));
+        return Err(ApiError::Invalid(format!(
+            "`k` must be in 1..={K_MAX}, got {}",
+            request.k
+        )));
     }
     if request.query.trim().is_empty() {
         return Err(ApiError::Invalid("`query` is empty".into()));
@@ -60,8 +63,13 @@ pub struct ChatRequest {
 
 /// Parses an OpenAI chat completion request. The index comes from the body's `index` member (an
 /// extension, removed so the origin sees a plain OpenAI request) or else the `x-rag-index` header.
-pub fn parse_chat(content_type: Option<&str>, body: &[u8], index_header: Option<&str>) -> Result<ChatRequest, ApiError> {
-    let mut completion: ChatCompletionRequest = parse_json(content_type, body, INFERENCE_BODY_LIMIT)?;
+pub fn parse_chat(
+    content_type: Option<&str>,
+    body: &[u8],
+    index_header: Option<&str>,
+) -> Result<ChatRequest, ApiError> {
+    let mut completion: ChatCompletionRequest =
+        parse_json(content_type, body, INFERENCE_BODY_LIMIT)?;
     non_empty_model(&completion.model)?;
     if completion.messages.is_empty() {
         return Err(ApiError::Invalid("`messages` is empty".into()));
@@ -69,13 +77,22 @@ pub fn parse_chat(content_type: Option<&str>, body: &[u8], index_header: Option<
     for (i, message) in completion.messages.iter().enumerate() {
         let chars = message.text().chars().count();
         if chars > MESSAGE_CHARS_MAX {
-            return Err(ApiError::Invalid(format!("`messages[{i}]` has {chars} characters of text; the limit is {MESSAGE_CHARS_MAX}")));
+            return Err(ApiError::Invalid(format!(
+                "`messages[{i}]` has {chars} characters of text; the limit is {MESSAGE_CHARS_MAX}"
+            )));
         }
     }
     let index = match completion.extra.remove("index") {
-        None | Some(Value::Null) => index_header.map(str::trim).filter(|s| !s.is_empty()).map(str::to_string),
+        None | Some(Value::Null) => index_header
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
         Some(Value::String(name)) if !name.is_empty() => Some(name),
-        Some(other) => return Err(ApiError::Invalid(format!("`index` must be a non-empty string, got {other}"))),
+        Some(other) => {
+            return Err(ApiError::Invalid(format!(
+                "`index` must be a non-empty string, got {other}"
+            )))
+        }
     };
     if index.is_some() && completion.last_user_index().is_none() {
         return Err(RagError::NoUserMessage.into());
@@ -83,7 +100,10 @@ pub fn parse_chat(content_type: Option<&str>, body: &[u8], index_header: Option<
     Ok(ChatRequest { completion, index })
 }
 
-pub fn parse_embeddings(content_type: Option<&str>, body: &[u8]) -> Result<EmbeddingsRequest, ApiError> {
+pub fn parse_embeddings(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<EmbeddingsRequest, ApiError> {
     let request: EmbeddingsRequest = parse_json(content_type, body, INFERENCE_BODY_LIMIT)?;
     non_empty_model(&request.model)?;
     if request.input.texts().is_empty() {
@@ -108,7 +128,12 @@ impl From<RagError> for ApiError {
 /// Search matches as prompt passages, in rank order: `source` and `title` come from the corpus
 /// fields of the same names (kept as metadata by `shardc`); without a `source` the shard is named.
 pub fn passages(matches: &[Match]) -> Vec<Passage> {
-    let field = |m: &Match, name: &str| m.metadata.get(name).and_then(Value::as_str).map(str::to_string);
+    let field = |m: &Match, name: &str| {
+        m.metadata
+            .get(name)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
     matches
         .iter()
         .map(|m| Passage {
@@ -124,9 +149,11 @@ pub fn passages(matches: &[Match]) -> Vec<Passage> {
 /// The origin's completion with the passages its prompt held as `sources` (`sources[i]` is the
 /// prompt's `[i+1]`). Every other member of the origin's answer is kept as sent.
 pub fn with_sources(completion: &[u8], sources: &[Passage]) -> Result<Value, ApiError> {
-    let mut body: Map<String, Value> = serde_json::from_slice(completion)
-        .map_err(|e| ApiError::BadGateway(format!("the origin's completion is not a JSON object: {e}")))?;
-    let sources = serde_json::to_value(sources).map_err(|e| ApiError::BadGateway(format!("serialising sources: {e}")))?;
+    let mut body: Map<String, Value> = serde_json::from_slice(completion).map_err(|e| {
+        ApiError::BadGateway(format!("the origin's completion is not a JSON object: {e}"))
+    })?;
+    let sources = serde_json::to_value(sources)
+        .map_err(|e| ApiError::BadGateway(format!("serialising sources: {e}")))?;
     body.insert("sources".into(), sources);
     Ok(Value::Object(body))
 }
@@ -156,9 +183,13 @@ pub fn judge_origin(status: u16, retry_after: Option<&str>, now: Duration) -> Ve
     }
     match FailureKind::from_status(status, retry_after) {
         // The balancer reads delta-seconds; the other form RFC 9110 allows is a date.
-        Some(FailureKind::RateLimited { retry_after: None }) => Verdict::Failed(FailureKind::RateLimited {
-            retry_after: retry_after.and_then(parse_imf_fixdate).map(|at| at.saturating_sub(now)),
-        }),
+        Some(FailureKind::RateLimited { retry_after: None }) => {
+            Verdict::Failed(FailureKind::RateLimited {
+                retry_after: retry_after
+                    .and_then(parse_imf_fixdate)
+                    .map(|at| at.saturating_sub(now)),
+            })
+        }
         Some(kind) => Verdict::Failed(kind),
         None => Verdict::Refused,
     }
@@ -170,7 +201,11 @@ pub fn judge_origin(status: u16, retry_after: Option<&str>, now: Duration) -> Ve
 pub fn refusal(origin: &str, status: u16, body: &[u8]) -> ApiError {
     let message = serde_json::from_slice::<Value>(body)
         .ok()
-        .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_string))
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
     match status {
         400 | 422 => ApiError::Invalid(format!("origin {origin} rejected the request: {message}")),
@@ -178,18 +213,26 @@ pub fn refusal(origin: &str, status: u16, body: &[u8]) -> ApiError {
     }
 }
 
-const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
 
 /// `Sun, 06 Nov 1994 08:49:37 GMT` → time since the Unix epoch. The obsolete RFC 850 and asctime
 /// forms are not accepted: RFC 9110 requires senders to use this one.
 fn parse_imf_fixdate(s: &str) -> Option<Duration> {
     let (_, rest) = s.split_once(", ")?;
     let parts: Vec<&str> = rest.split(' ').collect();
-    let [day, month, year, time, "GMT"] = parts[..] else { return None };
+    let [day, month, year, time, "GMT"] = parts[..] else {
+        return None;
+    };
     let day: u32 = day.parse().ok().filter(|d| (1..=31).contains(d))?;
     let month = MONTHS.iter().position(|m| *m == month)? as u32 + 1;
     let year: i64 = year.parse().ok()?;
-    let hms: Vec<u64> = time.split(':').map(str::parse).collect::<Result<_, _>>().ok()?;
+    let hms: Vec<u64> = time
+        .split(':')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
     let [h, m, sec] = hms[..] else { return None };
     if h > 23 || m > 59 || sec > 60 {
         return None;
@@ -224,13 +267,40 @@ mod tests {
     fn rag_requests_are_validated() {
         let r = parse_rag(JSON, br#"{"index":"docs","query":"how?","model":"m"}"#).expect("valid");
         assert_eq!((r.k, r.stream, r.max_tokens), (RAG_K_DEFAULT, false, None));
-        assert_eq!(status(parse_rag(JSON, br#"{"index":"docs","query":"how?""#)), 400);
-        assert_eq!(status(parse_rag(JSON, br#"{"index":"docs","query":"how?","model":"m","k":0}"#)), 422);
-        assert_eq!(status(parse_rag(JSON, br#"{"index":"docs","query":" ","model":"m"}"#)), 422);
-        assert_eq!(status(parse_rag(JSON, br#"{"index":"docs","query":"q"}"#)), 422);
-        assert_eq!(status(parse_rag(JSON, br#"{"index":"docs","query":"q","model":"m","colour":1}"#)), 422);
+        assert_eq!(
+            status(parse_rag(JSON, br#"{"index":"docs","query":"how?""#)),
+            400
+        );
+        assert_eq!(
+            status(parse_rag(
+                JSON,
+                br#"{"index":"docs","query":"how?","model":"m","k":0}"#
+            )),
+            422
+        );
+        assert_eq!(
+            status(parse_rag(
+                JSON,
+                br#"{"index":"docs","query":" ","model":"m"}"#
+            )),
+            422
+        );
+        assert_eq!(
+            status(parse_rag(JSON, br#"{"index":"docs","query":"q"}"#)),
+            422
+        );
+        assert_eq!(
+            status(parse_rag(
+                JSON,
+                br#"{"index":"docs","query":"q","model":"m","colour":1}"#
+            )),
+            422
+        );
         assert_eq!(status(parse_rag(Some("text/plain"), b"{}")), 415);
-        let long = format!(r#"{{"index":"docs","query":"{}","model":"m"}}"#, "q".repeat(crate::api::QUERY_CHARS_MAX + 1));
+        let long = format!(
+            r#"{{"index":"docs","query":"{}","model":"m"}}"#,
+            "q".repeat(crate::api::QUERY_CHARS_MAX + 1)
+        );
         assert_eq!(status(parse_rag(JSON, long.as_bytes())), 422);
     }
 
@@ -239,41 +309,105 @@ mod tests {
         let body = br#"{"model":"m","messages":[{"role":"user","content":"q"}],"index":"docs","temperature":0}"#;
         let r = parse_chat(JSON, body, Some("other")).expect("valid");
         assert_eq!(r.index.as_deref(), Some("docs"));
-        assert!(!r.completion.extra.contains_key("index"), "the extension is not forwarded");
+        assert!(
+            !r.completion.extra.contains_key("index"),
+            "the extension is not forwarded"
+        );
         assert_eq!(r.completion.extra["temperature"], 0);
         let plain = br#"{"model":"m","messages":[{"role":"user","content":"q"}]}"#;
-        assert_eq!(parse_chat(JSON, plain, Some("docs")).expect("valid").index.as_deref(), Some("docs"));
+        assert_eq!(
+            parse_chat(JSON, plain, Some("docs"))
+                .expect("valid")
+                .index
+                .as_deref(),
+            Some("docs")
+        );
         assert_eq!(parse_chat(JSON, plain, None).expect("valid").index, None);
-        assert_eq!(status(parse_chat(JSON, br#"{"model":"m","messages":[]}"#, None)), 422);
-        assert_eq!(status(parse_chat(JSON, br#"{"model":"m","messages":[{"role":"system","content":"s"}]}"#, Some("docs"))), 422);
-        assert_eq!(status(parse_chat(JSON, br#"{"model":"m","messages":[{"role":"user","content":"q"}],"index":3}"#, None)), 422);
+        assert_eq!(
+            status(parse_chat(JSON, br#"{"model":"m","messages":[]}"#, None)),
+            422
+        );
+        assert_eq!(
+            status(parse_chat(
+                JSON,
+                br#"{"model":"m","messages":[{"role":"system","content":"s"}]}"#,
+                Some("docs")
+            )),
+            422
+        );
+        assert_eq!(
+            status(parse_chat(
+                JSON,
+                br#"{"model":"m","messages":[{"role":"user","content":"q"}],"index":3}"#,
+                None
+            )),
+            422
+        );
         assert_eq!(status(parse_chat(JSON, br#"{"messages":[]}"#, None)), 422);
-        assert_eq!(status(parse_chat(JSON, br#"{"model":"m","messages":["#, None)), 400);
-        let long = format!(r#"{{"model":"m","messages":[{{"role":"user","content":[{{"type":"text","text":"{}"}}]}}]}}"#, "q".repeat(MESSAGE_CHARS_MAX + 1));
+        assert_eq!(
+            status(parse_chat(JSON, br#"{"model":"m","messages":["#, None)),
+            400
+        );
+        let long = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":[{{"type":"text","text":"{}"}}]}}]}}"#,
+            "q".repeat(MESSAGE_CHARS_MAX + 1)
+        );
         let error = parse_chat(JSON, long.as_bytes(), None).expect_err("over the limit");
-        assert!(error.status() == 422 && error.to_string().contains("messages[0]"), "{error}");
-        let deep = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"q","x":{}{}}}]}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        assert!(
+            error.status() == 422 && error.to_string().contains("messages[0]"),
+            "{error}"
+        );
+        let deep = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"q","x":{}{}}}]}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
         assert_eq!(status(parse_chat(JSON, deep.as_bytes(), None)), 400);
     }
 
     #[test]
     fn embeddings_requests_need_input() {
         assert!(parse_embeddings(JSON, br#"{"model":"e","input":["a","b"]}"#).is_ok());
-        assert_eq!(status(parse_embeddings(JSON, br#"{"model":"e","input":[]}"#)), 422);
+        assert_eq!(
+            status(parse_embeddings(JSON, br#"{"model":"e","input":[]}"#)),
+            422
+        );
         assert_eq!(status(parse_embeddings(JSON, br#"{"model":"e"}"#)), 422);
     }
 
     fn found(id: u64, metadata: Value) -> Match {
         let metadata = metadata.as_object().cloned().unwrap_or_default();
-        Match { id: id.into(), score: 0.5, text: format!("text {id}"), metadata, shard: "s-0".into() }
+        Match {
+            id: id.into(),
+            score: 0.5,
+            text: format!("text {id}"),
+            metadata,
+            shard: "s-0".into(),
+        }
     }
 
     #[test]
     fn matches_become_passages_and_sources() {
-        let ps = passages(&[found(7, serde_json::json!({"source": "os.html", "title": "os.walk"})), found(9, Value::Null)]);
-        assert_eq!((ps[0].source.as_str(), ps[0].title.as_deref()), ("os.html", Some("os.walk")));
-        assert_eq!((ps[1].source.as_str(), ps[1].title.as_deref()), ("s-0", None));
-        let answer = with_sources(br#"{"id":"c","choices":[],"usage":{"total_tokens":3}}"#, &ps).expect("an object");
+        let ps = passages(&[
+            found(
+                7,
+                serde_json::json!({"source": "os.html", "title": "os.walk"}),
+            ),
+            found(9, Value::Null),
+        ]);
+        assert_eq!(
+            (ps[0].source.as_str(), ps[0].title.as_deref()),
+            ("os.html", Some("os.walk"))
+        );
+        assert_eq!(
+            (ps[1].source.as_str(), ps[1].title.as_deref()),
+            ("s-0", None)
+        );
+        let answer = with_sources(
+            br#"{"id":"c","choices":[],"usage":{"total_tokens":3}}"#,
+            &ps,
+        )
+        .expect("an object");
         assert_eq!(answer["usage"]["total_tokens"], 3);
         assert_eq!(answer["sources"][1]["id"], 9);
         assert_eq!(answer["sources"][0]["text"], "text 7");
@@ -284,15 +418,33 @@ mod tests {
     fn origin_statuses_are_judged() {
         let now = Duration::from_secs(784_111_000);
         assert_eq!(judge_origin(200, None, now), Verdict::Answered);
-        assert_eq!(judge_origin(503, None, now), Verdict::Failed(FailureKind::ServerError { status: 503 }));
+        assert_eq!(
+            judge_origin(503, None, now),
+            Verdict::Failed(FailureKind::ServerError { status: 503 })
+        );
         assert_eq!(
             judge_origin(429, Some("2"), now),
-            Verdict::Failed(FailureKind::RateLimited { retry_after: Some(Duration::from_secs(2)) })
+            Verdict::Failed(FailureKind::RateLimited {
+                retry_after: Some(Duration::from_secs(2))
+            })
         );
-        assert_eq!(judge_origin(429, Some("soon"), now), Verdict::Failed(FailureKind::RateLimited { retry_after: None }));
+        assert_eq!(
+            judge_origin(429, Some("soon"), now),
+            Verdict::Failed(FailureKind::RateLimited { retry_after: None })
+        );
         assert_eq!(judge_origin(400, None, now), Verdict::Refused);
-        let e = refusal("gpu-1", 400, br#"{"error":{"message":"bad temperature","type":"invalid_request_error"}}"#);
-        assert_eq!((e.status(), e.to_string()), (422, "origin gpu-1 rejected the request: bad temperature".to_string()));
+        let e = refusal(
+            "gpu-1",
+            400,
+            br#"{"error":{"message":"bad temperature","type":"invalid_request_error"}}"#,
+        );
+        assert_eq!(
+            (e.status(), e.to_string()),
+            (
+                422,
+                "origin gpu-1 rejected the request: bad temperature".to_string()
+            )
+        );
         assert_eq!(refusal("gpu-1", 401, b"no key").status(), 502);
     }
 
@@ -301,16 +453,32 @@ mod tests {
         // RFC 9110's example date is 784111777 s after the epoch.
         let at = Duration::from_secs(784_111_777);
         assert_eq!(parse_imf_fixdate("Sun, 06 Nov 1994 08:49:37 GMT"), Some(at));
-        assert_eq!(parse_imf_fixdate("Thu, 29 Feb 2024 00:00:00 GMT"), Some(Duration::from_secs(1_709_164_800)));
+        assert_eq!(
+            parse_imf_fixdate("Thu, 29 Feb 2024 00:00:00 GMT"),
+            Some(Duration::from_secs(1_709_164_800))
+        );
         let wait = |value: &str, now: Duration| match judge_origin(429, Some(value), now) {
             Verdict::Failed(FailureKind::RateLimited { retry_after }) => retry_after,
             other => panic!("429 judged {other:?}"),
         };
         let before = at - Duration::from_secs(5);
-        assert_eq!(wait("Sun, 06 Nov 1994 08:49:37 GMT", before), Some(Duration::from_secs(5)));
-        assert_eq!(wait("Sun, 06 Nov 1994 08:49:37 GMT", at + Duration::from_secs(9)), Some(Duration::ZERO));
+        assert_eq!(
+            wait("Sun, 06 Nov 1994 08:49:37 GMT", before),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            wait("Sun, 06 Nov 1994 08:49:37 GMT", at + Duration::from_secs(9)),
+            Some(Duration::ZERO)
+        );
         assert_eq!(wait(" 120 ", before), Some(Duration::from_secs(120)));
-        for bad in ["", "-1", "1.5", "Sun, 06 Nov 1994 08:49:37 PST", "Sun, 32 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT"] {
+        for bad in [
+            "",
+            "-1",
+            "1.5",
+            "Sun, 06 Nov 1994 08:49:37 PST",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+        ] {
             assert_eq!(wait(bad, before), None, "{bad}");
         }
     }

@@ -11,13 +11,14 @@ use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
 pub use inference::{
-    interrupted_event, judge_origin, parse_chat, parse_embeddings, parse_rag, passages, refusal, with_sources, ChatRequest,
-    RagRequest, Verdict, INFERENCE_BODY_LIMIT, MESSAGE_CHARS_MAX, RAG_K_DEFAULT,
+    interrupted_event, judge_origin, parse_chat, parse_embeddings, parse_rag, passages, refusal,
+    with_sources, ChatRequest, RagRequest, Verdict, INFERENCE_BODY_LIMIT, MESSAGE_CHARS_MAX,
+    RAG_K_DEFAULT,
 };
 pub use problem::{ApiError, Problem};
 pub use search::{
-    parse_search, IndexSummary, Match, Query, SearchRequest, SearchResponse, BODY_LIMIT, EF_DEFAULT,
-    K_DEFAULT, K_MAX, QUERY_CHARS_MAX,
+    parse_search, IndexSummary, Match, Query, SearchRequest, SearchResponse, BODY_LIMIT,
+    EF_DEFAULT, K_DEFAULT, K_MAX, QUERY_CHARS_MAX,
 };
 
 /// What a request asks for, decided from method and path alone.
@@ -36,7 +37,9 @@ pub enum Route {
 /// The path of an absolute URL as the runtime serialises it (`scheme://authority/path?query#f`),
 /// still percent-encoded; `/` when it has none.
 pub fn url_path(url: &str) -> &str {
-    let Some(scheme_end) = url.find("://") else { return "/" };
+    let Some(scheme_end) = url.find("://") else {
+        return "/";
+    };
     let after_scheme = &url[scheme_end + 3..];
     let rest = match after_scheme.find(['/', '?', '#']) {
         Some(i) if after_scheme.as_bytes()[i] == b'/' => &after_scheme[i..],
@@ -93,13 +96,25 @@ impl Route {
 pub const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// Checks the media type and size, then deserialises: syntax errors are 400, schema errors 422.
-pub(crate) fn parse_json<T: DeserializeOwned>(content_type: Option<&str>, body: &[u8], limit: usize) -> Result<T, ApiError> {
-    let media_type = content_type.unwrap_or("").split(';').next().unwrap_or("").trim();
+pub(crate) fn parse_json<T: DeserializeOwned>(
+    content_type: Option<&str>,
+    body: &[u8],
+    limit: usize,
+) -> Result<T, ApiError> {
+    let media_type = content_type
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim();
     if !media_type.eq_ignore_ascii_case("application/json") {
         return Err(ApiError::UnsupportedMediaType(media_type.to_string()));
     }
     if body.len() > limit {
-        return Err(ApiError::TooLarge { size: body.len(), limit });
+        return Err(ApiError::TooLarge {
+            size: body.len(),
+            limit,
+        });
     }
     serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::Invalid(e.to_string()),
@@ -110,7 +125,12 @@ pub(crate) fn parse_json<T: DeserializeOwned>(content_type: Option<&str>, body: 
 /// A request body from its chunks: refused as soon as it passes `limit` (so it is never held
 /// whole), and with 408 when `deadline` (`timeout_ms` from now) comes first. The caller keeps
 /// the stream, to release or cancel what is left.
-pub async fn collect_body<S, E>(chunks: &mut S, limit: usize, deadline: impl Future<Output = ()>, timeout_ms: u64) -> Result<Vec<u8>, ApiError>
+pub async fn collect_body<S, E>(
+    chunks: &mut S,
+    limit: usize,
+    deadline: impl Future<Output = ()>,
+    timeout_ms: u64,
+) -> Result<Vec<u8>, ApiError>
 where
     S: Stream<Item = Result<Vec<u8>, E>> + Unpin,
     E: std::fmt::Display,
@@ -118,9 +138,13 @@ where
     let read = async move {
         let mut body = Vec::new();
         while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(|e| ApiError::MalformedJson(format!("reading the body: {e}")))?;
+            let chunk =
+                chunk.map_err(|e| ApiError::MalformedJson(format!("reading the body: {e}")))?;
             if body.len() + chunk.len() > limit {
-                return Err(ApiError::TooLarge { size: body.len() + chunk.len(), limit });
+                return Err(ApiError::TooLarge {
+                    size: body.len() + chunk.len(),
+                    limit,
+                });
             }
             body.extend_from_slice(&chunk);
         }
@@ -144,7 +168,10 @@ mod tests {
             ("https://example.com/", "/"),
             ("https://example.com", "/"),
             ("http://127.0.0.1:8787/v1/search", "/v1/search"),
-            ("https://example.com/v1/indexes/a%2Fb?x=/y", "/v1/indexes/a%2Fb"),
+            (
+                "https://example.com/v1/indexes/a%2Fb?x=/y",
+                "/v1/indexes/a%2Fb",
+            ),
             ("https://example.com/healthz#/frag?x", "/healthz"),
             ("https://example.com?q=/v1/rag", "/"),
             ("https://example.com#/v1/rag", "/"),
@@ -155,38 +182,81 @@ mod tests {
     }
 
     fn chunks(parts: &[&str]) -> impl Stream<Item = Result<Vec<u8>, String>> {
-        stream::iter(parts.iter().map(|p| Ok(p.as_bytes().to_vec())).collect::<Vec<_>>())
+        stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok(p.as_bytes().to_vec()))
+                .collect::<Vec<_>>(),
+        )
     }
 
     #[test]
     fn bodies_are_collected_within_size_and_time() {
-        let whole = block_on(collect_body(&mut chunks(&["{\"a\"", ":1}"]), 10, future::pending(), 5));
+        let whole = block_on(collect_body(
+            &mut chunks(&["{\"a\"", ":1}"]),
+            10,
+            future::pending(),
+            5,
+        ));
         assert_eq!(whole, Ok(b"{\"a\":1}".to_vec()));
         let mut big = chunks(&["12345", "678901", "left for the caller"]);
-        assert_eq!(block_on(collect_body(&mut big, 10, future::pending(), 5)), Err(ApiError::TooLarge { size: 11, limit: 10 }));
-        assert_eq!(block_on(big.next()), Some(Ok(b"left for the caller".to_vec())), "reading stops at the limit");
+        assert_eq!(
+            block_on(collect_body(&mut big, 10, future::pending(), 5)),
+            Err(ApiError::TooLarge {
+                size: 11,
+                limit: 10
+            })
+        );
+        assert_eq!(
+            block_on(big.next()),
+            Some(Ok(b"left for the caller".to_vec())),
+            "reading stops at the limit"
+        );
         // A body that stops arriving: the deadline answers 408.
         let mut stalled = chunks(&["{"]).chain(stream::pending());
         let late = block_on(collect_body(&mut stalled, 10, future::ready(()), 5)).unwrap_err();
-        assert_eq!((late.status(), late.to_string()), (408, "the request body did not arrive within 5 ms".to_string()));
+        assert_eq!(
+            (late.status(), late.to_string()),
+            (
+                408,
+                "the request body did not arrive within 5 ms".to_string()
+            )
+        );
         let mut broken = stream::iter([Ok(b"{".to_vec()), Err("connection reset".to_string())]);
-        assert_eq!(block_on(collect_body(&mut broken, 10, future::pending(), 5)).unwrap_err().status(), 400);
+        assert_eq!(
+            block_on(collect_body(&mut broken, 10, future::pending(), 5))
+                .unwrap_err()
+                .status(),
+            400
+        );
     }
 
     #[test]
     fn routes_by_method_and_path() {
         assert_eq!(Route::parse("GET", "/healthz"), Ok(Route::Health));
         assert_eq!(Route::parse("GET", "/v1/indexes/"), Ok(Route::Indexes));
-        assert_eq!(Route::parse("GET", "/v1/indexes/docs"), Ok(Route::Index("docs".into())));
+        assert_eq!(
+            Route::parse("GET", "/v1/indexes/docs"),
+            Ok(Route::Index("docs".into()))
+        );
         assert_eq!(Route::parse("POST", "/v1/search"), Ok(Route::Search));
-        assert_eq!(Route::parse("POST", "/v1/chat/completions"), Ok(Route::ChatCompletions));
+        assert_eq!(
+            Route::parse("POST", "/v1/chat/completions"),
+            Ok(Route::ChatCompletions)
+        );
         assert_eq!(Route::parse("POST", "/v1/rag"), Ok(Route::Rag));
-        assert_eq!(Route::parse("POST", "/v1/embeddings"), Ok(Route::Embeddings));
+        assert_eq!(
+            Route::parse("POST", "/v1/embeddings"),
+            Ok(Route::Embeddings)
+        );
         assert_eq!(Route::parse("GET", "/metrics"), Ok(Route::Metrics));
         assert_eq!(Route::parse("POST", "/metrics").unwrap_err().status(), 405);
         assert_eq!(Route::Index("any/thing".into()).label(), "index");
         assert_eq!(Route::parse("GET", "/v1/search").unwrap_err().status(), 405);
         assert_eq!(Route::parse("GET", "/v2/x").unwrap_err().status(), 404);
-        assert_eq!(Route::parse("GET", "/v1/indexes/a/b").unwrap_err().status(), 404);
+        assert_eq!(
+            Route::parse("GET", "/v1/indexes/a/b").unwrap_err().status(),
+            404
+        );
     }
 }

@@ -88,7 +88,9 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => ("method-not-allowed", "Method not allowed"),
             ApiError::MalformedJson(_) => ("malformed-json", "Malformed JSON"),
             ApiError::Invalid(_) => ("invalid-request", "Invalid request"),
-            ApiError::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
+            ApiError::UnsupportedMediaType(_) => {
+                ("unsupported-media-type", "Unsupported media type")
+            }
             ApiError::TooLarge { .. } => ("body-too-large", "Request body too large"),
             ApiError::Unauthorized => ("unauthorized", "Unauthorized"),
             ApiError::Forbidden(_) => ("forbidden", "Forbidden"),
@@ -97,7 +99,9 @@ impl ApiError {
             ApiError::UnknownIndex(_) => ("unknown-index", "Unknown index"),
             ApiError::UnknownModel(_) => ("unknown-model", "Unknown model"),
             ApiError::Unavailable(_) => ("shard-unavailable", "Shard unavailable"),
-            ApiError::OriginsUnavailable(_) => ("origins-unavailable", "Inference origins unavailable"),
+            ApiError::OriginsUnavailable(_) => {
+                ("origins-unavailable", "Inference origins unavailable")
+            }
             ApiError::BadGateway(_) => ("bad-gateway", "Bad answer from an inference origin"),
             ApiError::Misconfigured(_) => ("misconfigured", "Service misconfigured"),
         }
@@ -107,7 +111,9 @@ impl ApiError {
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         match self {
             ApiError::Unauthorized => vec![("www-authenticate", "Bearer".into())],
-            ApiError::RateLimited { retry_after_s } => vec![("retry-after", retry_after_s.to_string())],
+            ApiError::RateLimited { retry_after_s } => {
+                vec![("retry-after", retry_after_s.to_string())]
+            }
             _ => Vec::new(),
         }
     }
@@ -142,9 +148,15 @@ mod tests {
 
     #[test]
     fn auth_and_rate_errors_carry_their_headers() {
-        assert_eq!(ApiError::Unauthorized.headers(), vec![("www-authenticate", "Bearer".to_string())]);
+        assert_eq!(
+            ApiError::Unauthorized.headers(),
+            vec![("www-authenticate", "Bearer".to_string())]
+        );
         let limited = ApiError::RateLimited { retry_after_s: 7 };
-        assert_eq!((limited.status(), limited.headers()), (429, vec![("retry-after", "7".to_string())]));
+        assert_eq!(
+            (limited.status(), limited.headers()),
+            (429, vec![("retry-after", "7".to_string())])
+        );
         assert!(ApiError::Forbidden("no".into()).headers().is_empty());
     }
 }

@@ -57,28 +57,45 @@ pub fn parse_search(content_type: Option<&str>, body: &[u8]) -> Result<SearchReq
     let query = match (body.vector, body.text) {
         (Some(vector), None) => Query::Vector(finite_f32(&vector)?),
         (None, Some(text)) => Query::Text(check_query_text("text", text)?),
-        _ => return Err(ApiError::Invalid("give exactly one of `vector` and `text`".into())),
+        _ => {
+            return Err(ApiError::Invalid(
+                "give exactly one of `vector` and `text`".into(),
+            ))
+        }
     };
     let k = body.k.unwrap_or(K_DEFAULT);
     if !(1..=K_MAX).contains(&k) {
-        return Err(ApiError::Invalid(format!("`k` must be in 1..={K_MAX}, got {k}")));
+        return Err(ApiError::Invalid(format!(
+            "`k` must be in 1..={K_MAX}, got {k}"
+        )));
     }
     if let Some(ef) = body.ef {
         if !(k..=EF_MAX).contains(&ef) {
-            return Err(ApiError::Invalid(format!("`ef` must be in k..={EF_MAX} (k = {k}), got {ef}")));
+            return Err(ApiError::Invalid(format!(
+                "`ef` must be in k..={EF_MAX} (k = {k}), got {ef}"
+            )));
         }
     }
     if body.probe == Some(0) {
         return Err(ApiError::Invalid("`probe` must be at least 1".into()));
     }
-    Ok(SearchRequest { index: body.index, query, k, ef: body.ef, probe: body.probe, filter: body.filter })
+    Ok(SearchRequest {
+        index: body.index,
+        query,
+        k,
+        ef: body.ef,
+        probe: body.probe,
+        filter: body.filter,
+    })
 }
 
 /// The query text, within [`QUERY_CHARS_MAX`].
 pub(crate) fn check_query_text(field: &str, text: String) -> Result<String, ApiError> {
     let chars = text.chars().count();
     if chars > QUERY_CHARS_MAX {
-        return Err(ApiError::Invalid(format!("`{field}` has {chars} characters; the limit is {QUERY_CHARS_MAX}")));
+        return Err(ApiError::Invalid(format!(
+            "`{field}` has {chars} characters; the limit is {QUERY_CHARS_MAX}"
+        )));
     }
     Ok(text)
 }
@@ -95,7 +112,9 @@ fn finite_f32(vector: &[f64]) -> Result<Vec<f32>, ApiError> {
             if v.is_finite() {
                 Ok(v)
             } else {
-                Err(ApiError::Invalid(format!("`vector[{i}]` = {x} is not a finite f32")))
+                Err(ApiError::Invalid(format!(
+                    "`vector[{i}]` = {x} is not a finite f32"
+                )))
             }
         })
         .collect()
@@ -104,7 +123,14 @@ fn finite_f32(vector: &[f64]) -> Result<Vec<f32>, ApiError> {
 impl SearchRequest {
     /// A text query with default beam and no probe limit or filter: retrieval for a prompt.
     pub fn text(index: &str, text: &str, k: usize) -> SearchRequest {
-        SearchRequest { index: index.to_string(), query: Query::Text(text.to_string()), k, ef: None, probe: None, filter: None }
+        SearchRequest {
+            index: index.to_string(),
+            query: Query::Text(text.to_string()),
+            k,
+            ef: None,
+            probe: None,
+            filter: None,
+        }
     }
 
     pub fn effective_ef(&self) -> usize {
@@ -139,7 +165,13 @@ impl Match {
             DocId::Int(id) => Value::from(id),
             DocId::Str(id) => Value::String(id),
         };
-        Match { id, score, text: passage.text, metadata: passage.metadata, shard: shard.to_string() }
+        Match {
+            id,
+            score,
+            text: passage.text,
+            metadata: passage.metadata,
+            shard: shard.to_string(),
+        }
     }
 }
 
@@ -178,8 +210,11 @@ mod tests {
 
     #[test]
     fn parses_defaults_and_options() {
-        let r = parse_search(JSON, br#"{"index":"d","vector":[1,0.5],"probe":2,"ef":40,"filter":{"a":1}}"#)
-            .unwrap();
+        let r = parse_search(
+            JSON,
+            br#"{"index":"d","vector":[1,0.5],"probe":2,"ef":40,"filter":{"a":1}}"#,
+        )
+        .unwrap();
         assert_eq!(r.k, K_DEFAULT);
         assert_eq!(r.query, Query::Vector(vec![1.0, 0.5]));
         assert_eq!((r.ef, r.probe), (Some(40), Some(2)));
@@ -197,13 +232,19 @@ mod tests {
         assert_eq!(status(JSON, r#"{"index":"d","vector":[1],"k":0}"#), 422);
         assert_eq!(status(JSON, r#"{"index":"d","vector":[1],"k":101}"#), 422);
         assert_eq!(status(JSON, r#"{"index":"d","vector":[1],"k":-1}"#), 422);
-        assert_eq!(status(JSON, r#"{"index":"d","vector":[1],"k":10,"ef":5}"#), 422);
+        assert_eq!(
+            status(JSON, r#"{"index":"d","vector":[1],"k":10,"ef":5}"#),
+            422
+        );
         assert_eq!(status(JSON, r#"{"index":"d","vector":[1],"probe":0}"#), 422);
         assert_eq!(status(JSON, r#"{"index":"d","vector":[1],"bogus":1}"#), 422);
         assert_eq!(status(JSON, r#"{"index":"d","vector":["x"]}"#), 422);
         assert_eq!(status(JSON, r#"{"index":"d","vector":[]}"#), 422);
         assert_eq!(status(JSON, r#"{"index":"d"}"#), 422);
-        assert_eq!(status(JSON, r#"{"index":"d","vector":[1],"text":"q"}"#), 422);
+        assert_eq!(
+            status(JSON, r#"{"index":"d","vector":[1],"text":"q"}"#),
+            422
+        );
         let big = format!(r#"{{"index":"d","vector":[{}1]}}"#, "1,".repeat(BODY_LIMIT));
         assert_eq!(status(JSON, &big), 413);
     }
@@ -211,7 +252,11 @@ mod tests {
     #[test]
     fn abusive_bodies_are_client_errors() {
         // serde_json's recursion limit (128) turns deep nesting into a syntax error, not a stack overflow.
-        let deep = format!(r#"{{"index":"d","vector":[1],"filter":{{"a":{}{}}}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        let deep = format!(
+            r#"{{"index":"d","vector":[1],"filter":{{"a":{}{}}}}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
         assert_eq!(status(JSON, &deep), 400);
         // Nesting where the schema wants an object stops at the first bracket: a schema error.
         assert_eq!(status(JSON, &"[".repeat(10_000)), 422);
@@ -219,7 +264,10 @@ mod tests {
         invalid_utf8.extend_from_slice(&[0xff, 0xfe]);
         invalid_utf8.extend_from_slice(br#""}"#);
         assert_eq!(parse_search(JSON, &invalid_utf8).unwrap_err().status(), 400);
-        assert_eq!(status(JSON, r#"{"index":"d","vector":[1],"k":1000000000000}"#), 422);
+        assert_eq!(
+            status(JSON, r#"{"index":"d","vector":[1],"k":1000000000000}"#),
+            422
+        );
         assert_eq!(status(JSON, r#"{"index":"d","vector":[1],"k":1e300}"#), 422);
     }
 
@@ -227,17 +275,32 @@ mod tests {
     fn text_queries_parse() {
         let r = parse_search(JSON, br#"{"index":"d","text":"how?"}"#).unwrap();
         assert_eq!(r.query, Query::Text("how?".into()));
-        let longest = format!(r#"{{"index":"d","text":"{}"}}"#, "é".repeat(QUERY_CHARS_MAX));
-        assert!(parse_search(JSON, longest.as_bytes()).is_ok(), "the limit counts characters, not bytes");
-        let over = format!(r#"{{"index":"d","text":"{}"}}"#, "a".repeat(QUERY_CHARS_MAX + 1));
+        let longest = format!(
+            r#"{{"index":"d","text":"{}"}}"#,
+            "é".repeat(QUERY_CHARS_MAX)
+        );
+        assert!(
+            parse_search(JSON, longest.as_bytes()).is_ok(),
+            "the limit counts characters, not bytes"
+        );
+        let over = format!(
+            r#"{{"index":"d","text":"{}"}}"#,
+            "a".repeat(QUERY_CHARS_MAX + 1)
+        );
         let error = parse_search(JSON, over.as_bytes()).unwrap_err();
         assert_eq!(error.status(), 422);
-        assert!(error.to_string().contains(&QUERY_CHARS_MAX.to_string()), "{error}");
+        assert!(
+            error.to_string().contains(&QUERY_CHARS_MAX.to_string()),
+            "{error}"
+        );
     }
 
     #[test]
     fn dims_are_checked_against_the_index() {
         assert!(SearchRequest::check_dims(&[1.0, 2.0], 2).is_ok());
-        assert_eq!(SearchRequest::check_dims(&[1.0], 2).unwrap_err().status(), 422);
+        assert_eq!(
+            SearchRequest::check_dims(&[1.0], 2).unwrap_err().status(),
+            422
+        );
     }
 }

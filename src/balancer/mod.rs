@@ -748,7 +748,13 @@ mod tests {
             b.on_failure(OriginId(0), FailureKind::Connect, now);
         }
         assert!(b.is_ejected(OriginId(0)));
-        assert_eq!((b.ejections_total(OriginId(0)), b.ejections_total(OriginId(1))), (1, 0));
+        assert_eq!(
+            (
+                b.ejections_total(OriginId(0)),
+                b.ejections_total(OriginId(1))
+            ),
+            (1, 0)
+        );
         let plan = b.begin(now);
         assert!((0..10).all(|_| b.pick(&T, &plan, now) == Some(OriginId(1))));
         now += b.policy.eject_base;
@@ -762,6 +768,10 @@ mod tests {
         b.on_first_byte(OriginId(0), Duration::from_millis(50), &mut probe, now);
         b.on_success(OriginId(0), now);
         assert!(!b.is_ejected(OriginId(0)));
-        assert_eq!(b.ejections_total(OriginId(0)), 1, "a total, not reset by recovery");
+        assert_eq!(
+            b.ejections_total(OriginId(0)),
+            1,
+            "a total, not reset by recovery"
+        );
     }
 }

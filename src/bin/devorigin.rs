@@ -31,8 +31,8 @@ mod native {
 
     use axum::body::{Body, Bytes};
     use axum::extract::{Request, State};
-    use axum::middleware::{self, Next};
     use axum::http::{header, HeaderValue, StatusCode};
+    use axum::middleware::{self, Next};
     use axum::response::{IntoResponse, Response};
     use axum::routing::{get, post};
     use axum::{Json, Router};
@@ -455,7 +455,12 @@ mod native {
         let headers: Vec<(String, String)> = request
             .headers()
             .iter()
-            .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+            .map(|(name, value)| {
+                (
+                    name.to_string(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         if let Ok(mut seen) = app.seen.lock() {
             let (requests, count) = &mut *seen;
@@ -473,8 +478,13 @@ mod native {
         next.run(request).await
     }
 
-    async fn debug_requests(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, OriginError> {
-        let seen = app.seen.lock().map_err(|_| OriginError::Internal("request log lock poisoned".into()))?;
+    async fn debug_requests(
+        State(app): State<Arc<App>>,
+    ) -> Result<Json<serde_json::Value>, OriginError> {
+        let seen = app
+            .seen
+            .lock()
+            .map_err(|_| OriginError::Internal("request log lock poisoned".into()))?;
         Ok(Json(json!({ "requests": seen.0 })))
     }
 

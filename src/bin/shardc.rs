@@ -101,7 +101,10 @@ struct EvalArgs {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Command::Build(config) => run_build(&BuildConfig { progress: true, ..config }),
+        Command::Build(config) => run_build(&BuildConfig {
+            progress: true,
+            ..config
+        }),
         Command::Query {
             index,
             vector_file,

@@ -108,13 +108,20 @@ fn metadata_columns(corpus: &Corpus, ordered: &[usize]) -> Vec<MetadataColumn> {
                 .iter()
                 .map(|&row| corpus.metadata[row].get(field).map(canonical_json))
                 .collect();
-            let distinct: Vec<&String> = per_doc.iter().flatten().collect::<BTreeSet<_>>().into_iter().collect();
+            let distinct: Vec<&String> = per_doc
+                .iter()
+                .flatten()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
             let mut values = StringColumn::new();
             distinct.iter().for_each(|value| values.push(value));
             let doc_values = per_doc
                 .iter()
                 .map(|value| match value {
-                    Some(value) => distinct.binary_search(&value).map_or(NO_VALUE, |id| id as u32),
+                    Some(value) => distinct
+                        .binary_search(&value)
+                        .map_or(NO_VALUE, |id| id as u32),
                     None => NO_VALUE,
                 })
                 .collect();

@@ -26,13 +26,22 @@ fn for_isolate(env: &Env, config: &Config) -> Result<Rc<Auth>, ApiError> {
         return Ok(auth);
     }
     let keys = env.secret("API_KEYS").ok().map(|s| s.to_string());
-    let auth = Rc::new(Auth::from_vars(var(env, "AUTH").as_deref(), config.dev, keys.as_deref())?);
+    let auth = Rc::new(Auth::from_vars(
+        var(env, "AUTH").as_deref(),
+        config.dev,
+        keys.as_deref(),
+    )?);
     AUTH.with(|cell| *cell.borrow_mut() = Some(auth.clone()));
     Ok(auth)
 }
 
 /// The caller's grant: 401/403 from the key rules, 429 when the key's rate is used up.
-pub async fn admit(req: &Incoming, env: &Env, config: &Config, route: &Route) -> Result<Grant, ApiError> {
+pub async fn admit(
+    req: &Incoming,
+    env: &Env,
+    config: &Config,
+    route: &Route,
+) -> Result<Grant, ApiError> {
     let authorization = req.header("authorization");
     let grant = for_isolate(env, config)?.admit(route, authorization.as_deref())?;
     if let Some(rate) = grant.rate {
@@ -50,17 +59,26 @@ struct Verdict {
 /// One token from the key's bucket. A limiter that cannot be asked lets the request through
 /// (logged): an outage of the counter must not take the API down with it.
 async fn take(env: &Env, key_id: &str, rate: Rate) -> Result<(), ApiError> {
-    let ns = env.durable_object(BINDING).map_err(|e| ApiError::Misconfigured(format!("{BINDING}: {e}")))?;
+    let ns = env
+        .durable_object(BINDING)
+        .map_err(|e| ApiError::Misconfigured(format!("{BINDING}: {e}")))?;
     let ask = async {
         let stub = ns.id_from_name(key_id)?.get_stub()?;
         let mut init = RequestInit::new();
-        init.with_method(Method::Post).with_body(Some(serde_json::to_string(&rate)?.into()));
-        let mut response = stub.fetch_with_request(Request::new_with_init("https://rate-limiter/take", &init)?).await?;
+        init.with_method(Method::Post)
+            .with_body(Some(serde_json::to_string(&rate)?.into()));
+        let mut response = stub
+            .fetch_with_request(Request::new_with_init("https://rate-limiter/take", &init)?)
+            .await?;
         response.json::<Verdict>().await
     };
     match ask.await {
-        Ok(Verdict { retry_after_s: Some(retry_after_s) }) => Err(ApiError::RateLimited { retry_after_s }),
-        Ok(Verdict { retry_after_s: None }) => Ok(()),
+        Ok(Verdict {
+            retry_after_s: Some(retry_after_s),
+        }) => Err(ApiError::RateLimited { retry_after_s }),
+        Ok(Verdict {
+            retry_after_s: None,
+        }) => Ok(()),
         Err(e) => {
             console_error!("rate limiter for key {key_id}: {e}; letting the request through");
             Ok(())
@@ -79,7 +97,10 @@ pub struct RateLimiter {
 
 impl DurableObject for RateLimiter {
     fn new(state: State, _env: Env) -> Self {
-        RateLimiter { state, bucket: RefCell::new(None) }
+        RateLimiter {
+            state,
+            bucket: RefCell::new(None),
+        }
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
@@ -87,7 +108,9 @@ impl DurableObject for RateLimiter {
         let now = Date::now().as_millis() as f64;
         if self.bucket.borrow().is_none() {
             let stored = self.state.storage().get::<TokenBucket>(BUCKET_KEY).await?;
-            self.bucket.borrow_mut().get_or_insert(stored.unwrap_or_else(|| TokenBucket::full(rate, now)));
+            self.bucket
+                .borrow_mut()
+                .get_or_insert(stored.unwrap_or_else(|| TokenBucket::full(rate, now)));
         }
         let (decision, bucket) = {
             let mut slot = self.bucket.borrow_mut();

@@ -48,7 +48,10 @@ pub enum Outcome {
     Bypass,
     /// Looked up, not found, computed; `detail` says why it was not stored when that was by
     /// rule (a partial answer).
-    Miss { stored: bool, detail: Option<&'static str> },
+    Miss {
+        stored: bool,
+        detail: Option<&'static str>,
+    },
 }
 
 impl Outcome {
@@ -70,32 +73,50 @@ impl ResponseCache {
     pub fn new(ttl_s: u32, request: Context) -> ResponseCache {
         // `Cache::default()` unwraps the global `caches`; check that it is there first.
         let available = js_sys::Reflect::has(&js_sys::global(), &"caches".into()).unwrap_or(false);
-        ResponseCache { ttl_s: (ttl_s > 0 && available).then_some(ttl_s), request }
+        ResponseCache {
+            ttl_s: (ttl_s > 0 && available).then_some(ttl_s),
+            request,
+        }
     }
 
     /// The value cached under `key`, if any (always `None` while disabled).
     pub async fn get<T: DeserializeOwned>(&self, which: Which, key: &str) -> Option<T> {
         self.ttl_s?;
         let found = async {
-            let Some(mut response) = Cache::default().get(key, false).await.map_err(|e| e.to_string())? else {
+            let Some(mut response) = Cache::default()
+                .get(key, false)
+                .await
+                .map_err(|e| e.to_string())?
+            else {
                 return Ok(None);
             };
             let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-            serde_json::from_slice(&bytes).map(Some).map_err(|e| e.to_string())
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| e.to_string())
         };
         let value = found.await.unwrap_or_else(|why: String| {
             console_warn!("response cache {key}: {why}");
             None
         });
         let result = if value.is_some() { "hit" } else { "miss" };
-        observe::record(|m| m.add(&RESPONSE_CACHE, &[("cache", which.label()), ("result", result)], 1.0));
+        observe::record(|m| {
+            m.add(
+                &RESPONSE_CACHE,
+                &[("cache", which.label()), ("result", result)],
+                1.0,
+            )
+        });
         value
     }
 
     /// A value computed after a miss that is by rule not stored (`why`: a partial answer).
     pub fn skip(&self, why: &'static str) -> Outcome {
         match self.ttl_s {
-            Some(_) => Outcome::Miss { stored: false, detail: Some(why) },
+            Some(_) => Outcome::Miss {
+                stored: false,
+                detail: Some(why),
+            },
             None => Outcome::Bypass,
         }
     }
@@ -104,7 +125,10 @@ impl ResponseCache {
     /// while the cache is off.
     pub fn store<T: Serialize>(&self, key: &str, value: &T) -> Outcome {
         match self.ttl_s {
-            Some(ttl_s) => Outcome::Miss { stored: self.put(ttl_s, key, value), detail: None },
+            Some(ttl_s) => Outcome::Miss {
+                stored: self.put(ttl_s, key, value),
+                detail: None,
+            },
             None => Outcome::Bypass,
         }
     }
@@ -112,8 +136,12 @@ impl ResponseCache {
     /// Starts storing `value` under `key` and says whether it did. The write finishes after the
     /// response is sent (`waitUntil`): a miss costs the client the lookup only, not the write.
     fn put<T: Serialize>(&self, ttl_s: u32, key: &str, value: &T) -> bool {
-        let response = Response::from_json(value)
-            .and_then(|mut response| response.headers_mut().set("cache-control", &format!("max-age={ttl_s}")).map(|()| response));
+        let response = Response::from_json(value).and_then(|mut response| {
+            response
+                .headers_mut()
+                .set("cache-control", &format!("max-age={ttl_s}"))
+                .map(|()| response)
+        });
         let response = match response {
             Ok(response) => response,
             Err(e) => {
@@ -130,4 +158,3 @@ impl ResponseCache {
         true
     }
 }
-

@@ -39,15 +39,30 @@ pub struct HostAnswer {
 }
 
 /// The object name makes one host per shard replica; the hint places it near its bucket.
-pub async fn ask(ns: &ObjectNamespace, query: &HostQuery) -> std::result::Result<HostAnswer, String> {
-    let name = format!("{}/{}/{}/{}", query.index, query.version, query.shard, query.region);
+pub async fn ask(
+    ns: &ObjectNamespace,
+    query: &HostQuery,
+) -> std::result::Result<HostAnswer, String> {
+    let name = format!(
+        "{}/{}/{}/{}",
+        query.index, query.version, query.shard, query.region
+    );
     let call = async {
-        let stub = ns.id_from_name(&name)?.get_stub_with_location_hint(&query.region)?;
+        let stub = ns
+            .id_from_name(&name)?
+            .get_stub_with_location_hint(&query.region)?;
         let mut init = RequestInit::new();
-        init.with_method(Method::Post).with_body(Some(serde_json::to_string(query)?.into()));
-        let mut response = stub.fetch_with_request(Request::new_with_init("https://shard-host/search", &init)?).await?;
+        init.with_method(Method::Post)
+            .with_body(Some(serde_json::to_string(query)?.into()));
+        let mut response = stub
+            .fetch_with_request(Request::new_with_init("https://shard-host/search", &init)?)
+            .await?;
         if response.status_code() != 200 {
-            return Err(Error::RustError(format!("status {}: {}", response.status_code(), response.text().await?)));
+            return Err(Error::RustError(format!(
+                "status {}: {}",
+                response.status_code(),
+                response.text().await?
+            )));
         }
         response.json::<HostAnswer>().await
     };
@@ -74,21 +89,41 @@ impl DurableObject for ShardHost {
 
 impl ShardHost {
     async fn answer(&self, req: &mut Request) -> std::result::Result<HostAnswer, ApiError> {
-        let query: HostQuery = req.json().await.map_err(|e| ApiError::Invalid(format!("host query: {e}")))?;
+        let query: HostQuery = req
+            .json()
+            .await
+            .map_err(|e| ApiError::Invalid(format!("host query: {e}")))?;
         let config = Config::for_isolate(&self.env)?;
         let store = store(&self.env)?;
         let source = R2::new(self.env.clone(), config.mentioned_regions());
-        let pinned = store.pin_version(&source, &query.index, &query.version, &query.region).await?;
-        let got = store.shard(&source, &pinned, query.shard, &query.region).await?;
-        let params = SearchParams { k: query.k, ef: query.ef, filter: query.filter.map(|equals| Filter { equals }) };
-        let (hits, timing) = search_loaded(&got, &query.vector, &params).map_err(ApiError::Unavailable)?;
+        let pinned = store
+            .pin_version(&source, &query.index, &query.version, &query.region)
+            .await?;
+        let got = store
+            .shard(&source, &pinned, query.shard, &query.region)
+            .await?;
+        let params = SearchParams {
+            k: query.k,
+            ef: query.ef,
+            filter: query.filter.map(|equals| Filter { equals }),
+        };
+        let (hits, timing) =
+            search_loaded(&got, &query.vector, &params).map_err(ApiError::Unavailable)?;
         let shard_name = got.value.shard.meta().shard_name;
         let matches = hits
             .into_iter()
             .map(|hit| {
-                let passage = got.value.shard.passage(hit.ord).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+                let passage = got
+                    .value
+                    .shard
+                    .passage(hit.ord)
+                    .map_err(|e| ApiError::Unavailable(e.to_string()))?;
                 let score = pinned.manifest.metric.score(hit.distance);
-                Ok(HostMatch { ord: hit.ord, distance: hit.distance, found: Match::new(passage, score, &shard_name) })
+                Ok(HostMatch {
+                    ord: hit.ord,
+                    distance: hit.distance,
+                    found: Match::new(passage, score, &shard_name),
+                })
             })
             .collect::<std::result::Result<_, ApiError>>()?;
         Ok(HostAnswer { matches, timing })

@@ -8,8 +8,8 @@ use worker::Response;
 use super::origins::{Call, Lease, Reply, Streamed, CHAT_PATH};
 use super::{read_body, search, to_json, Ctx, Incoming};
 use crate::api::{
-    interrupted_event, parse_chat, parse_embeddings, parse_rag, passages, with_sources, ApiError, ChatRequest, SearchRequest,
-    INFERENCE_BODY_LIMIT,
+    interrupted_event, parse_chat, parse_embeddings, parse_rag, passages, with_sources, ApiError,
+    ChatRequest, SearchRequest, INFERENCE_BODY_LIMIT,
 };
 use crate::balancer::{affinity_key, FailureKind, Kind};
 use crate::rag::{self, ChatCompletionRequest, ChatMessage, Passage};
@@ -21,7 +21,10 @@ pub async fn embeddings(req: &Incoming, ctx: &mut Ctx) -> Result<Response, ApiEr
     let (content_type, body) = read_body(req, ctx, INFERENCE_BODY_LIMIT).await?;
     let request = parse_embeddings(content_type.as_deref(), &body)?;
     let home = ctx.home(&[]);
-    let reply = ctx.origins()?.embeddings(&request, &home, &ctx.outbound).await?;
+    let reply = ctx
+        .origins()?
+        .embeddings(&request, &home, &ctx.outbound)
+        .await?;
     ctx.timing.origin += reply.origin_ms;
     json_bytes(reply.answer)
 }
@@ -31,7 +34,11 @@ pub async fn rag(req: &Incoming, ctx: &mut Ctx) -> Result<Response, ApiError> {
     let request = parse_rag(content_type.as_deref(), &body)?;
     // A bad model is refused before the embedding and the search are paid for.
     ctx.origins()?.check_model(Kind::Chat, &request.model)?;
-    let found = search::run(ctx, &SearchRequest::text(&request.index, &request.query, request.k)).await?;
+    let found = search::run(
+        ctx,
+        &SearchRequest::text(&request.index, &request.query, request.k),
+    )
+    .await?;
     let completion = ChatCompletionRequest {
         model: request.model,
         messages: vec![ChatMessage::new("user", &request.query)],
@@ -39,13 +46,20 @@ pub async fn rag(req: &Incoming, ctx: &mut Ctx) -> Result<Response, ApiError> {
         max_tokens: request.max_tokens,
         extra: Map::new(),
     };
-    answer(ctx, completion, Some(&passages(&found.matches)), SourcesEvent::Send).await
+    answer(
+        ctx,
+        completion,
+        Some(&passages(&found.matches)),
+        SourcesEvent::Send,
+    )
+    .await
 }
 
 pub async fn chat(req: &Incoming, ctx: &mut Ctx) -> Result<Response, ApiError> {
     let (content_type, body) = read_body(req, ctx, INFERENCE_BODY_LIMIT).await?;
     let index_header = req.header("x-rag-index");
-    let ChatRequest { completion, index } = parse_chat(content_type.as_deref(), &body, index_header.as_deref())?;
+    let ChatRequest { completion, index } =
+        parse_chat(content_type.as_deref(), &body, index_header.as_deref())?;
     ctx.origins()?.check_model(Kind::Chat, &completion.model)?;
     let Some(index) = index else {
         return answer(ctx, completion, None, SourcesEvent::Omit).await;
@@ -54,7 +68,13 @@ pub async fn chat(req: &Incoming, ctx: &mut Ctx) -> Result<Response, ApiError> {
     let found = search::run(ctx, &SearchRequest::text(&index, &query, CHAT_K)).await?;
     // OpenAI SDKs hand every SSE event to the caller as a chunk, so a `sources` event would break
     // them here; non-streamed answers still carry `sources` (an extra member the SDKs keep).
-    answer(ctx, completion, Some(&passages(&found.matches)), SourcesEvent::Omit).await
+    answer(
+        ctx,
+        completion,
+        Some(&passages(&found.matches)),
+        SourcesEvent::Omit,
+    )
+    .await
 }
 
 /// Whether a streamed answer starts with the `sources` event.
@@ -74,7 +94,12 @@ async fn answer(
 ) -> Result<Response, ApiError> {
     let sources = match passages {
         Some(passages) => {
-            let augmented = rag::augment(&mut completion, &ctx.config.rag_system, passages, ctx.config.context_tokens)?;
+            let augmented = rag::augment(
+                &mut completion,
+                &ctx.config.rag_system,
+                passages,
+                ctx.config.context_tokens,
+            )?;
             Some(&passages[..augmented.included])
         }
         None => None,
@@ -94,7 +119,9 @@ async fn answer(
     if completion.stream == Some(true) {
         let (reply, lease) = origins.stream(&call).await?;
         ctx.timing.origin += reply.origin_ms;
-        let prefix = sources.filter(|_| sources_event == SourcesEvent::Send).map(rag::sources_event);
+        let prefix = sources
+            .filter(|_| sources_event == SourcesEvent::Send)
+            .map(rag::sources_event);
         return sse(prefix, reply, lease);
     }
     let reply = origins.whole(&call).await?;
@@ -107,8 +134,12 @@ async fn answer(
 
 /// The origin's JSON answer, passed on unparsed.
 fn json_bytes(bytes: Vec<u8>) -> Result<Response, ApiError> {
-    let mut response = Response::from_bytes(bytes).map_err(|e| ApiError::BadGateway(e.to_string()))?;
-    response.headers_mut().set("content-type", "application/json").map_err(|e| ApiError::BadGateway(e.to_string()))?;
+    let mut response =
+        Response::from_bytes(bytes).map_err(|e| ApiError::BadGateway(e.to_string()))?;
+    response
+        .headers_mut()
+        .set("content-type", "application/json")
+        .map_err(|e| ApiError::BadGateway(e.to_string()))?;
     Ok(response)
 }
 
@@ -117,14 +148,23 @@ fn json_bytes(bytes: Vec<u8>) -> Result<Response, ApiError> {
 /// settles when the origin's stream ends; a break-off becomes a final error event.
 fn sse(prefix: Option<String>, reply: Reply<Streamed>, lease: Lease) -> Result<Response, ApiError> {
     let Streamed { first, rest } = reply.answer;
-    let head = stream::iter(prefix.map(String::into_bytes).into_iter().chain([first]).map(Ok::<_, worker::Error>));
+    let head = stream::iter(
+        prefix
+            .map(String::into_bytes)
+            .into_iter()
+            .chain([first])
+            .map(Ok::<_, worker::Error>),
+    );
     let tail = stream::unfold((rest, Some(lease)), |(mut rest, lease)| async move {
         let lease = lease?;
         match rest.next().await {
             Some(Ok(chunk)) => Some((Ok(chunk), (rest, Some(lease)))),
             Some(Err(e)) => {
                 lease.fail(FailureKind::Interrupted);
-                Some((Ok(interrupted_event(&e.to_string()).into_bytes()), (rest, None)))
+                Some((
+                    Ok(interrupted_event(&e.to_string()).into_bytes()),
+                    (rest, None),
+                ))
             }
             None => {
                 lease.succeed();
@@ -132,10 +172,16 @@ fn sse(prefix: Option<String>, reply: Reply<Streamed>, lease: Lease) -> Result<R
             }
         }
     });
-    let mut response = Response::from_stream(head.chain(tail)).map_err(|e| ApiError::BadGateway(e.to_string()))?;
+    let mut response =
+        Response::from_stream(head.chain(tail)).map_err(|e| ApiError::BadGateway(e.to_string()))?;
     let headers = response.headers_mut();
-    for (name, value) in [("content-type", "text/event-stream"), ("cache-control", "no-cache")] {
-        headers.set(name, value).map_err(|e| ApiError::BadGateway(e.to_string()))?;
+    for (name, value) in [
+        ("content-type", "text/event-stream"),
+        ("cache-control", "no-cache"),
+    ] {
+        headers
+            .set(name, value)
+            .map_err(|e| ApiError::BadGateway(e.to_string()))?;
     }
     Ok(response)
 }

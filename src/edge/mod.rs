@@ -93,7 +93,10 @@ fn var(env: &Env, name: &str) -> Option<String> {
 fn parsed<T: std::str::FromStr>(env: &Env, name: &str, default: T) -> Result<T, ApiError> {
     match var(env, name) {
         None => Ok(default),
-        Some(v) => v.trim().parse().map_err(|_| ApiError::Misconfigured(format!("{name} = {v:?}"))),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| ApiError::Misconfigured(format!("{name} = {v:?}"))),
     }
 }
 
@@ -111,19 +114,24 @@ impl Config {
     }
 
     fn from_env(env: &Env) -> Result<Config, ApiError> {
-        let regions = RegionMap::from_json(&var(env, "REGION_MAP").unwrap_or_else(|| r#"{"default":"weur"}"#.into()))
-            .map_err(ApiError::Misconfigured)?;
+        let regions = RegionMap::from_json(
+            &var(env, "REGION_MAP").unwrap_or_else(|| r#"{"default":"weur"}"#.into()),
+        )
+        .map_err(ApiError::Misconfigured)?;
         let mode = match var(env, "SERVING_MODE").as_deref() {
             None | Some("local") => Mode::Local,
             Some("durable") => Mode::Durable,
-            Some(other) => return Err(ApiError::Misconfigured(format!("SERVING_MODE = {other:?}"))),
+            Some(other) => {
+                return Err(ApiError::Misconfigured(format!("SERVING_MODE = {other:?}")))
+            }
         };
         Ok(Config {
             dev: var(env, "ENVIRONMENT").as_deref() == Some("dev"),
             regions,
             mode,
             deadline_ms: parsed(env, "FANOUT_DEADLINE_MS", DEADLINE_MS_DEFAULT)?,
-            embedding_model: var(env, "EMBEDDING_MODEL").unwrap_or_else(|| EMBEDDING_MODEL_DEFAULT.into()),
+            embedding_model: var(env, "EMBEDDING_MODEL")
+                .unwrap_or_else(|| EMBEDDING_MODEL_DEFAULT.into()),
             rag_system: var(env, "RAG_SYSTEM").unwrap_or_else(|| DEFAULT_SYSTEM.into()),
             context_tokens: parsed(env, "RAG_CONTEXT_TOKENS", RAG_CONTEXT_TOKENS_DEFAULT)?,
             result_cache_ttl_s: parsed(env, "RESULT_CACHE_TTL_S", RESULT_CACHE_TTL_S_DEFAULT)?,
@@ -134,7 +142,11 @@ impl Config {
     /// Every region the table can answer with: the candidates for bucket bindings.
     fn mentioned_regions(&self) -> Vec<String> {
         let mut all = vec![self.regions.default.clone()];
-        let tables = [&self.regions.colo, &self.regions.region, &self.regions.continent];
+        let tables = [
+            &self.regions.colo,
+            &self.regions.region,
+            &self.regions.continent,
+        ];
         for region in tables.into_iter().flat_map(|t| t.values()) {
             if !all.contains(region) {
                 all.push(region.clone());
@@ -151,7 +163,10 @@ pub(crate) fn store(env: &Env) -> Result<Rc<Store>, ApiError> {
     }
     let cache_bytes = parsed(env, "CACHE_BYTES", CACHE_BYTES_DEFAULT)?;
     let ttl = parsed(env, "CURRENT_TTL_MS", CURRENT_TTL_MS_DEFAULT)?;
-    Ok(STORE.with(|cell| cell.get_or_init(|| Rc::new(Store::new(cache_bytes, ttl))).clone()))
+    Ok(STORE.with(|cell| {
+        cell.get_or_init(|| Rc::new(Store::new(cache_bytes, ttl)))
+            .clone()
+    }))
 }
 
 impl From<StoreError> for ApiError {
@@ -218,7 +233,11 @@ pub(crate) struct Ctx {
 impl Ctx {
     /// The inference origins, which the route being served needs.
     pub fn origins(&self) -> Result<Rc<origins::Origins>, ApiError> {
-        self.origins.clone().ok_or_else(|| ApiError::Misconfigured("ORIGINS is not set: this deployment has no inference origins".into()))
+        self.origins.clone().ok_or_else(|| {
+            ApiError::Misconfigured(
+                "ORIGINS is not set: this deployment has no inference origins".into(),
+            )
+        })
     }
 
     /// The live version of an index the caller may read. Every route that reads an index comes
@@ -231,7 +250,9 @@ impl Ctx {
 
     /// The region serving this request, among `available` (a manifest's regions).
     pub fn home(&self, available: &[String]) -> String {
-        self.config.regions.home(&self.location, self.forced_region.as_deref(), available)
+        self.config
+            .regions
+            .home(&self.location, self.forced_region.as_deref(), available)
     }
 }
 
@@ -254,7 +275,11 @@ pub(crate) struct Incoming {
 
 impl Incoming {
     fn new(raw: web_sys::Request) -> Incoming {
-        Incoming { headers: raw.headers(), method: raw.method(), raw }
+        Incoming {
+            headers: raw.headers(),
+            method: raw.method(),
+            raw,
+        }
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
@@ -267,17 +292,28 @@ async fn fetch(req: web_sys::Request, env: Env, context: Context) -> Result<Resp
     let started = now_ms();
     let req = Incoming::new(req);
     let request_id = request_id(&req);
-    let trace = TraceContext::continue_or_start(req.header("traceparent").as_deref(), &mut random_u64);
+    let trace =
+        TraceContext::continue_or_start(req.header("traceparent").as_deref(), &mut random_u64);
     let method = req.method.clone();
-    let outbound = origins::Outbound { request_id: request_id.clone(), traceparent: trace.traceparent() };
-    let mut report = Report { route: UNMATCHED_ROUTE, timing: Timing::default(), cache_status: Vec::new(), index: None };
+    let outbound = origins::Outbound {
+        request_id: request_id.clone(),
+        traceparent: trace.traceparent(),
+    };
+    let mut report = Report {
+        route: UNMATCHED_ROUTE,
+        timing: Timing::default(),
+        cache_status: Vec::new(),
+        index: None,
+    };
     let outcome = handle(req, env, context, outbound, &mut report).await;
     let (mut response, error) = match outcome {
         Ok(response) => (response, None),
         Err(error) => {
             let problem = error.problem(&request_id);
             let mut response = Response::from_json(&problem)?.with_status(error.status());
-            response.headers_mut().set("content-type", "application/problem+json")?;
+            response
+                .headers_mut()
+                .set("content-type", "application/problem+json")?;
             for (name, value) in error.headers() {
                 response.headers_mut().set(name, &value)?;
             }
@@ -326,7 +362,11 @@ async fn handle(
         source: r2::R2::new(env.clone(), config.mentioned_regions()),
         store: store(&env)?,
         location: location(&req),
-        forced_region: if config.dev { req.header("x-edge-region") } else { None },
+        forced_region: if config.dev {
+            req.header("x-edge-region")
+        } else {
+            None
+        },
         // Parsed at the first request (and kept per isolate), so a bad ORIGINS fails loudly at once.
         origins: origins::for_isolate(&env)?,
         cache: cache::ResponseCache::new(config.result_cache_ttl_s, context),
@@ -374,7 +414,8 @@ async fn route_to(route: Route, req: &Incoming, ctx: &mut Ctx) -> Result<Respons
 /// `GET /metrics`: this isolate's counters in the Prometheus text format.
 fn metrics(ctx: &Ctx) -> Result<Response, ApiError> {
     let text = observe::render(&ctx.store, ctx.origins.as_deref());
-    let mut response = Response::ok(text).map_err(|e| ApiError::Misconfigured(format!("building /metrics: {e}")))?;
+    let mut response = Response::ok(text)
+        .map_err(|e| ApiError::Misconfigured(format!("building /metrics: {e}")))?;
     response
         .headers_mut()
         .set("content-type", crate::metrics::CONTENT_TYPE)
@@ -398,11 +439,13 @@ async fn index_summary(ctx: &Ctx, name: &str) -> Result<IndexSummary, ApiError> 
 }
 
 fn json<T: Serialize>(value: &T) -> Result<Response, ApiError> {
-    Response::from_json(value).map_err(|e| ApiError::Misconfigured(format!("serialising a response: {e}")))
+    Response::from_json(value)
+        .map_err(|e| ApiError::Misconfigured(format!("serialising a response: {e}")))
 }
 
 pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<String, ApiError> {
-    serde_json::to_string(value).map_err(|e| ApiError::Misconfigured(format!("serialising a request: {e}")))
+    serde_json::to_string(value)
+        .map_err(|e| ApiError::Misconfigured(format!("serialising a request: {e}")))
 }
 
 /// The body and its content type. An announced oversized body is refused before reading, an
@@ -416,21 +459,37 @@ pub(crate) async fn race<F: std::future::Future>(future: F, limit: Duration) -> 
     }
 }
 
-pub(crate) async fn read_body(req: &Incoming, ctx: &Ctx, limit: usize) -> Result<(Option<String>, Vec<u8>), ApiError> {
-    let announced = req.header("content-length").and_then(|v| v.parse::<usize>().ok());
+pub(crate) async fn read_body(
+    req: &Incoming,
+    ctx: &Ctx,
+    limit: usize,
+) -> Result<(Option<String>, Vec<u8>), ApiError> {
+    let announced = req
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok());
     if let Some(size) = announced.filter(|&size| size > limit) {
         return Err(ApiError::TooLarge { size, limit });
     }
     let content_type = req.header("content-type");
     // No body at all is an empty one (which then fails as JSON).
-    let Some(raw) = req.raw.body() else { return Ok((content_type, Vec::new())) };
+    let Some(raw) = req.raw.body() else {
+        return Ok((content_type, Vec::new()));
+    };
     let mut body_stream = wasm_streams::ReadableStream::from_raw(raw);
     let mut reader = body_stream.get_reader().into_stream();
     let mut chunks = (&mut reader).map(|chunk| {
-        chunk.map(|bytes| js_sys::Uint8Array::new(&bytes).to_vec()).map_err(|e| format!("{e:?}"))
+        chunk
+            .map(|bytes| js_sys::Uint8Array::new(&bytes).to_vec())
+            .map_err(|e| format!("{e:?}"))
     });
     let ms = ctx.config.body_timeout_ms;
-    let outcome = collect_body(&mut chunks, limit, Delay::from(Duration::from_millis(ms)), ms).await;
+    let outcome = collect_body(
+        &mut chunks,
+        limit,
+        Delay::from(Duration::from_millis(ms)),
+        ms,
+    )
+    .await;
     let stop_reading = match outcome {
         Err(ApiError::BodyTimeout { .. }) => true,
         // The rest of an oversized body is read and dropped (in JS, never copied into wasm memory)
@@ -454,7 +513,9 @@ fn request_id(req: &Incoming) -> String {
     let given = req.header("x-request-id").unwrap_or_default();
     let sane = !given.is_empty()
         && given.len() <= 64
-        && given.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        && given
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if sane {
         given
     } else {
@@ -469,10 +530,16 @@ fn location(req: &Incoming) -> Location {
     let cf = js_sys::Reflect::get(&req.raw, &"cf".into()).unwrap_or_default();
     let field = |name: &str| {
         if cf.is_object() {
-            js_sys::Reflect::get(&cf, &name.into()).ok().and_then(|v| v.as_string())
+            js_sys::Reflect::get(&cf, &name.into())
+                .ok()
+                .and_then(|v| v.as_string())
         } else {
             None
         }
     };
-    Location { colo: field("colo"), region: field("regionCode"), continent: field("continent") }
+    Location {
+        colo: field("colo"),
+        region: field("regionCode"),
+        continent: field("continent"),
+    }
 }

@@ -35,7 +35,11 @@ pub fn record(update: impl FnOnce(&mut Registry)) {
         let registry = registry.get_or_insert_with(|| {
             let mut registry = Registry::new(DECLARED);
             let isolate = format!("{:08x}", (js_sys::Math::random() * u32::MAX as f64) as u32);
-            registry.set(&metrics::ISOLATE_START, &[("isolate", &isolate)], Date::now().as_millis() as f64 / 1000.0);
+            registry.set(
+                &metrics::ISOLATE_START,
+                &[("isolate", &isolate)],
+                Date::now().as_millis() as f64 / 1000.0,
+            );
             registry
         });
         update(registry);
@@ -52,13 +56,21 @@ pub fn render(store: &Store, origins: Option<&Origins>) -> String {
     let mut text = String::new();
     record(|registry| {
         registry.set(&metrics::SHARD_CACHE_BYTES, &[], store.shard_bytes() as f64);
-        registry.set(&metrics::SHARD_CACHE_SHARDS, &[], store.shard_count() as f64);
+        registry.set(
+            &metrics::SHARD_CACHE_SHARDS,
+            &[],
+            store.shard_count() as f64,
+        );
         let reads = store.shard_reads();
         registry.set(&metrics::SHARD_CACHE_HITS, &[], reads.hits as f64);
         registry.set(&metrics::SHARD_CACHE_MISSES, &[], reads.misses as f64);
         for health in origins.map(Origins::health).unwrap_or_default() {
             let labels = [("origin", health.name.as_str())];
-            registry.set(&metrics::ORIGIN_HEALTHY, &labels, if health.ejected { 0.0 } else { 1.0 });
+            registry.set(
+                &metrics::ORIGIN_HEALTHY,
+                &labels,
+                if health.ejected { 0.0 } else { 1.0 },
+            );
             registry.set(&metrics::ORIGIN_EJECTIONS, &labels, health.ejections as f64);
         }
         text = registry.render();
@@ -85,8 +97,16 @@ pub struct Finished<'a> {
 pub fn finish(request: &Finished) {
     let status = request.status.to_string();
     record(|registry| {
-        registry.add(&metrics::REQUESTS, &[("route", request.route), ("status", &status)], 1.0);
-        registry.observe(&metrics::REQUEST_DURATION, &[("route", request.route)], seconds(request.duration_ms));
+        registry.add(
+            &metrics::REQUESTS,
+            &[("route", request.route), ("status", &status)],
+            1.0,
+        );
+        registry.observe(
+            &metrics::REQUEST_DURATION,
+            &[("route", request.route)],
+            seconds(request.duration_ms),
+        );
     });
     let level = match request.status {
         500.. => "error",

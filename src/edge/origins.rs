@@ -12,13 +12,16 @@ use futures::StreamExt;
 use worker::js_sys;
 use worker::js_sys::futures::JsFuture;
 use worker::wasm_bindgen::{JsCast, JsValue};
-use worker::{web_sys, AbortController, AbortSignal, ByteStream, Date, Delay, Env, Headers, Method, Request, RequestInit, Response};
+use worker::{
+    web_sys, AbortController, AbortSignal, ByteStream, Date, Delay, Env, Headers, Method, Request,
+    RequestInit, Response,
+};
 
 use super::{now_ms, observe, parsed, race, var};
 use crate::api::{judge_origin, refusal, ApiError, Verdict};
 use crate::balancer::{
-    parse_affinity, parse_origins, Balancer, BalancerError, FailureKind, GiveUpReason, Kind, OriginId, Policy, RetryDecision,
-    Routing, Target,
+    parse_affinity, parse_origins, Balancer, BalancerError, FailureKind, GiveUpReason, Kind,
+    OriginId, Policy, RetryDecision, Routing, Target,
 };
 use crate::metrics::{ORIGIN_DURATION, ORIGIN_RETRIES};
 use crate::rag::EmbeddingsRequest;
@@ -45,7 +48,11 @@ pub struct Origins {
 
 /// A var that may be given as a JSON string or, in wrangler.toml, as a TOML table/array.
 fn json_var(env: &Env, name: &str) -> Option<String> {
-    var(env, name).or_else(|| env.object_var::<serde_json::Value>(name).ok().map(|v| v.to_string()))
+    var(env, name).or_else(|| {
+        env.object_var::<serde_json::Value>(name)
+            .ok()
+            .map(|v| v.to_string())
+    })
 }
 
 /// This isolate's origins, built at its first request; `None` when `ORIGINS` is not set (a
@@ -55,11 +62,21 @@ pub fn for_isolate(env: &Env) -> Result<Option<Rc<Origins>>, ApiError> {
     if let Some(origins) = ORIGINS.with(|cell| cell.borrow().clone()) {
         return Ok(Some(origins));
     }
-    let Some(json) = json_var(env, "ORIGINS") else { return Ok(None) };
+    let Some(json) = json_var(env, "ORIGINS") else {
+        return Ok(None);
+    };
     let defaults = Policy::default();
     let policy = Policy {
-        per_try_timeout: Duration::from_millis(parsed(env, "ORIGIN_TRY_TIMEOUT_MS", defaults.per_try_timeout.as_millis() as u64)?),
-        deadline: Duration::from_millis(parsed(env, "ORIGIN_DEADLINE_MS", defaults.deadline.as_millis() as u64)?),
+        per_try_timeout: Duration::from_millis(parsed(
+            env,
+            "ORIGIN_TRY_TIMEOUT_MS",
+            defaults.per_try_timeout.as_millis() as u64,
+        )?),
+        deadline: Duration::from_millis(parsed(
+            env,
+            "ORIGIN_DEADLINE_MS",
+            defaults.deadline.as_millis() as u64,
+        )?),
         ..defaults
     };
     let configs = parse_origins(&json)?;
@@ -71,13 +88,18 @@ pub fn for_isolate(env: &Env) -> Result<Option<Rc<Origins>>, ApiError> {
         .map(|(i, origin)| match &origin.api_key_secret {
             None => Ok(None),
             Some(name) => env.secret(name).map(|s| Some(s.to_string())).map_err(|_| {
-                ApiError::Misconfigured(format!("ORIGINS[{i}].api_key_secret: no secret named {name:?} is bound"))
+                ApiError::Misconfigured(format!(
+                    "ORIGINS[{i}].api_key_secret: no secret named {name:?} is bound"
+                ))
             }),
         })
         .collect::<Result<Vec<_>, _>>()?;
     // Isolates seed differently so that their random choices do not move in lockstep.
     let seed = (js_sys::Math::random() * (1u64 << 53) as f64) as u64;
-    let origins = Rc::new(Origins { balancer: RefCell::new(Balancer::new(configs, routing, affinity, policy, seed)), keys });
+    let origins = Rc::new(Origins {
+        balancer: RefCell::new(Balancer::new(configs, routing, affinity, policy, seed)),
+        keys,
+    });
     ORIGINS.with(|cell| *cell.borrow_mut() = Some(origins.clone()));
     Ok(Some(origins))
 }
@@ -139,12 +161,17 @@ impl Read for Whole {
     type Out = Vec<u8>;
     const ACCEPT: &'static str = "application/json";
     async fn read(response: web_sys::Response, within: Duration) -> Result<Vec<u8>, Attempt> {
-        let failed = |e: JsValue| Attempt::Failed(FailureKind::Connect, format!("reading the answer: {e:?}"));
+        let failed = |e: JsValue| {
+            Attempt::Failed(FailureKind::Connect, format!("reading the answer: {e:?}"))
+        };
         // `arrayBuffer()`: the runtime collects the body in one call, rather than a JS round trip
         // per chunk and a lock release through a stream reader.
         let whole = JsFuture::from(response.array_buffer().map_err(failed)?);
         match race(whole, within).await {
-            None => Err(Attempt::Failed(FailureKind::Timeout, "no complete answer within the try timeout".into())),
+            None => Err(Attempt::Failed(
+                FailureKind::Timeout,
+                "no complete answer within the try timeout".into(),
+            )),
             Some(Err(e)) => Err(failed(e)),
             Some(Ok(buffer)) => Ok(js_sys::Uint8Array::new(&buffer).to_vec()),
         }
@@ -166,11 +193,22 @@ impl Read for FirstChunk {
     const ACCEPT: &'static str = "text/event-stream";
     async fn read(response: web_sys::Response, within: Duration) -> Result<Streamed, Attempt> {
         let mut response = Response::from(response);
-        let mut rest = response.stream().map_err(|e| Attempt::Failed(FailureKind::Connect, format!("no body: {e}")))?;
+        let mut rest = response
+            .stream()
+            .map_err(|e| Attempt::Failed(FailureKind::Connect, format!("no body: {e}")))?;
         match race(rest.next(), within).await {
-            None => Err(Attempt::Failed(FailureKind::Timeout, "no first token within the try timeout".into())),
-            Some(None) => Err(Attempt::Failed(FailureKind::Connect, "the stream ended before its first byte".into())),
-            Some(Some(Err(e))) => Err(Attempt::Failed(FailureKind::Connect, format!("reading the stream: {e}"))),
+            None => Err(Attempt::Failed(
+                FailureKind::Timeout,
+                "no first token within the try timeout".into(),
+            )),
+            Some(None) => Err(Attempt::Failed(
+                FailureKind::Connect,
+                "the stream ended before its first byte".into(),
+            )),
+            Some(Some(Err(e))) => Err(Attempt::Failed(
+                FailureKind::Connect,
+                format!("reading the stream: {e}"),
+            )),
             Some(Some(Ok(first))) => Ok(Streamed { first, rest }),
         }
     }
@@ -249,7 +287,13 @@ pub struct Reply<T> {
 impl Origins {
     /// 404 when no configured origin serves `model` for `kind`, whatever their health.
     pub fn check_model(&self, kind: Kind, model: &str) -> Result<(), ApiError> {
-        if self.balancer.borrow().origins().iter().any(|o| o.serves(kind, model)) {
+        if self
+            .balancer
+            .borrow()
+            .origins()
+            .iter()
+            .any(|o| o.serves(kind, model))
+        {
             Ok(())
         } else {
             Err(ApiError::UnknownModel(model.to_string()))
@@ -297,13 +341,24 @@ impl Origins {
 
     /// Sends a streamed request and returns once its first chunk is in; the lease must be
     /// settled when the stream ends.
-    pub async fn stream(self: &Rc<Self>, call: &Call<'_>) -> Result<(Reply<Streamed>, Lease), ApiError> {
+    pub async fn stream(
+        self: &Rc<Self>,
+        call: &Call<'_>,
+    ) -> Result<(Reply<Streamed>, Lease), ApiError> {
         self.send::<FirstChunk>(call).await
     }
 
-    async fn send<R: Read>(self: &Rc<Self>, call: &Call<'_>) -> Result<(Reply<R::Out>, Lease), ApiError> {
+    async fn send<R: Read>(
+        self: &Rc<Self>,
+        call: &Call<'_>,
+    ) -> Result<(Reply<R::Out>, Lease), ApiError> {
         self.check_model(call.kind, call.model)?;
-        let target = Target { kind: call.kind, model: call.model, region: call.region, affinity_key: call.affinity_key };
+        let target = Target {
+            kind: call.kind,
+            model: call.model,
+            region: call.region,
+            affinity_key: call.affinity_key,
+        };
         let began = now_ms();
         let mut plan = self.balancer.borrow_mut().begin(now());
         let mut last_failure = String::new();
@@ -316,23 +371,49 @@ impl Origins {
                 if let Some(id) = id {
                     balancer.on_start(id, &mut plan, started);
                 }
-                id.zip(timeout).map(|(id, timeout)| (id, timeout, balancer.origin(id).clone()))
+                id.zip(timeout)
+                    .map(|(id, timeout)| (id, timeout, balancer.origin(id).clone()))
             };
             let Some((id, timeout, origin)) = picked else {
-                let why = if plan.try_timeout(started).is_none() { "the deadline passed" } else { "none is available" };
-                return Err(self.unavailable(call, &plan_summary(plan.attempts(), why), &last_failure));
+                let why = if plan.try_timeout(started).is_none() {
+                    "the deadline passed"
+                } else {
+                    "none is available"
+                };
+                return Err(self.unavailable(
+                    call,
+                    &plan_summary(plan.attempts(), why),
+                    &last_failure,
+                ));
             };
             let controller = AbortController::default();
             let signal = controller.signal();
-            let mut lease = Lease { origins: self.clone(), id, controller: Some(controller), settled: false };
+            let mut lease = Lease {
+                origins: self.clone(),
+                id,
+                controller: Some(controller),
+                settled: false,
+            };
             let url = format!("{}{}", origin.url.trim_end_matches('/'), call.path);
             let headers = origin_headers::<R>(self.keys[id.0].as_deref(), call.outbound);
-            let outcome = attempt::<R>(&origin.name, &url, headers, &call.body, timeout, &signal).await;
+            let outcome =
+                attempt::<R>(&origin.name, &url, headers, &call.body, timeout, &signal).await;
             let ended = now();
             match outcome {
                 Ok(answer) => {
-                    self.balancer.borrow_mut().on_first_byte(id, ended.saturating_sub(started), &mut plan, ended);
-                    return Ok((Reply { answer, origin_ms: now_ms() - began }, lease));
+                    self.balancer.borrow_mut().on_first_byte(
+                        id,
+                        ended.saturating_sub(started),
+                        &mut plan,
+                        ended,
+                    );
+                    return Ok((
+                        Reply {
+                            answer,
+                            origin_ms: now_ms() - began,
+                        },
+                        lease,
+                    ));
                 }
                 Err(Attempt::Refused { status, body }) => {
                     lease.succeed();
@@ -351,7 +432,11 @@ impl Origins {
                             Delay::from(after).await
                         }
                         RetryDecision::GiveUp(reason) => {
-                            return Err(self.unavailable(call, &plan_summary(plan.attempts(), give_up(reason)), &last_failure));
+                            return Err(self.unavailable(
+                                call,
+                                &plan_summary(plan.attempts(), give_up(reason)),
+                                &last_failure,
+                            ));
                         }
                     }
                 }
@@ -364,8 +449,15 @@ impl Origins {
             Kind::Chat => "chat",
             Kind::Embeddings => "embeddings",
         };
-        let last = if last_failure.is_empty() { String::new() } else { format!("; last failure: {last_failure}") };
-        ApiError::OriginsUnavailable(format!("no {kind} origin for {:?} answered: {summary}{last}", call.model))
+        let last = if last_failure.is_empty() {
+            String::new()
+        } else {
+            format!("; last failure: {last_failure}")
+        };
+        ApiError::OriginsUnavailable(format!(
+            "no {kind} origin for {:?} answered: {summary}{last}",
+            call.model
+        ))
     }
 }
 
@@ -415,7 +507,9 @@ async fn attempt<R: Read>(
     }
     let started = now_ms();
     let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_headers(headers).with_body(Some(JsValue::from_str(body)));
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(JsValue::from_str(body)));
     let request = Request::new_with_init(url, &init).map_err(connect)?;
     let until = now_ms() + timeout.as_secs_f64() * 1000.0;
     // The runtime's Response as is: making a `worker::Response` reads properties (`cf`,
@@ -425,8 +519,15 @@ async fn attempt<R: Read>(
     let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
     let sent = JsFuture::from(global.fetch_with_request_and_init(request.inner(), &init));
     let response: web_sys::Response = match race(sent, timeout).await {
-        None => return Err(Attempt::Failed(FailureKind::Timeout, "no response within the try timeout".into())),
-        Some(response) => response.and_then(|r| r.dyn_into()).map_err(|e| connect(e.into()))?,
+        None => {
+            return Err(Attempt::Failed(
+                FailureKind::Timeout,
+                "no response within the try timeout".into(),
+            ))
+        }
+        Some(response) => response
+            .and_then(|r| r.dyn_into())
+            .map_err(|e| connect(e.into()))?,
     };
     let latency = observe::seconds(now_ms() - started);
     observe::record(|m| m.observe(&ORIGIN_DURATION, &[("origin", origin)], latency));

@@ -21,12 +21,17 @@ impl R2 {
     /// `candidates` are the regions the configuration mentions; those without a bucket binding
     /// are dropped here, so a partial deployment still serves from what it has.
     pub fn new(env: Env, candidates: Vec<String>) -> R2 {
-        let regions = candidates.into_iter().filter(|r| env.bucket(&binding(r)).is_ok()).collect();
+        let regions = candidates
+            .into_iter()
+            .filter(|r| env.bucket(&binding(r)).is_ok())
+            .collect();
         R2 { env, regions }
     }
 
     fn bucket(&self, region: &str) -> Result<Bucket, String> {
-        self.env.bucket(&binding(region)).map_err(|e| format!("bucket {}: {e}", binding(region)))
+        self.env
+            .bucket(&binding(region))
+            .map_err(|e| format!("bucket {}: {e}", binding(region)))
     }
 }
 
@@ -40,7 +45,9 @@ impl Source for R2 {
         let Some(object) = bucket.get(key).execute().await.map_err(|e| e.to_string())? else {
             return Ok(None);
         };
-        let Some(body) = object.body() else { return Ok(Some(AlignedVec::new())) };
+        let Some(body) = object.body() else {
+            return Ok(Some(AlignedVec::new()));
+        };
         let stream = match body.response_body().map_err(|e| e.to_string())? {
             ResponseBody::Stream(stream) => stream,
             ResponseBody::Body(bytes) => {
@@ -55,7 +62,9 @@ impl Source for R2 {
         let response = worker::web_sys::Response::new_with_opt_readable_stream(Some(&stream))
             .map_err(|e| format!("{e:?}"))?;
         let promise = response.array_buffer().map_err(|e| format!("{e:?}"))?;
-        let buffer = JsFuture::from(promise).await.map_err(|e| format!("{e:?}"))?;
+        let buffer = JsFuture::from(promise)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
         let array = Uint8Array::new(&buffer);
         let mut aligned = AlignedVec::<16>::with_capacity(array.length() as usize);
         aligned.resize(array.length() as usize, 0);
@@ -64,8 +73,18 @@ impl Source for R2 {
     }
 
     async fn indexes(&self, region: &str) -> Result<Vec<String>, String> {
-        let listed = self.bucket(region)?.list().delimiter("/").execute().await.map_err(|e| e.to_string())?;
-        Ok(listed.delimited_prefixes().into_iter().map(|p| p.trim_end_matches('/').to_string()).collect())
+        let listed = self
+            .bucket(region)?
+            .list()
+            .delimiter("/")
+            .execute()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(listed
+            .delimited_prefixes()
+            .into_iter()
+            .map(|p| p.trim_end_matches('/').to_string())
+            .collect())
     }
 
     fn now_ms(&self) -> f64 {

@@ -15,8 +15,8 @@ use super::cache::{Outcome, Which};
 use super::{host, now_ms, observe, read_body, Ctx, Incoming, Mode, Timing};
 use crate::api::{parse_search, ApiError, Match, Query, SearchRequest, SearchResponse, BODY_LIMIT};
 use crate::cache_key::{embedding_key, normalise_text, search_key};
-use crate::metrics::{EMBEDDING_DURATION, SEARCH_DURATION};
 use crate::fanout::{self, Answer, Gather, MAX_IN_FLIGHT};
+use crate::metrics::{EMBEDDING_DURATION, SEARCH_DURATION};
 use crate::rag::{EmbeddingInput, EmbeddingsRequest, EmbeddingsResponse};
 use crate::shard::{Filter, Hit, Metric, SearchParams};
 use crate::store::{Got, LoadedShard, Pinned};
@@ -43,13 +43,21 @@ pub async fn run(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchRespons
         return Ok(cached);
     }
     let found = search(ctx, request, pinned).await?;
-    let outcome = if found.partial { ctx.cache.skip("partial") } else { ctx.cache.store(&key, &found) };
+    let outcome = if found.partial {
+        ctx.cache.skip("partial")
+    } else {
+        ctx.cache.store(&key, &found)
+    };
     ctx.cache_status.push(outcome.member(Which::Search));
     Ok(found)
 }
 
 /// Embeds a text query, fans out to the planned shards and merges: the answer without the cache.
-async fn search(ctx: &mut Ctx, request: &SearchRequest, pinned: Rc<Pinned>) -> Result<SearchResponse, ApiError> {
+async fn search(
+    ctx: &mut Ctx,
+    request: &SearchRequest,
+    pinned: Rc<Pinned>,
+) -> Result<SearchResponse, ApiError> {
     let vector = match &request.query {
         // Checked by `run` before the cache lookup.
         Query::Vector(vector) => vector.clone(),
@@ -70,25 +78,59 @@ async fn search(ctx: &mut Ctx, request: &SearchRequest, pinned: Rc<Pinned>) -> R
     let deadline = ctx.config.deadline_ms;
     let matches_and_failures = match ctx.config.mode {
         Mode::Local => {
-            let (store, source, vector, params, home) = (ctx.store.clone(), ctx.source.clone(), Rc::new(vector), Rc::new(params), home);
+            let (store, source, vector, params, home) = (
+                ctx.store.clone(),
+                ctx.source.clone(),
+                Rc::new(vector),
+                Rc::new(params),
+                home,
+            );
             let pinned2 = pinned.clone();
             let run = move |i: usize| {
-                let (store, source, vector, params, home, pinned) =
-                    (store.clone(), source.clone(), vector.clone(), params.clone(), home.clone(), pinned2.clone());
+                let (store, source, vector, params, home, pinned) = (
+                    store.clone(),
+                    source.clone(),
+                    vector.clone(),
+                    params.clone(),
+                    home.clone(),
+                    pinned2.clone(),
+                );
                 async move {
-                    let got = store.shard(&source, &pinned, i, &home).await.map_err(|e| e.to_string())?;
+                    let got = store
+                        .shard(&source, &pinned, i, &home)
+                        .await
+                        .map_err(|e| e.to_string())?;
                     let (hits, timing) = search_loaded(&got, &vector, &params)?;
-                    Ok((Answer { hits, passages: got.value }, timing))
+                    Ok((
+                        Answer {
+                            hits,
+                            passages: got.value,
+                        },
+                        timing,
+                    ))
                 }
             };
             let gather = gather_within(planned, deadline, &mut ctx.timing, run).await;
-            finish(&gather, &pinned, request.k, &mut ctx.timing, |hit, loaded: &Rc<LoadedShard>| {
-                let passage = loaded.shard.passage(hit.ord).map_err(|e| e.to_string())?;
-                Ok(Match::new(passage, pinned.manifest.metric.score(hit.distance), &loaded.shard.meta().shard_name))
-            })?
+            finish(
+                &gather,
+                &pinned,
+                request.k,
+                &mut ctx.timing,
+                |hit, loaded: &Rc<LoadedShard>| {
+                    let passage = loaded.shard.passage(hit.ord).map_err(|e| e.to_string())?;
+                    Ok(Match::new(
+                        passage,
+                        pinned.manifest.metric.score(hit.distance),
+                        &loaded.shard.meta().shard_name,
+                    ))
+                },
+            )?
         }
         Mode::Durable => {
-            let ns = ctx.env.durable_object(host::BINDING).map_err(|e| ApiError::Misconfigured(e.to_string()))?;
+            let ns = ctx
+                .env
+                .durable_object(host::BINDING)
+                .map_err(|e| ApiError::Misconfigured(e.to_string()))?;
             let query = Rc::new(host::HostQuery {
                 index: pinned.index.clone(),
                 version: pinned.version.clone(),
@@ -102,16 +144,49 @@ async fn search(ctx: &mut Ctx, request: &SearchRequest, pinned: Rc<Pinned>) -> R
             let run = move |i: usize| {
                 let (ns, query) = (ns.clone(), query.clone());
                 async move {
-                    let answer = host::ask(&ns, &host::HostQuery { shard: i, ..(*query).clone() }).await?;
-                    let hits = answer.matches.iter().map(|m| Hit { ord: m.ord, distance: m.distance }).collect();
-                    let by_ord: HashMap<u32, Match> = answer.matches.into_iter().map(|m| (m.ord, m.found)).collect();
-                    Ok((Answer { hits, passages: by_ord }, answer.timing))
+                    let answer = host::ask(
+                        &ns,
+                        &host::HostQuery {
+                            shard: i,
+                            ..(*query).clone()
+                        },
+                    )
+                    .await?;
+                    let hits = answer
+                        .matches
+                        .iter()
+                        .map(|m| Hit {
+                            ord: m.ord,
+                            distance: m.distance,
+                        })
+                        .collect();
+                    let by_ord: HashMap<u32, Match> = answer
+                        .matches
+                        .into_iter()
+                        .map(|m| (m.ord, m.found))
+                        .collect();
+                    Ok((
+                        Answer {
+                            hits,
+                            passages: by_ord,
+                        },
+                        answer.timing,
+                    ))
                 }
             };
             let gather = gather_within(planned, deadline, &mut ctx.timing, run).await;
-            finish(&gather, &pinned, request.k, &mut ctx.timing, |hit, by_ord: &HashMap<u32, Match>| {
-                by_ord.get(&hit.ord).cloned().ok_or_else(|| format!("shard host did not send passage {}", hit.ord))
-            })?
+            finish(
+                &gather,
+                &pinned,
+                request.k,
+                &mut ctx.timing,
+                |hit, by_ord: &HashMap<u32, Match>| {
+                    by_ord
+                        .get(&hit.ord)
+                        .cloned()
+                        .ok_or_else(|| format!("shard host did not send passage {}", hit.ord))
+                },
+            )?
         }
     };
     let (matches, failed_shards) = matches_and_failures;
@@ -128,7 +203,9 @@ async fn search(ctx: &mut Ctx, request: &SearchRequest, pinned: Rc<Pinned>) -> R
 fn check_vector(vector: &[f32], pinned: &Pinned) -> Result<(), ApiError> {
     SearchRequest::check_dims(vector, pinned.manifest.dims)?;
     if pinned.manifest.metric == Metric::Cosine && vector.iter().all(|&x| x == 0.0) {
-        return Err(ApiError::Invalid("a zero `vector` has no direction for cosine similarity".into()));
+        return Err(ApiError::Invalid(
+            "a zero `vector` has no direction for cosine similarity".into(),
+        ));
     }
     Ok(())
 }
@@ -148,24 +225,36 @@ async fn embed(ctx: &mut Ctx, text: &str) -> Result<Vec<f32>, ApiError> {
         extra: serde_json::Map::new(),
     };
     let home = ctx.home(&[]);
-    let reply = ctx.origins()?.embeddings(&request, &home, &ctx.outbound).await?;
+    let reply = ctx
+        .origins()?
+        .embeddings(&request, &home, &ctx.outbound)
+        .await?;
     ctx.timing.embed += reply.origin_ms;
     observe::record(|m| m.observe(&EMBEDDING_DURATION, &[], observe::seconds(reply.origin_ms)));
-    let answer: EmbeddingsResponse = serde_json::from_slice(&reply.answer)
-        .map_err(|e| ApiError::BadGateway(format!("the embeddings origin's answer is not an embeddings list: {e}")))?;
+    let answer: EmbeddingsResponse = serde_json::from_slice(&reply.answer).map_err(|e| {
+        ApiError::BadGateway(format!(
+            "the embeddings origin's answer is not an embeddings list: {e}"
+        ))
+    })?;
     let vector = answer
         .data
         .into_iter()
         .next()
         .map(|e| e.embedding)
         .ok_or_else(|| ApiError::BadGateway("the embeddings origin sent no vector".into()))?;
-    ctx.cache_status.push(ctx.cache.store(&key, &vector).member(Which::Embedding));
+    ctx.cache_status
+        .push(ctx.cache.store(&key, &vector).member(Which::Embedding));
     Ok(vector)
 }
 
 /// Runs `run` for every planned shard, at most [`MAX_IN_FLIGHT`] at a time, until all have
 /// answered or the deadline passes; whatever has not answered by then counts as failed.
-async fn gather_within<P, F, Fut>(planned: Vec<usize>, deadline_ms: u64, timing: &mut Timing, run: F) -> Gather<P>
+async fn gather_within<P, F, Fut>(
+    planned: Vec<usize>,
+    deadline_ms: u64,
+    timing: &mut Timing,
+    run: F,
+) -> Gather<P>
 where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = Result<(Answer<P>, Timing), String>>,
@@ -200,10 +289,24 @@ fn finish<P>(
     resolve: impl Fn(&crate::shard::ShardHit, &P) -> Result<Match, String>,
 ) -> Result<(Vec<Match>, Vec<String>), ApiError> {
     let started = now_ms();
-    let name = |i: usize| pinned.manifest.shards.get(i).map_or_else(|| format!("#{i}"), |s| s.name.clone());
+    let name = |i: usize| {
+        pinned
+            .manifest
+            .shards
+            .get(i)
+            .map_or_else(|| format!("#{i}"), |s| s.name.clone())
+    };
     let merged = gather.merge(k).map_err(|all| {
-        let why: Vec<String> = all.0.iter().map(|(i, why)| format!("{}: {why}", name(*i))).collect();
-        ApiError::Unavailable(format!("no shard of {} answered: {}", pinned.index, why.join("; ")))
+        let why: Vec<String> = all
+            .0
+            .iter()
+            .map(|(i, why)| format!("{}: {why}", name(*i)))
+            .collect();
+        ApiError::Unavailable(format!(
+            "no shard of {} answered: {}",
+            pinned.index,
+            why.join("; ")
+        ))
     })?;
     let matches = merged
         .top
@@ -212,7 +315,12 @@ fn finish<P>(
         .collect::<Result<Vec<_>, _>>()
         .map_err(ApiError::Unavailable)?;
     let failed = merged.failed.iter().map(|(i, why)| {
-        worker::console_warn!("{}/{} shard {}: {why}", pinned.index, pinned.version, name(*i));
+        worker::console_warn!(
+            "{}/{} shard {}: {why}",
+            pinned.index,
+            pinned.version,
+            name(*i)
+        );
         name(*i)
     });
     let failed = failed.collect();
@@ -222,10 +330,21 @@ fn finish<P>(
 
 /// Searches a loaded shard; the fetch and validate costs count only for the request that
 /// waited for the load.
-pub(crate) fn search_loaded(got: &Got<LoadedShard>, vector: &[f32], params: &SearchParams) -> Result<(Vec<Hit>, Timing), String> {
+pub(crate) fn search_loaded(
+    got: &Got<LoadedShard>,
+    vector: &[f32],
+    params: &SearchParams,
+) -> Result<(Vec<Hit>, Timing), String> {
     let started = now_ms();
-    let hits = got.value.shard.search(vector, params).map_err(|e| e.to_string())?;
-    let mut timing = Timing { search: now_ms() - started, ..Timing::default() };
+    let hits = got
+        .value
+        .shard
+        .search(vector, params)
+        .map_err(|e| e.to_string())?;
+    let mut timing = Timing {
+        search: now_ms() - started,
+        ..Timing::default()
+    };
     if got.loaded_now {
         timing.fetch = got.value.fetch_ms;
         timing.validate = got.value.validate_ms;
