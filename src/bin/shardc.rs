@@ -92,6 +92,9 @@ struct EvalArgs {
     /// Use only the first N queries.
     #[arg(long)]
     limit: Option<usize>,
+    /// Search only the N shards whose centroids are nearest each query (default: all).
+    #[arg(long)]
+    probe: Option<usize>,
     /// Add a brute-force row over the stored (quantised) vectors.
     #[arg(long)]
     exact: bool,
@@ -254,6 +257,7 @@ fn run_eval(args: &EvalArgs) -> CliResult {
     if k > GT_WIDTH {
         return Err(format!("k = {k} exceeds the ground truth's {GT_WIDTH} ids per query").into());
     }
+    let probe = args.probe.unwrap_or(index.shards.len());
     let limit = args.limit.unwrap_or(queries.len());
     queries.truncate(limit);
     truth.truncate(limit);
@@ -272,13 +276,14 @@ fn run_eval(args: &EvalArgs) -> CliResult {
         for (query, expected) in queries.iter().zip(&truth) {
             let t = Instant::now();
             let hits = match *run {
-                EvalRun::Graph { ef } => index.search(
+                EvalRun::Graph { ef } => index.search_shards(
                     query,
                     &SearchParams {
                         k,
                         ef,
                         filter: None,
                     },
+                    probe,
                 )?,
                 EvalRun::Exact => index.search_exact(
                     query,
