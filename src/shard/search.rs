@@ -197,6 +197,9 @@ impl SearchIndex<'_> {
         scratch: &mut Scratch,
     ) -> Result<(), ShardError> {
         scratch.begin(self.count);
+        // Sized once, so a shard's first search does not grow the heaps step by step.
+        scratch.results.reserve(ef + 1);
+        scratch.candidates.reserve(ef * 8);
         let allows = |ord: u32| mask.is_none_or(|m| m.allows(ord));
         scratch.first_visit(entry.ord);
         scratch.candidates.push(Reverse(entry));
