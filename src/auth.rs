@@ -499,7 +499,7 @@ mod tests {
                 "API_KEYS[0]: unknown field `colour`",
             ),
             (
-                format!(r#"[{{"id":"a","tenant":"t","indexes":["*"]}}]"#),
+                r#"[{"id":"a","tenant":"t","indexes":["*"]}]"#.to_string(),
                 "API_KEYS[0]: missing field `sha256`",
             ),
             (

@@ -445,7 +445,7 @@ impl Store {
         home: &str,
     ) -> Result<Pinned, StoreError> {
         let order = replica_order(home, &[], &source.regions());
-        let key = blob_key(index, &version, MANIFEST_FILE);
+        let key = blob_key(index, version, MANIFEST_FILE);
         let (source2, key2) = (source.clone(), key.clone());
         let load = async move {
             let (bytes, region) = read_first(&source2, &order, &key2).await?.ok_or_else(|| {

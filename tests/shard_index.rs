@@ -6,7 +6,7 @@ use std::process::Command;
 
 use edgerag::build::{build_index, BuildConfig, BuildError, IndexDir};
 use edgerag::manifest::{checksum_hex, Manifest, MANIFEST_FILE};
-use edgerag::shard::format::{encode_blob, Header, ShardData, HEADER_LEN, LAYER0_STRIDE};
+use edgerag::shard::format::{encode_blob, Header, ShardData, HEADER_LEN};
 use edgerag::shard::{DocId, Filter, Metric, Quant, SearchParams, Shard, ShardError};
 use rand::{Rng, SeedableRng};
 
@@ -34,6 +34,7 @@ fn config(
         out: out.to_path_buf(),
         seed: 42,
         ef_construction: 200,
+        degree: 32,
         threads: None,
         progress: false,
     }
@@ -487,7 +488,7 @@ fn corrupted_blobs_and_manifests_give_clear_errors_never_panics() {
 #[test]
 fn a_corrupt_link_is_an_error_from_the_search_not_a_panic() {
     let work = tempfile::tempdir().unwrap();
-    let (passages, vectors, rows) = synthetic_corpus(work.path(), 400, 8, false);
+    let (passages, vectors, rows) = synthetic_corpus(work.path(), 1200, 8, false);
     let out = work.path().join("index");
     let manifest = build_index(&config(&passages, Some(&vectors), 8, Quant::F16, 1, &out)).unwrap();
     let blob = std::fs::read(out.join(&manifest.shards[0].file)).unwrap();
@@ -506,7 +507,8 @@ fn a_corrupt_link_is_an_error_from_the_search_not_a_panic() {
     };
 
     let mut bad_layer0 = sound.clone();
-    (0..count as usize).for_each(|node| bad_layer0.layer0[node * LAYER0_STRIDE] = count + 7);
+    let degree = sound.degree as usize;
+    (0..count as usize).for_each(|node| bad_layer0.layer0[node * degree] = count + 7);
     // The top layer's entry point 0 links outside its layer.
     let mut bad_upper = sound.clone();
     bad_upper.upper_layers.last_mut().unwrap()[0] = count;

@@ -34,6 +34,7 @@ pub fn assemble_shard(
         dims: corpus.dims as u32,
         metric: metric.code(),
         count: ordered.len() as u32,
+        degree: graph.degree as u32,
         layer0: graph.layer0.clone(),
         upper_layers: graph.upper_layers.clone(),
         vectors: quantise(corpus, &ordered, quant)?,

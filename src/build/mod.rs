@@ -19,6 +19,8 @@ use crate::shard::{format, Metric, Quant};
 
 pub const DEFAULT_EF_CONSTRUCTION: usize = 200;
 pub const DEFAULT_SEED: u64 = 42;
+/// Layer-0 neighbours kept per node for search (see `graph`): M, half of what construction uses.
+pub const DEFAULT_DEGREE: usize = 32;
 
 /// Everything `shardc build` takes: its command-line arguments, parsed by clap in `shardc`.
 #[derive(Debug, Clone, clap::Args)]
@@ -47,6 +49,10 @@ pub struct BuildConfig {
     pub seed: u64,
     #[arg(long, default_value_t = DEFAULT_EF_CONSTRUCTION)]
     pub ef_construction: usize,
+    /// Layer-0 neighbours kept per node (1 to 64): fewer make each step of a search cheaper
+    /// and need a larger ef for the same recall.
+    #[arg(long, default_value_t = DEFAULT_DEGREE)]
+    pub degree: usize,
     /// Graph-building threads (default: one per core); 1 gives the same bytes and version for
     /// the same input and seed (instant-distance inserts in parallel, so with more threads the
     /// graph and version vary).
@@ -90,6 +96,7 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
         let params = graph::GraphParams {
             ef_construction: config.ef_construction,
             seed: config.seed.wrapping_add(index as u64),
+            degree: config.degree,
         };
         let graph = pool.install(|| {
             graph::build_graph(&vectors, corpus.dims, config.metric, &params, bar.clone())
@@ -156,6 +163,12 @@ fn check_config(config: &BuildConfig) -> Result<(), BuildError> {
     }
     if config.threads == Some(0) {
         return Err(BuildError::Invalid("--threads must be at least 1".into()));
+    }
+    if !(1..=graph::CONSTRUCTION_DEGREE).contains(&config.degree) {
+        return Err(BuildError::Invalid(format!(
+            "--degree must be between 1 and {}",
+            graph::CONSTRUCTION_DEGREE
+        )));
     }
     if config.ef_construction == 0 {
         return Err(BuildError::Invalid(

@@ -9,12 +9,13 @@ use rkyv::rend::{f32_le, u16_le, u32_le};
 use super::error::ShardError;
 
 pub const MAGIC: [u8; 8] = *b"EDGRSHRD";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: layer 0 has a per-shard degree (`ShardData::degree`) instead of a fixed 64 slots.
+pub const FORMAT_VERSION: u32 = 2;
 pub const HEADER_LEN: usize = 32;
 /// No flags are defined yet; a reader rejects any it does not know.
 pub const KNOWN_FLAGS: u32 = 0;
-/// Neighbour slots per node on layer 0 and on the upper layers (instant-distance's 2·M and M).
-pub const LAYER0_STRIDE: usize = 64;
+/// Neighbour slots per node on the upper layers (instant-distance's M); layer 0 has
+/// [`ShardData::degree`] of them.
 pub const UPPER_STRIDE: usize = 32;
 /// Pads a neighbour list that has fewer than `stride` entries; the first one ends the list.
 pub const NO_NEIGHBOUR: u32 = u32::MAX;
@@ -148,7 +149,9 @@ pub struct ShardData {
     /// [`super::Metric`] code.
     pub metric: u8,
     pub count: u32,
-    /// `count × LAYER0_STRIDE` neighbour ordinals, padded with [`NO_NEIGHBOUR`].
+    /// Neighbour slots per node on layer 0 (at least 1).
+    pub degree: u32,
+    /// `count × degree` neighbour ordinals, padded with [`NO_NEIGHBOUR`].
     pub layer0: Vec<u32>,
     /// `upper_layers[l - 1]` is layer `l`: `nodes × UPPER_STRIDE` ordinals; its nodes are ordinals `0..nodes`.
     pub upper_layers: Vec<Vec<u32>>,
@@ -297,10 +300,14 @@ pub(crate) fn check_structure(data: &ArchivedShardData) -> Result<(), ShardError
         return Err(inconsistent("dims is 0"));
     }
     super::Metric::from_code(data.metric)?;
+    let degree = data.degree.to_native() as usize;
+    if degree == 0 {
+        return Err(inconsistent("layer-0 degree is 0"));
+    }
     check_len(
         "layer-0 neighbours",
         data.layer0.len(),
-        count.checked_mul(LAYER0_STRIDE),
+        count.checked_mul(degree),
     )?;
     let mut nodes_below = count;
     for (index, layer) in data.upper_layers.iter().enumerate() {

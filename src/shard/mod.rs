@@ -145,6 +145,7 @@ impl Shard {
         let data = self.data();
         SearchIndex {
             layer0: native_u32(&data.layer0),
+            degree: data.degree.to_native() as usize,
             upper_layers: &data.upper_layers,
             vectors: match &data.vectors {
                 ArchivedStoredVectors::F16 { bits } => VectorView::F16 {

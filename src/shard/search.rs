@@ -12,7 +12,7 @@ use rkyv::vec::ArchivedVec;
 
 use super::error::ShardError;
 use super::filter::PassMask;
-use super::format::{inconsistent, native_u32, LAYER0_STRIDE, NO_NEIGHBOUR, UPPER_STRIDE};
+use super::format::{inconsistent, native_u32, NO_NEIGHBOUR, UPPER_STRIDE};
 use super::metric::Metric;
 use super::quant;
 
@@ -45,7 +45,9 @@ pub(crate) enum VectorView<'a> {
 
 /// What a search reads: graph layers and vectors of one shard.
 pub(crate) struct SearchIndex<'a> {
+    /// `count × degree` ordinals.
     pub(crate) layer0: &'a [u32],
+    pub(crate) degree: usize,
     pub(crate) upper_layers: &'a [ArchivedVec<u32_le>],
     pub(crate) vectors: VectorView<'a>,
     pub(crate) dims: usize,
@@ -81,8 +83,8 @@ impl SearchIndex<'_> {
     /// Starts loading the links of node `ord` (below `count`).
     #[inline(always)]
     fn prefetch_links(&self, ord: u32) {
-        let row = self.layer0[ord as usize * LAYER0_STRIDE..].as_ptr();
-        prefetch(row.cast(), LAYER0_STRIDE * size_of::<u32>());
+        let row = self.layer0[ord as usize * self.degree..].as_ptr();
+        prefetch(row.cast(), self.degree * size_of::<u32>());
     }
 
     /// Starts loading the vector of document `ord` (below `count`).
@@ -211,8 +213,8 @@ impl SearchIndex<'_> {
             if full && scratch.results.peek().is_some_and(|worst| closest > *worst) {
                 break;
             }
-            let start = closest.ord as usize * LAYER0_STRIDE;
-            let links = &self.layer0[start..start + LAYER0_STRIDE];
+            let start = closest.ord as usize * self.degree;
+            let links = &self.layer0[start..start + self.degree];
             if PREFETCH {
                 for &neighbour in links.iter().take_while(|&&n| n != NO_NEIGHBOUR) {
                     if (neighbour as usize) < self.count && !scratch.visited(neighbour) {
