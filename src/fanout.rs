@@ -3,19 +3,52 @@
 use std::collections::BTreeMap;
 
 use crate::manifest::Manifest;
-use crate::shard::{merge_top_k, Hit, ShardHit};
+use crate::shard::{merge_top_k, Hit, SearchParams, ShardHit};
 
 /// Workers allow six simultaneous open connections per request; more subrequests would queue
 /// anyway, so the fan-out keeps at most this many in flight.
 pub const MAX_IN_FLIGHT: usize = 6;
 
-/// Shards to visit, as manifest positions: all of them, or the `probe` with the nearest
-/// centroids (a probe beyond the shard count means all).
-pub fn plan(manifest: &Manifest, query: &[f32], probe: Option<usize>) -> Vec<usize> {
-    match probe {
-        Some(n) if n < manifest.shards.len() => manifest.nearest_shards(query, n),
-        _ => (0..manifest.shards.len()).collect(),
-    }
+/// How much narrower each shard's beam is than that of the shard before it in a plan.
+const BEAM_DECAY: f32 = 0.6;
+
+/// One shard a query visits (its manifest position) and the beam width it is searched with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Visit {
+    pub shard: usize,
+    pub ef: usize,
+}
+
+/// Shards to visit, nearest centroid first: all of them, or the `probe` nearest (a probe beyond
+/// the shard count means all). The nearest is searched with the request's `ef`, each next one
+/// with [`BEAM_DECAY`] times the beam of the one before (never below `k`): a k-means partition
+/// puts most of a query's neighbours in the shards nearest to it (pydocs, 4 shards: 70% in the
+/// nearest, 19% in the second), so a narrow beam finds the few in the others. On pydocs this
+/// cuts the 4-shard search time at recall@10 0.97 by about a fifth (`shardc eval`). A filtered
+/// search keeps `ef` everywhere: where passing passages are is the filter's doing, not the
+/// centroids'.
+pub fn plan(
+    manifest: &Manifest,
+    query: &[f32],
+    probe: Option<usize>,
+    params: &SearchParams,
+) -> Vec<Visit> {
+    let shards = manifest.shards.len();
+    let nearest = manifest.nearest_shards(query, probe.unwrap_or(shards).min(shards));
+    let mut ef = params.ef as f32;
+    nearest
+        .into_iter()
+        .map(|shard| {
+            let visit = Visit {
+                shard,
+                ef: (ef.round() as usize).max(params.k),
+            };
+            if params.filter.is_none() {
+                ef *= BEAM_DECAY;
+            }
+            visit
+        })
+        .collect()
 }
 
 /// One shard's answer: its hits (best first) and whatever resolves a hit to a passage
@@ -101,6 +134,74 @@ mod tests {
         list.iter()
             .map(|&(ord, distance)| Hit { ord, distance })
             .collect()
+    }
+
+    /// A 2-d index whose shard i has its centroid at angle i·20° (cosine).
+    fn four_shards() -> Manifest {
+        let shards = (0..4)
+            .map(|i| {
+                let angle = (i as f32 * 20.0).to_radians();
+                crate::manifest::ShardEntry {
+                    name: format!("shard-{i:03}"),
+                    file: format!("shard-{i:03}.shard"),
+                    bytes: 1,
+                    count: 1,
+                    centroid: vec![angle.cos(), angle.sin()],
+                    checksum: "0".repeat(16),
+                    regions: vec!["weur".into()],
+                }
+            })
+            .collect();
+        Manifest {
+            format_version: crate::manifest::MANIFEST_FORMAT_VERSION,
+            name: "test".into(),
+            version: String::new(),
+            dims: 2,
+            metric: crate::shard::Metric::Cosine,
+            quant: crate::shard::Quant::F16,
+            count: 4,
+            shards,
+            regions: vec!["weur".into()],
+        }
+    }
+
+    #[test]
+    fn plan_visits_nearest_shards_first_with_narrowing_beams() {
+        let manifest = four_shards();
+        // Nearest to the query (angle 60°): shard 3, then 2, 1, 0.
+        let query = [0.5, 0.866];
+        let params = SearchParams {
+            k: 10,
+            ef: 64,
+            filter: None,
+        };
+        let visits = |probe, params: &SearchParams| -> Vec<(usize, usize)> {
+            plan(&manifest, &query, probe, params)
+                .iter()
+                .map(|v| (v.shard, v.ef))
+                .collect()
+        };
+        assert_eq!(
+            visits(None, &params),
+            vec![(3, 64), (2, 38), (1, 23), (0, 14)]
+        );
+        assert_eq!(visits(Some(2), &params), vec![(3, 64), (2, 38)]);
+        assert_eq!(visits(Some(9), &params).len(), 4);
+        // Never narrower than k.
+        let narrow = SearchParams {
+            ef: 12,
+            ..params.clone()
+        };
+        assert_eq!(
+            visits(None, &narrow),
+            vec![(3, 12), (2, 10), (1, 10), (0, 10)]
+        );
+        // A filter keeps the full beam everywhere.
+        let filtered = SearchParams {
+            filter: Some(crate::shard::Filter::default()),
+            ..params
+        };
+        assert!(visits(None, &filtered).iter().all(|&(_, ef)| ef == 64));
     }
 
     #[test]

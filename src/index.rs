@@ -4,8 +4,9 @@
 //! same code path); the worker instead loads shards lazily through the store and fans out.
 
 use crate::api::Match;
+use crate::fanout;
 use crate::manifest::{Manifest, ManifestError};
-use crate::shard::{merge_top_k, Hit, SearchParams, Shard, ShardError, ShardHit, ShardMeta};
+use crate::shard::{merge_top_k, SearchParams, Shard, ShardError, ShardHit, ShardMeta};
 
 /// Why a set of blobs does not open as the index its manifest describes.
 #[derive(Debug, thiserror::Error)]
@@ -47,24 +48,41 @@ impl LocalIndex {
         Ok(LocalIndex { manifest, shards })
     }
 
-    /// Searches every shard and merges exactly.
+    /// Searches every shard (as [`fanout::plan`] says) and merges exactly.
     pub fn search(
         &self,
         query: &[f32],
         params: &SearchParams,
     ) -> Result<Vec<ShardHit>, ShardError> {
-        self.search_shards(query, params, self.shards.len())
+        self.search_shards(query, params, None)
     }
 
-    /// Searches the `probe` shards whose centroids are nearest to the query and merges exactly.
+    /// Searches the shards [`fanout::plan`] chooses (all, or the `probe` whose centroids are
+    /// nearest to the query), each with its beam width, and merges exactly: what the worker does.
     pub fn search_shards(
         &self,
         query: &[f32],
         params: &SearchParams,
-        probe: usize,
+        probe: Option<usize>,
     ) -> Result<Vec<ShardHit>, ShardError> {
-        let chosen = self.manifest.nearest_shards(query, probe);
-        self.merge(&chosen, params.k, |shard| shard.search(query, params))
+        let visits = fanout::plan(&self.manifest, query, probe, params);
+        let per_shard = visits
+            .iter()
+            .map(|visit| {
+                let params = SearchParams {
+                    ef: visit.ef,
+                    ..params.clone()
+                };
+                Ok((
+                    visit.shard,
+                    self.shards[visit.shard].search(query, &params)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, ShardError>>()?;
+        Ok(merge_top_k(
+            per_shard.iter().map(|(i, hits)| (*i, hits.as_slice())),
+            params.k,
+        ))
     }
 
     /// Brute force over every shard's stored vectors.
@@ -73,10 +91,15 @@ impl LocalIndex {
         query: &[f32],
         params: &SearchParams,
     ) -> Result<Vec<ShardHit>, ShardError> {
-        let all: Vec<usize> = (0..self.shards.len()).collect();
-        self.merge(&all, params.k, |shard| {
-            shard.search_exact(query, params.k, params.filter.as_ref())
-        })
+        let per_shard = self
+            .shards
+            .iter()
+            .map(|shard| shard.search_exact(query, params.k, params.filter.as_ref()))
+            .collect::<Result<Vec<_>, ShardError>>()?;
+        Ok(merge_top_k(
+            per_shard.iter().map(Vec::as_slice).enumerate(),
+            params.k,
+        ))
     }
 
     /// The API's matches for merged hits, in the same order: passage, public score, shard name.
@@ -93,22 +116,6 @@ impl LocalIndex {
                 ))
             })
             .collect()
-    }
-
-    fn merge(
-        &self,
-        chosen: &[usize],
-        k: usize,
-        search: impl Fn(&Shard) -> Result<Vec<Hit>, ShardError>,
-    ) -> Result<Vec<ShardHit>, ShardError> {
-        let per_shard = chosen
-            .iter()
-            .map(|&i| Ok((i, search(&self.shards[i])?)))
-            .collect::<Result<Vec<_>, ShardError>>()?;
-        Ok(merge_top_k(
-            per_shard.iter().map(|(i, hits)| (*i, hits.as_slice())),
-            k,
-        ))
     }
 }
 

@@ -216,7 +216,7 @@ fn run_query(index: &Path, vector_file: &Path, params: &QueryParams, as_json: bo
         ef: params.ef,
         filter,
     };
-    let hits = index.search_shards(query, &search, params.probe.unwrap_or(index.shards.len()))?;
+    let hits = index.search_shards(query, &search, params.probe)?;
     let matches = index.matches(&hits)?;
     if as_json {
         println!("{}", json!({ "matches": matches }));
@@ -257,7 +257,7 @@ fn run_eval(args: &EvalArgs) -> CliResult {
     if k > GT_WIDTH {
         return Err(format!("k = {k} exceeds the ground truth's {GT_WIDTH} ids per query").into());
     }
-    let probe = args.probe.unwrap_or(index.shards.len());
+    let probe = args.probe;
     let limit = args.limit.unwrap_or(queries.len());
     queries.truncate(limit);
     truth.truncate(limit);

@@ -15,7 +15,7 @@ use super::cache::{Outcome, Which};
 use super::{host, now_ms, observe, read_body, Ctx, Incoming, Mode, Timing};
 use crate::api::{parse_search, ApiError, Match, Query, SearchRequest, SearchResponse, BODY_LIMIT};
 use crate::cache_key::{embedding_key, normalise_text, search_key};
-use crate::fanout::{self, Answer, Gather, MAX_IN_FLIGHT};
+use crate::fanout::{self, Answer, Gather, Visit, MAX_IN_FLIGHT};
 use crate::metrics::{EMBEDDING_DURATION, SEARCH_DURATION};
 use crate::rag::{EmbeddingInput, EmbeddingsRequest, EmbeddingsResponse};
 use crate::shard::{Filter, Hit, Metric, SearchParams};
@@ -69,12 +69,12 @@ async fn search(
     };
     let started = now_ms();
     let home = ctx.home(&pinned.manifest.regions);
-    let planned = fanout::plan(&pinned.manifest, &vector, request.probe);
     let params = SearchParams {
         k: request.k,
         ef: request.effective_ef(),
         filter: request.filter.clone().map(|equals| Filter { equals }),
     };
+    let planned = fanout::plan(&pinned.manifest, &vector, request.probe, &params);
     let deadline = ctx.config.deadline_ms;
     let matches_and_failures = match ctx.config.mode {
         Mode::Local => {
@@ -86,7 +86,7 @@ async fn search(
                 home,
             );
             let pinned2 = pinned.clone();
-            let run = move |i: usize| {
+            let run = move |visit: Visit| {
                 let (store, source, vector, params, home, pinned) = (
                     store.clone(),
                     source.clone(),
@@ -97,9 +97,13 @@ async fn search(
                 );
                 async move {
                     let got = store
-                        .shard(&source, &pinned, i, &home)
+                        .shard(&source, &pinned, visit.shard, &home)
                         .await
                         .map_err(|e| e.to_string())?;
+                    let params = SearchParams {
+                        ef: visit.ef,
+                        ..(*params).clone()
+                    };
                     let (hits, timing) = search_loaded(&got, &vector, &params)?;
                     Ok((
                         Answer {
@@ -141,13 +145,14 @@ async fn search(
                 ef: params.ef,
                 filter: request.filter.clone(),
             });
-            let run = move |i: usize| {
+            let run = move |visit: Visit| {
                 let (ns, query) = (ns.clone(), query.clone());
                 async move {
                     let answer = host::ask(
                         &ns,
                         &host::HostQuery {
-                            shard: i,
+                            shard: visit.shard,
+                            ef: visit.ef,
                             ..(*query).clone()
                         },
                     )
@@ -247,22 +252,22 @@ async fn embed(ctx: &mut Ctx, text: &str) -> Result<Vec<f32>, ApiError> {
     Ok(vector)
 }
 
-/// Runs `run` for every planned shard, at most [`MAX_IN_FLIGHT`] at a time, until all have
+/// Runs `run` for every planned visit, at most [`MAX_IN_FLIGHT`] at a time, until all have
 /// answered or the deadline passes; whatever has not answered by then counts as failed.
 async fn gather_within<P, F, Fut>(
-    planned: Vec<usize>,
+    planned: Vec<Visit>,
     deadline_ms: u64,
     timing: &mut Timing,
     run: F,
 ) -> Gather<P>
 where
-    F: Fn(usize) -> Fut,
+    F: Fn(Visit) -> Fut,
     Fut: Future<Output = Result<(Answer<P>, Timing), String>>,
 {
-    let mut gather = Gather::new(planned.clone());
-    let answers = stream::iter(planned).map(|i| {
-        let pending = run(i);
-        async move { (i, pending.await) }
+    let mut gather = Gather::new(planned.iter().map(|visit| visit.shard).collect());
+    let answers = stream::iter(planned).map(|visit| {
+        let pending = run(visit);
+        async move { (visit.shard, pending.await) }
     });
     let mut answers = std::pin::pin!(answers.buffer_unordered(MAX_IN_FLIGHT));
     let mut deadline = std::pin::pin!(Delay::from(Duration::from_millis(deadline_ms)));
