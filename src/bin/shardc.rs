@@ -296,7 +296,7 @@ fn run_eval(args: &EvalArgs) -> CliResult {
             };
             latencies_us.push(t.elapsed().as_secs_f64() * 1e6);
             for hit in &hits {
-                let id = match index.shards[hit.shard].passage(hit.ord)?.id {
+                let id = match index.shards[hit.shard].id(hit.ord)? {
                     DocId::Int(id) => id,
                     DocId::Str(id) => {
                         return Err(format!("eval needs integer ids, found {id:?}").into())

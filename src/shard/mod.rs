@@ -222,20 +222,26 @@ impl Shard {
         Ok(self.index().exact(&query, k, mask.as_ref()))
     }
 
-    /// The passage with ordinal `ord` (as found in a [`Hit`]).
-    pub fn passage(&self, ord: u32) -> Result<Passage, ShardError> {
+    /// The id of the passage with ordinal `ord` (as found in a [`Hit`]).
+    pub fn id(&self, ord: u32) -> Result<DocId, ShardError> {
         if ord >= self.meta.count {
             return Err(ShardError::OrdinalOutOfRange {
                 ord,
                 count: self.meta.count,
             });
         }
-        let data = self.data();
         let index = ord as usize;
-        let id = match &data.ids {
+        Ok(match &self.data().ids {
             ArchivedStoredIds::Int(ids) => DocId::Int(ids[index].to_native()),
             ArchivedStoredIds::Str(ids) => DocId::Str(ids.get(index)?.to_owned()),
-        };
+        })
+    }
+
+    /// The passage with ordinal `ord`: id, text and metadata.
+    pub fn passage(&self, ord: u32) -> Result<Passage, ShardError> {
+        let id = self.id(ord)?;
+        let data = self.data();
+        let index = ord as usize;
         let mut metadata = serde_json::Map::new();
         for column in data.metadata.iter() {
             let value_id = column.doc_values[index].to_native();
