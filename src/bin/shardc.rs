@@ -371,13 +371,14 @@ fn run_inspect(path: &Path) -> CliResult {
     let shard = Shard::from_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     let meta = shard.meta();
     println!(
-        "shard {} of {}: {} passages, dims {}, {} {}, {} bytes: ok",
+        "shard {} of {}: {} passages, dims {}, {} {}, layer-0 degree {}, {} bytes: ok",
         meta.shard_name,
         meta.index_name,
         meta.count,
         meta.dims,
         meta.metric.as_str(),
         meta.quant.as_str(),
+        meta.degree,
         shard.byte_len()
     );
     Ok(())

@@ -7,7 +7,9 @@ pub enum ShardError {
     Truncated { len: usize, needed: usize },
     #[error("not a shard blob: bad magic bytes")]
     BadMagic,
-    #[error("unsupported shard format version {found} (this build reads version {supported})")]
+    #[error(
+        "unsupported shard format version {found} (this build reads version {supported}: rebuild the index with this build's shardc)"
+    )]
     UnsupportedVersion { found: u32, supported: u32 },
     #[error("unknown shard header flags {0:#x}")]
     UnknownFlags(u32),

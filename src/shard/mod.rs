@@ -47,6 +47,8 @@ pub struct ShardMeta {
     pub metric: Metric,
     pub quant: Quant,
     pub count: u32,
+    /// Layer-0 neighbours per node.
+    pub degree: u32,
     pub format_version: u32,
 }
 
@@ -118,6 +120,7 @@ impl Shard {
                 ArchivedStoredVectors::I8 { .. } => Quant::I8,
             },
             count: data.count.to_native(),
+            degree: data.degree.to_native(),
             format_version: header.format_version,
         };
         Ok(Shard {
