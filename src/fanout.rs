@@ -33,8 +33,7 @@ pub fn plan(
     probe: Option<usize>,
     params: &SearchParams,
 ) -> Vec<Visit> {
-    let shards = manifest.shards.len();
-    let nearest = manifest.nearest_shards(query, probe.unwrap_or(shards).min(shards));
+    let nearest = manifest.nearest_shards(query, probe.unwrap_or(manifest.shards.len()));
     let mut ef = params.ef as f32;
     nearest
         .into_iter()

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use edgerag::build::{build_index, BuildConfig, BuildError, IndexDir};
+use edgerag::build::{build_index, BuildConfig, BuildError, IndexDir, DEFAULT_DEGREE};
 use edgerag::manifest::{checksum_hex, Manifest, MANIFEST_FILE};
 use edgerag::shard::format::{encode_blob, Header, ShardData, HEADER_LEN};
 use edgerag::shard::{DocId, Filter, Metric, Quant, SearchParams, Shard, ShardError};
@@ -34,7 +34,7 @@ fn config(
         out: out.to_path_buf(),
         seed: 42,
         ef_construction: 200,
-        degree: 32,
+        degree: DEFAULT_DEGREE,
         threads: None,
         progress: false,
     }

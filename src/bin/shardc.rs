@@ -257,7 +257,6 @@ fn run_eval(args: &EvalArgs) -> CliResult {
     if k > GT_WIDTH {
         return Err(format!("k = {k} exceeds the ground truth's {GT_WIDTH} ids per query").into());
     }
-    let probe = args.probe;
     let limit = args.limit.unwrap_or(queries.len());
     queries.truncate(limit);
     truth.truncate(limit);
@@ -283,7 +282,7 @@ fn run_eval(args: &EvalArgs) -> CliResult {
                         ef,
                         filter: None,
                     },
-                    probe,
+                    args.probe,
                 )?,
                 EvalRun::Exact => index.search_exact(
                     query,
