@@ -1,12 +1,14 @@
 //! An index held whole in this process: its manifest and every shard open, verified against each
-//! other, searched shard after shard and merged exactly, hits resolved to API matches.
-//! `shardc`, the integration tests and the wasm search probe use it (so native and wasm32 run the
-//! same code path); the worker instead loads shards lazily through the store and fans out.
+//! other, and searched by the one retrieval engine ([`crate::retrieve`]) over the
+//! [`Held`] backend. `shardc`, the integration tests and the wasm search probe use it; the worker
+//! runs the same engine over shards it loads through the store or asks of shard hosts.
+use std::rc::Rc;
 
-use crate::api::Match;
-use crate::fanout;
+use futures::FutureExt;
+
 use crate::manifest::{Manifest, ManifestError};
-use crate::shard::{merge_top_k, SearchParams, Shard, ShardError, ShardHit, ShardMeta};
+use crate::retrieve::{self, Held, Match, NoDeadline, ShardQuery};
+use crate::shard::{merge_top_k, SearchParams, Shard, ShardError, ShardHit};
 
 /// Why a set of blobs does not open as the index its manifest describes.
 #[derive(Debug, thiserror::Error)]
@@ -16,8 +18,6 @@ pub enum OpenError {
     Manifest(#[from] ManifestError),
     #[error("shard {shard}: {source}")]
     Shard { shard: String, source: ShardError },
-    #[error("shard {shard} does not match the manifest ({meta:?})")]
-    Mismatch { shard: String, meta: ShardMeta },
 }
 
 pub struct LocalIndex {
@@ -57,7 +57,7 @@ impl LocalIndex {
         self.search_shards(query, params, None)
     }
 
-    /// Searches the shards [`fanout::plan`] chooses (all, or the `probe` whose centroids are
+    /// Searches the shards [`retrieve::plan`] chooses (all, or the `probe` whose centroids are
     /// nearest to the query), each with its beam width, and merges exactly: what the worker does.
     pub fn search_shards(
         &self,
@@ -65,24 +65,21 @@ impl LocalIndex {
         params: &SearchParams,
         probe: Option<usize>,
     ) -> Result<Vec<ShardHit>, ShardError> {
-        let visits = fanout::plan(&self.manifest, query, probe, params);
-        let per_shard = visits
-            .iter()
-            .map(|visit| {
-                let params = SearchParams {
-                    ef: visit.ef,
-                    ..params.clone()
-                };
-                Ok((
-                    visit.shard,
-                    self.shards[visit.shard].search(query, &params)?,
-                ))
-            })
-            .collect::<Result<Vec<_>, ShardError>>()?;
-        Ok(merge_top_k(
-            per_shard.iter().map(|(i, hits)| (*i, hits.as_slice())),
-            params.k,
-        ))
+        let visits = retrieve::plan(&self.manifest, query, probe, params);
+        let query = Rc::new(ShardQuery {
+            vector: query.to_vec(),
+            k: params.k,
+            filter: params.filter.clone(),
+        });
+        // Every visit of held shards is answered at once, so the engine never waits.
+        let gathered = retrieve::gather(&self.held(), &NoDeadline, visits, &query, f64::INFINITY)
+            .now_or_never()
+            .ok_or_else(|| ShardError::Inconsistent("an in-memory search waited".into()))?;
+        let merged = gathered.merge(params.k).map_err(failed)?;
+        if !merged.failed.is_empty() {
+            return Err(failed(merged.failed));
+        }
+        Ok(merged.top.into_iter().map(|(hit, ())| hit).collect())
     }
 
     /// Brute force over every shard's stored vectors.
@@ -104,19 +101,27 @@ impl LocalIndex {
 
     /// The API's matches for merged hits, in the same order: passage, public score, shard name.
     pub fn matches(&self, hits: &[ShardHit]) -> Result<Vec<Match>, ShardError> {
+        let held = self.held();
         hits.iter()
-            .map(|hit| {
-                let shard = self.shards.get(hit.shard).ok_or_else(|| {
-                    ShardError::Inconsistent(format!("no shard number {}", hit.shard))
-                })?;
-                Ok(Match::new(
-                    shard.passage(hit.ord)?,
-                    self.manifest.metric.score(hit.distance),
-                    &self.manifest.shards[hit.shard].name,
-                ))
-            })
+            .map(|hit| retrieve::Shards::resolve(&held, &(), hit).map_err(ShardError::Inconsistent))
             .collect()
     }
+
+    fn held(&self) -> Held<'_> {
+        Held {
+            manifest: &self.manifest,
+            shards: &self.shards,
+        }
+    }
+}
+
+/// A shard search that failed: in memory there is no deadline or replica to excuse it.
+fn failed(failures: Vec<(usize, String)>) -> ShardError {
+    let why: Vec<String> = failures
+        .into_iter()
+        .map(|(i, why)| format!("shard {i}: {why}"))
+        .collect();
+    ShardError::Inconsistent(why.join("; "))
 }
 
 /// Blob `i` checked against manifest entry `i` (size, and the payload checksum its header
@@ -129,16 +134,6 @@ fn open_shard(manifest: &Manifest, i: usize, bytes: &[u8]) -> Result<Shard, Open
         shard: entry.name.clone(),
         source,
     })?;
-    let meta = shard.meta();
-    if meta.dims != manifest.dims
-        || meta.metric != manifest.metric
-        || meta.quant != manifest.quant
-        || meta.count != entry.count
-    {
-        return Err(OpenError::Mismatch {
-            shard: entry.name.clone(),
-            meta,
-        });
-    }
+    manifest.check_shard_meta(i, &shard.meta())?;
     Ok(shard)
 }

@@ -6,9 +6,11 @@
 //! - [`api`]: HTTP request parsing/validation and RFC 9457 problem documents (pure).
 //! - [`ratelimit`]: the per-key token bucket, clock passed in (pure).
 //! - [`auth`]: API keys (hashed, constant-time lookup), tenants' indexes, admin routes (pure).
-//! - [`store`]: region choice, version pinning, and the byte-bounded single-flight shard cache (pure).
-//! - [`fanout`]: which shards a query visits, and the exact merge of their answers (pure).
-//! - [`index`]: an index held whole in memory, searched shard by shard (`shardc`, tests, the wasm probe).
+//! - [`store`]: region choice, version pinning, and the byte-budgeted single-flight shard cache (pure).
+//! - [`retrieve`]: the one retrieval engine — plan, bounded gather within a deadline, exact merge,
+//!   resolve — over shards held in memory, loaded through the store, or asked of shard hosts (pure).
+//! - [`index`]: an index held whole in memory, searched through [`retrieve`] (`shardc`, tests, the wasm probe).
+//! - [`timing`]: the `Server-Timing` breakdown of a request (pure).
 //! - [`balancer`]: inference-origin pools: routing strategies, health, retry budget, affinity (pure, clock passed in).
 //! - [`rag`]: OpenAI wire types, prompt building within a token budget, SSE parsing and formatting (pure).
 //! - [`cache_key`]: the Cache API keys of search results and query embeddings, by index version (pure).
@@ -22,15 +24,19 @@ pub mod api;
 pub mod auth;
 pub mod balancer;
 pub mod cache_key;
-pub mod fanout;
 pub mod index;
 pub mod manifest;
 pub mod metrics;
 pub mod rag;
 pub mod ratelimit;
+pub mod retrieve;
 pub mod shard;
 pub mod store;
+pub mod timing;
 pub mod trace;
+
+#[cfg(test)]
+mod testing;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod build;

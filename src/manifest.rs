@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::shard::format::Header;
-use crate::shard::{Metric, Quant};
+use crate::shard::{Metric, Quant, ShardMeta};
 
 /// Manifest layout version; bump when fields change meaning (2: a shard's `checksum` is its
 /// payload checksum, the one its header records, no longer a hash of the whole file).
@@ -43,6 +43,20 @@ pub enum ManifestError {
         expected: String,
         actual_bytes: u64,
         actual: String,
+    },
+    #[error("shard {shard} does not match the manifest: its {field} is {found}, the manifest says {expected}")]
+    ShardDiffers {
+        shard: String,
+        field: &'static str,
+        expected: String,
+        found: String,
+    },
+    #[error("the manifest at {index}/{version} names {field} {found:?}: it is not the version its pointer named")]
+    NotThePointed {
+        index: String,
+        version: String,
+        field: &'static str,
+        found: String,
     },
 }
 
@@ -194,6 +208,65 @@ impl Manifest {
                 actual_bytes: bytes.len() as u64,
                 actual: declared.unwrap_or_else(|| "none (no header)".into()),
             });
+        }
+        Ok(())
+    }
+
+    /// Checks that an opened shard describes itself as entry `shard` does (dims, metric,
+    /// quantisation, vector count): a blob that verifies but belongs to another build is refused
+    /// before it answers a query with wrong vectors or passages.
+    pub fn check_shard_meta(&self, shard: usize, meta: &ShardMeta) -> Result<(), ManifestError> {
+        let entry = self
+            .shards
+            .get(shard)
+            .ok_or_else(|| ManifestError::Invalid(format!("no shard number {shard}")))?;
+        let differs = |field, expected: String, found: String| {
+            Err(ManifestError::ShardDiffers {
+                shard: entry.name.clone(),
+                field,
+                expected,
+                found,
+            })
+        };
+        if meta.dims != self.dims {
+            return differs("dims", self.dims.to_string(), meta.dims.to_string());
+        }
+        if meta.metric != self.metric {
+            return differs(
+                "metric",
+                self.metric.as_str().into(),
+                meta.metric.as_str().into(),
+            );
+        }
+        if meta.quant != self.quant {
+            return differs(
+                "quant",
+                self.quant.as_str().into(),
+                meta.quant.as_str().into(),
+            );
+        }
+        if meta.count != entry.count {
+            return differs("count", entry.count.to_string(), meta.count.to_string());
+        }
+        Ok(())
+    }
+
+    /// Checks that this manifest is the one `<index>/current` pointed to: a manifest copied
+    /// under another index or version would otherwise serve as that version.
+    pub fn check_pointed(&self, index: &str, version: &str) -> Result<(), ManifestError> {
+        let not = |field, found: &str| {
+            Err(ManifestError::NotThePointed {
+                index: index.to_string(),
+                version: version.to_string(),
+                field,
+                found: found.to_string(),
+            })
+        };
+        if self.name != index {
+            return not("name", &self.name);
+        }
+        if self.version != version {
+            return not("version", &self.version);
         }
         Ok(())
     }

@@ -80,6 +80,14 @@ pub const SHARD_CACHE_SHARDS: Desc = gauge(
     "edgerag_shard_cache_shards",
     "Shards this isolate holds in its LRU.",
 );
+pub const SHARD_LOADING_BYTES: Desc = gauge(
+    "edgerag_shard_loading_bytes",
+    "Bytes reserved in the shard budget by loads in flight.",
+);
+pub const WASM_MEMORY_BYTES: Desc = gauge(
+    "edgerag_wasm_memory_bytes",
+    "Size of this isolate's wasm linear memory (it never shrinks).",
+);
 pub const SHARD_CACHE_HITS: Desc = counter(
     "edgerag_shard_cache_hits_total",
     "Shard reads served by a shard this isolate already held.",

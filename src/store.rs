@@ -1,6 +1,10 @@
 //! The isolate's shard store without I/O: which region serves a request, which replicas to try,
-//! which version a request pins, and a byte-bounded LRU whose loads are single-flight.
-//! R2 (or any other blob source) plugs in through [`Source`]; `edge` supplies the R2 one.
+//! which version a request pins (its `current` pointer read single-flight, once per TTL), and a
+//! byte-bounded LRU whose loads are single-flight and whose memory stays inside its budget: a
+//! load reserves its manifest size before it fetches, evicting only shards no request holds, so
+//! ready shards, shards in use and loads in flight together never exceed `CACHE_BYTES`.
+//! R2 (or any other blob source) plugs in through [`Source`] and time through
+//! [`Clock`]; `edge` supplies the R2 one and the worker's timers.
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
@@ -10,6 +14,7 @@ use rkyv::util::AlignedVec;
 use serde::Deserialize;
 
 use crate::manifest::{is_index_name, Manifest, MANIFEST_FILE};
+use crate::retrieve::Clock;
 use crate::shard::{format, Shard};
 
 /// `<index>/current` holds the live version; everything else is immutable under its version.
@@ -88,48 +93,12 @@ pub fn replica_order(home: &str, holders: &[String], configured: &[String]) -> V
     order
 }
 
-/// Remembers each index's `current` version for a short time, so that not every request pays a
-/// storage read, while a flip is seen within `ttl_ms`. A request reads it once and pins it.
-pub struct VersionPointers {
-    ttl_ms: f64,
-    seen: RefCell<HashMap<String, (String, f64)>>,
-}
-
-impl VersionPointers {
-    pub fn new(ttl_ms: f64) -> Self {
-        VersionPointers {
-            ttl_ms,
-            seen: RefCell::new(HashMap::new()),
-        }
-    }
-
-    pub fn fresh(&self, index: &str, now_ms: f64) -> Option<String> {
-        let seen = self.seen.borrow();
-        let (version, at) = seen.get(index)?;
-        (now_ms - at < self.ttl_ms).then(|| version.clone())
-    }
-
-    pub fn remember(&self, index: &str, version: &str, now_ms: f64) {
-        self.seen
-            .borrow_mut()
-            .insert(index.to_string(), (version.to_string(), now_ms));
-    }
-}
-
 /// A loaded value shared by the cache and the requests using it.
 struct Loaded<V> {
     value: Rc<V>,
     bytes: usize,
-}
-
-// Not derived: that would demand `V: Clone`, and only the Rc is cloned.
-impl<V> Clone for Loaded<V> {
-    fn clone(&self) -> Self {
-        Loaded {
-            value: self.value.clone(),
-            bytes: self.bytes,
-        }
-    }
+    /// When it was loaded, for values that go stale (the `current` pointers).
+    at_ms: f64,
 }
 
 enum Slot<V> {
@@ -137,9 +106,11 @@ enum Slot<V> {
         loaded: Loaded<V>,
         used: u64,
     },
-    /// A request is loading this key; `load_id` tells its slot from a later load's.
+    /// A request is loading this key with `reserved` bytes set aside for it; `load_id` tells its
+    /// slot from a later load's.
     Loading {
         load_id: u64,
+        reserved: usize,
     },
 }
 
@@ -150,9 +121,14 @@ pub struct Got<V> {
     pub loaded_now: bool,
 }
 
-/// Keyed values bounded by total bytes, least recently used evicted first. Concurrent requests
-/// for a missing key share one load; a failed or abandoned load is forgotten, so the next
-/// request retries. Values in use by a request stay alive (Rc) even if evicted meanwhile.
+/// How long a load waits for room before it gives up, and how often it looks again.
+const ROOM_POLL_MS: f64 = 5.0;
+
+/// Keyed values bounded by total bytes, least recently used evicted first. A load reserves its
+/// size before it starts; ready values, values still held by a request (never evicted while
+/// held: their memory could not be freed) and reservations together stay within the capacity.
+/// Concurrent requests for a missing key share one load; a failed or abandoned load is
+/// forgotten (its reservation released), so the next request retries.
 pub struct Cache<V> {
     capacity: usize,
     state: RefCell<CacheState<V>>,
@@ -160,7 +136,10 @@ pub struct Cache<V> {
 
 struct CacheState<V> {
     slots: HashMap<String, Slot<V>>,
-    bytes: usize,
+    /// Bytes of ready values (held by requests or not).
+    ready: usize,
+    /// Bytes reserved by loads in flight.
+    reserved: usize,
     tick: u64,
     reads: Reads,
 }
@@ -174,6 +153,16 @@ pub struct Reads {
     pub misses: u64,
 }
 
+/// Why a load could not start: the budget is taken by values in use and loads in flight.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("no room for {needed} bytes within {capacity}: {held} bytes are in use by requests and {reserved} reserved by loads in flight")]
+pub struct NoRoom {
+    pub needed: usize,
+    pub capacity: usize,
+    pub held: usize,
+    pub reserved: usize,
+}
+
 /// Removes a `Loading` slot whose load ended without settling it (its request went away).
 struct LoadingGuard<'a, V> {
     cache: &'a Cache<V>,
@@ -184,10 +173,43 @@ struct LoadingGuard<'a, V> {
 impl<V> Drop for LoadingGuard<'_, V> {
     fn drop(&mut self) {
         let mut state = self.cache.state.borrow_mut();
-        if matches!(state.slots.get(self.key), Some(Slot::Loading { load_id }) if *load_id == self.load_id)
-        {
-            state.slots.remove(self.key);
+        if let Some(Slot::Loading { load_id, reserved }) = state.slots.get(self.key) {
+            if *load_id == self.load_id {
+                let reserved = *reserved;
+                state.reserved -= reserved;
+                state.slots.remove(self.key);
+            }
         }
+    }
+}
+
+impl<V: 'static> CacheState<V> {
+    /// Evicts unheld ready values, least recently used first, until `needed` more bytes fit.
+    fn make_room(&mut self, capacity: usize, needed: usize) -> Result<(), NoRoom> {
+        while self.ready + self.reserved + needed > capacity {
+            let victim = self
+                .slots
+                .iter()
+                .filter_map(|(k, s)| match s {
+                    Slot::Ready { loaded, used } if Rc::strong_count(&loaded.value) == 1 => {
+                        Some((*used, k.clone()))
+                    }
+                    _ => None,
+                })
+                .min();
+            let Some((_, victim)) = victim else {
+                return Err(NoRoom {
+                    needed,
+                    capacity,
+                    held: self.ready,
+                    reserved: self.reserved,
+                });
+            };
+            if let Some(Slot::Ready { loaded, .. }) = self.slots.remove(&victim) {
+                self.ready -= loaded.bytes;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -197,16 +219,26 @@ impl<V: 'static> Cache<V> {
             capacity,
             state: RefCell::new(CacheState {
                 slots: HashMap::new(),
-                bytes: 0,
+                ready: 0,
+                reserved: 0,
                 tick: 0,
                 reads: Reads::default(),
             }),
         }
     }
 
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Bytes held by ready entries.
     pub fn bytes(&self) -> usize {
-        self.state.borrow().bytes
+        self.state.borrow().ready
+    }
+
+    /// Bytes reserved by loads in flight.
+    pub fn reserved(&self) -> usize {
+        self.state.borrow().reserved
     }
 
     pub fn reads(&self) -> Reads {
@@ -214,38 +246,48 @@ impl<V: 'static> Cache<V> {
     }
 
     pub fn len(&self) -> usize {
-        self.state
-            .borrow()
-            .slots
-            .values()
-            .filter(|s| matches!(s, Slot::Ready { .. }))
-            .count()
+        let state = self.state.borrow();
+        let ready = state.slots.values();
+        ready.filter(|s| matches!(s, Slot::Ready { .. })).count()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The cached value, or the result of `load` (value, its size in bytes). `load` runs only
-    /// if no ready value and no load in flight exist for `key`. A request that finds another
-    /// request's load in flight never touches that load: workerd forbids using one request's
-    /// I/O from another and cancels a request that awaits only someone else's I/O. It checks
-    /// the slot again after each `pause()`, a timer of its own, and loads by itself if the
-    /// other load failed or was abandoned.
-    pub async fn get_or_load<F, E, P, PF>(&self, key: &str, load: F, pause: P) -> Result<Got<V>, E>
+    /// The cached value, or the result of `load` (value, its size in bytes), which runs only if
+    /// no ready value and no load in flight exist for `key`. `reserve` bytes are set aside
+    /// before `load` starts (evicting unheld values first); while they do not fit, the request
+    /// waits for room, up to `room_wait_ms`, then fails with [`NoRoom`]. A ready value that
+    /// `fresh` rejects (given its load time) is loaded again, single-flight like a missing one.
+    ///
+    /// A request that finds another request's load in flight never touches that load: workerd
+    /// forbids using one request's I/O from another and cancels a request that awaits only
+    /// someone else's I/O. It checks the slot again after each short sleep on its own timer, and
+    /// loads by itself if the other load failed or was abandoned.
+    pub async fn get_or_load<F, E, C>(
+        &self,
+        key: &str,
+        reserve: usize,
+        fresh: impl Fn(f64) -> bool,
+        load: F,
+        clock: &C,
+        room_wait_ms: f64,
+    ) -> Result<Got<V>, E>
     where
         F: Future<Output = Result<(V, usize), E>>,
-        P: Fn() -> PF,
-        PF: Future<Output = ()>,
+        E: From<NoRoom>,
+        C: Clock,
     {
         let mut waited = false;
+        let began = clock.now_ms();
         let load_id = loop {
             {
                 let mut state = self.state.borrow_mut();
                 state.tick += 1;
                 let tick = state.tick;
                 match state.slots.get_mut(key) {
-                    Some(Slot::Ready { loaded, used }) => {
+                    Some(Slot::Ready { loaded, used }) if fresh(loaded.at_ms) => {
                         *used = tick;
                         let value = loaded.value.clone();
                         if waited {
@@ -259,17 +301,33 @@ impl<V: 'static> Cache<V> {
                         });
                     }
                     Some(Slot::Loading { .. }) => {}
-                    None => {
-                        state
-                            .slots
-                            .insert(key.to_string(), Slot::Loading { load_id: tick });
-                        state.reads.misses += 1;
-                        break tick;
+                    stale_or_missing => {
+                        if let Some(Slot::Ready { .. }) = stale_or_missing {
+                            if let Some(Slot::Ready { loaded, .. }) = state.slots.remove(key) {
+                                state.ready -= loaded.bytes;
+                            }
+                        }
+                        match state.make_room(self.capacity, reserve) {
+                            Ok(()) => {
+                                state.reserved += reserve;
+                                let slot = Slot::Loading {
+                                    load_id: tick,
+                                    reserved: reserve,
+                                };
+                                state.slots.insert(key.to_string(), slot);
+                                state.reads.misses += 1;
+                                break tick;
+                            }
+                            Err(no_room) if clock.now_ms() - began >= room_wait_ms => {
+                                return Err(no_room.into())
+                            }
+                            Err(_) => {}
+                        }
                     }
                 }
             }
             waited = true;
-            pause().await;
+            clock.sleep(ROOM_POLL_MS).await;
         };
         let _guard = LoadingGuard {
             cache: self,
@@ -277,44 +335,44 @@ impl<V: 'static> Cache<V> {
             load_id,
         };
         let (value, bytes) = load.await?;
-        let loaded = Loaded {
-            value: Rc::new(value),
-            bytes,
-        };
-        self.settle(key, loaded.clone());
+        let value = Rc::new(value);
+        self.settle(key, load_id, value.clone(), bytes, clock.now_ms());
         Ok(Got {
-            value: loaded.value,
+            value,
             loaded_now: true,
         })
     }
 
-    fn settle(&self, key: &str, loaded: Loaded<V>) {
+    /// Turns a load's reservation into a ready value (kept only if it fits, evicting unheld
+    /// values when it came out larger than reserved).
+    fn settle(&self, key: &str, load_id: u64, value: Rc<V>, bytes: usize, at_ms: f64) {
         let mut state = self.state.borrow_mut();
-        state.slots.remove(key);
-        // A value larger than the whole budget is served once and not kept.
-        if loaded.bytes > self.capacity {
+        match state.slots.get(key) {
+            Some(Slot::Loading {
+                load_id: id,
+                reserved,
+            }) if *id == load_id => {
+                let reserved = *reserved;
+                state.reserved -= reserved;
+                state.slots.remove(key);
+            }
+            _ => return,
+        }
+        if state.make_room(self.capacity, bytes).is_err() {
+            // Served to this request (which holds it) but not kept.
             return;
         }
         state.tick += 1;
         let used = state.tick;
-        state.bytes += loaded.bytes;
+        state.ready += bytes;
+        let loaded = Loaded {
+            value,
+            bytes,
+            at_ms,
+        };
         state
             .slots
             .insert(key.to_string(), Slot::Ready { loaded, used });
-        while state.bytes > self.capacity {
-            let victim = state
-                .slots
-                .iter()
-                .filter_map(|(k, s)| match s {
-                    Slot::Ready { used, .. } if k != key => Some((*used, k.clone())),
-                    _ => None,
-                })
-                .min();
-            let Some((_, victim)) = victim else { break };
-            if let Some(Slot::Ready { loaded, .. }) = state.slots.remove(&victim) {
-                state.bytes -= loaded.bytes;
-            }
-        }
     }
 }
 
@@ -324,13 +382,19 @@ impl<V: 'static> Cache<V> {
 pub trait Source: Clone + 'static {
     /// Regions that have a bucket.
     fn regions(&self) -> Vec<String>;
-    /// The whole object, read straight into aligned memory; `Ok(None)` if the bucket lacks it.
-    async fn get(&self, region: &str, key: &str) -> Result<Option<AlignedVec<16>>, String>;
+    /// The whole object, copied once into `into` (cleared first, grown only if its capacity is
+    /// short); `Ok(None)` if the bucket lacks it. An object longer than `max_len` is an error
+    /// before any of it is read, so a wrong or hostile object cannot allocate more than the
+    /// caller reserved.
+    async fn get(
+        &self,
+        region: &str,
+        key: &str,
+        max_len: usize,
+        into: AlignedVec<16>,
+    ) -> Result<Option<AlignedVec<16>>, String>;
     /// Index names (top-level prefixes) in a region's bucket.
     async fn indexes(&self, region: &str) -> Result<Vec<String>, String>;
-    fn now_ms(&self) -> f64;
-    /// A short wait on the calling request's own timer (see [`Cache::get_or_load`]).
-    async fn pause(&self);
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -339,6 +403,12 @@ pub enum StoreError {
     UnknownIndex(String),
     #[error("{0}")]
     Unavailable(String),
+}
+
+impl From<NoRoom> for StoreError {
+    fn from(e: NoRoom) -> StoreError {
+        StoreError::Unavailable(format!("the isolate's shard budget is full: {e}"))
+    }
 }
 
 /// An index version as one request sees it: every shard it reads comes from this version.
@@ -360,30 +430,59 @@ pub struct LoadedShard {
 
 /// Manifests are small; this only bounds a pathological number of versions.
 const MANIFEST_CACHE_BYTES: usize = 8 << 20;
+/// The largest manifest or pointer object read (a manifest of a few thousand shards).
+const MANIFEST_MAX_BYTES: usize = 4 << 20;
+/// Pointers are a few bytes; this bounds the number of indexes remembered.
+const POINTER_CACHE_BYTES: usize = 1 << 20;
+
+/// What the store is told when it is made.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// `CACHE_BYTES`: shards ready, in use and loading, together.
+    pub cache_bytes: usize,
+    /// `CURRENT_TTL_MS`: how long a read of `<index>/current` is trusted.
+    pub current_ttl_ms: f64,
+    /// How long a shard load waits for room in the budget before it fails.
+    pub room_wait_ms: f64,
+}
 
 /// The isolate's view of the shard store: version pointers, manifests and shards.
 pub struct Store {
-    pointers: VersionPointers,
+    budget: Budget,
+    pointers: Cache<String>,
     manifests: Cache<Manifest>,
     shards: Cache<LoadedShard>,
 }
 
+/// What the store holds right now, for `/healthz` and `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Held {
+    pub shards: usize,
+    /// Bytes of open shards (in use or not).
+    pub shard_bytes: usize,
+    /// Bytes reserved by shard loads in flight.
+    pub reserved_bytes: usize,
+    /// `CACHE_BYTES`: the bound on the two above together.
+    pub budget_bytes: usize,
+}
+
 impl Store {
-    pub fn new(cache_bytes: usize, current_ttl_ms: f64) -> Self {
+    pub fn new(budget: Budget) -> Self {
         Store {
-            pointers: VersionPointers::new(current_ttl_ms),
+            budget,
+            pointers: Cache::new(POINTER_CACHE_BYTES),
             manifests: Cache::new(MANIFEST_CACHE_BYTES),
-            shards: Cache::new(cache_bytes),
+            shards: Cache::new(budget.cache_bytes),
         }
     }
 
-    /// Shard bytes this isolate holds.
-    pub fn shard_bytes(&self) -> usize {
-        self.shards.bytes()
-    }
-
-    pub fn shard_count(&self) -> usize {
-        self.shards.len()
+    pub fn held(&self) -> Held {
+        Held {
+            shards: self.shards.len(),
+            shard_bytes: self.shards.bytes(),
+            reserved_bytes: self.shards.reserved(),
+            budget_bytes: self.shards.capacity(),
+        }
     }
 
     /// Shard reads served from this isolate's LRU (hits) or from a load (misses).
@@ -407,11 +506,13 @@ impl Store {
         Err(StoreError::Unavailable(last))
     }
 
-    /// Reads (or recalls) `<index>/current` once and loads that version's manifest.
-    /// A name no index can have is unknown without a lookup (and is not echoed whole).
-    pub async fn pin<S: Source>(
+    /// Reads (or recalls) `<index>/current` once and loads that version's manifest. Once the
+    /// pointer is older than `CURRENT_TTL_MS` one request reads it again while the others wait
+    /// for that read. A name no index can have is unknown without a lookup (and is not echoed whole).
+    pub async fn pin<S: Source, C: Clock>(
         &self,
         source: &S,
+        clock: &C,
         index: &str,
         home: &str,
     ) -> Result<Pinned, StoreError> {
@@ -420,26 +521,32 @@ impl Store {
             let more = if shown.len() < index.len() { "…" } else { "" };
             return Err(StoreError::UnknownIndex(format!("{shown}{more}")));
         }
-        let version = match self.pointers.fresh(index, source.now_ms()) {
-            Some(version) => version,
-            None => {
-                let order = replica_order(home, &[], &source.regions());
-                let (bytes, _) = read_first(source, &order, &current_key(index))
-                    .await?
-                    .ok_or_else(|| StoreError::UnknownIndex(index.to_string()))?;
-                let version = String::from_utf8_lossy(&bytes).trim().to_string();
-                self.pointers.remember(index, &version, source.now_ms());
-                version
-            }
+        let order = replica_order(home, &[], &source.regions());
+        let key = current_key(index);
+        let (source2, key2, name) = (source.clone(), key.clone(), index.to_string());
+        let load = async move {
+            let (bytes, _) = read_first(&source2, &order, &key2, MANIFEST_MAX_BYTES)
+                .await?
+                .ok_or(StoreError::UnknownIndex(name))?;
+            let version = String::from_utf8_lossy(&bytes).trim().to_string();
+            let len = version.len();
+            Ok::<_, StoreError>((version, len))
         };
-        self.pin_version(source, index, &version, home).await
+        let (now, ttl) = (clock.now_ms(), self.budget.current_ttl_ms);
+        let version = self
+            .pointers
+            .get_or_load(&key, 0, |at| now - at < ttl, load, clock, 0.0)
+            .await?
+            .value;
+        self.pin_version(source, clock, index, &version, home).await
     }
 
     /// Loads the manifest of a version named by someone else (a shard host gets it from the
-    /// entry worker, so both sides use the same version).
-    pub async fn pin_version<S: Source>(
+    /// entry worker, so both sides use the same version), checking it is that index's version.
+    pub async fn pin_version<S: Source, C: Clock>(
         &self,
         source: &S,
+        clock: &C,
         index: &str,
         version: &str,
         home: &str,
@@ -447,17 +554,21 @@ impl Store {
         let order = replica_order(home, &[], &source.regions());
         let key = blob_key(index, version, MANIFEST_FILE);
         let (source2, key2) = (source.clone(), key.clone());
+        let (index2, version2) = (index.to_string(), version.to_string());
         let load = async move {
-            let (bytes, region) = read_first(&source2, &order, &key2).await?.ok_or_else(|| {
-                StoreError::Unavailable(format!("{key2} is missing in every region"))
-            })?;
+            let (bytes, region) = read_first(&source2, &order, &key2, MANIFEST_MAX_BYTES)
+                .await?
+                .ok_or_else(|| {
+                    StoreError::Unavailable(format!("{key2} is missing in every region"))
+                })?;
             let manifest = Manifest::from_json(&bytes)
+                .and_then(|m| m.check_pointed(&index2, &version2).map(|()| m))
                 .map_err(|e| StoreError::Unavailable(format!("{key2} in {region}: {e}")))?;
-            Ok((manifest, bytes.len()))
+            Ok::<_, StoreError>((manifest, bytes.len()))
         };
         let manifest = self
             .manifests
-            .get_or_load(&key, load, || source.pause())
+            .get_or_load(&key, 0, |_| true, load, clock, 0.0)
             .await?
             .value;
         Ok(Pinned {
@@ -468,12 +579,15 @@ impl Store {
     }
 
     /// Shard `i` of the pinned version: from this isolate's cache, else read from the first
-    /// region holding an intact copy of the file the manifest names (the manifest's checksum is
-    /// the one in the blob's header, and the payload hashes to it: verified once, as it arrives,
-    /// before it is cached), then opened without hashing again.
-    pub async fn shard<S: Source>(
+    /// region holding an intact copy of the file the manifest names, with the manifest's size
+    /// reserved in the budget before the read starts. A replica is intact when its size and
+    /// header checksum are the manifest's, its payload hashes to that checksum (verified once,
+    /// as it arrives, before it is cached), it opens, and it describes itself as the manifest
+    /// does (dims, metric, quantisation, count); any other replica is skipped for the next region.
+    pub async fn shard<S: Source, C: Clock>(
         &self,
         source: &S,
+        clock: &C,
         pinned: &Pinned,
         i: usize,
         home: &str,
@@ -483,15 +597,24 @@ impl Store {
             .shards
             .get(i)
             .ok_or_else(|| StoreError::Unavailable(format!("no shard number {i}")))?;
+        let size = usize::try_from(entry.bytes).unwrap_or(usize::MAX);
+        if size > self.budget.cache_bytes {
+            return Err(StoreError::Unavailable(format!(
+                "shard {} of {}/{} is {} bytes, more than this isolate's shard budget (CACHE_BYTES = {})",
+                entry.name, pinned.index, pinned.version, entry.bytes, self.budget.cache_bytes
+            )));
+        }
         let key = blob_key(&pinned.index, &pinned.version, &entry.file);
         let order = replica_order(home, &entry.regions, &source.regions());
-        let (loader, manifest, key2) = (source.clone(), pinned.manifest.clone(), key.clone());
+        let (source2, clock2) = (source.clone(), clock.clone());
+        let (manifest, key2) = (pinned.manifest.clone(), key.clone());
         let load = async move {
-            let source = loader;
-            let started = source.now_ms();
+            let (source, clock) = (source2, clock2);
+            let started = clock.now_ms();
             let mut problems = Vec::new();
             for region in &order {
-                let bytes = match source.get(region, &key2).await {
+                let buffer = AlignedVec::with_capacity(size);
+                let bytes = match source.get(region, &key2, size, buffer).await {
                     Ok(Some(bytes)) => bytes,
                     Ok(None) => continue,
                     Err(e) => {
@@ -499,7 +622,6 @@ impl Store {
                         continue;
                     }
                 };
-                // A corrupt replica is skipped: another region may hold a good one.
                 let intact = manifest.verify_shard(i, &bytes).map_err(|e| e.to_string());
                 if let Err(e) =
                     intact.and_then(|()| format::verify_payload(&bytes).map_err(|e| e.to_string()))
@@ -507,20 +629,32 @@ impl Store {
                     problems.push(format!("{region}: {e}"));
                     continue;
                 }
-                let fetched = source.now_ms();
+                let fetched = clock.now_ms();
                 let len = bytes.len();
-                let shard = Shard::open(bytes)
-                    .map_err(|e| StoreError::Unavailable(format!("{key2} in {region}: {e}")))?;
-                let validate_ms = source.now_ms() - fetched;
-                return Ok((
-                    LoadedShard {
-                        shard,
-                        region: region.clone(),
-                        fetch_ms: fetched - started,
-                        validate_ms,
-                    },
-                    len,
-                ));
+                let opened = Shard::open(bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(|shard| {
+                        let meta = shard.meta();
+                        manifest
+                            .check_shard_meta(i, &meta)
+                            .map_err(|e| e.to_string())?;
+                        Ok(shard)
+                    });
+                let shard = match opened {
+                    Ok(shard) => shard,
+                    Err(e) => {
+                        problems.push(format!("{region}: {e}"));
+                        continue;
+                    }
+                };
+                let validate_ms = clock.now_ms() - fetched;
+                let loaded = LoadedShard {
+                    shard,
+                    region: region.clone(),
+                    fetch_ms: fetched - started,
+                    validate_ms,
+                };
+                return Ok((loaded, len));
             }
             if problems.is_empty() {
                 problems.push("missing in every region".into());
@@ -530,7 +664,10 @@ impl Store {
                 problems.join("; ")
             )))
         };
-        self.shards.get_or_load(&key, load, || source.pause()).await
+        let room_wait_ms = self.budget.room_wait_ms;
+        self.shards
+            .get_or_load(&key, size, |_| true, load, clock, room_wait_ms)
+            .await
     }
 }
 
@@ -540,10 +677,11 @@ async fn read_first<S: Source>(
     source: &S,
     order: &[String],
     key: &str,
+    max_len: usize,
 ) -> Result<Option<(AlignedVec<16>, String)>, StoreError> {
     let mut errors = Vec::new();
     for region in order {
-        match source.get(region, key).await {
+        match source.get(region, key, max_len, AlignedVec::new()).await {
             Ok(Some(bytes)) => return Ok(Some((bytes, region.clone()))),
             Ok(None) => {}
             Err(e) => errors.push(format!("{region}: {e}")),
@@ -562,69 +700,67 @@ async fn read_first<S: Source>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::VirtualClock;
     use futures::executor::LocalPool;
     use futures::task::LocalSpawnExt;
     use futures::FutureExt;
     use std::cell::Cell;
 
-    /// For sequential gets, which never find a load in flight and so never pause.
-    fn no_pause() -> futures::future::Ready<()> {
-        futures::future::ready(())
-    }
-
-    fn counting_load(
+    /// A load that counts its calls and takes `ms` of virtual time.
+    fn timed_load(
+        clock: &VirtualClock,
         calls: &Rc<Cell<u32>>,
         value: &'static str,
         bytes: usize,
-    ) -> impl Future<Output = Result<(String, usize), String>> {
-        let calls = calls.clone();
+        ms: f64,
+    ) -> impl Future<Output = Result<(String, usize), StoreError>> {
+        let (clock, calls) = (clock.clone(), calls.clone());
         async move {
             calls.set(calls.get() + 1);
-            futures::future::ready(()).await;
+            clock.sleep(ms).await;
             Ok((value.to_string(), bytes))
         }
     }
 
+    fn always(_: f64) -> bool {
+        true
+    }
+
     #[test]
     fn concurrent_gets_share_one_load() {
+        let clock = VirtualClock::default();
         let cache: Rc<Cache<String>> = Rc::new(Cache::new(100));
         let calls = Rc::new(Cell::new(0));
-        let (tx, rx) = futures::channel::oneshot::channel::<()>();
-        let gate = rx.shared();
         let mut pool = LocalPool::new();
         let results = Rc::new(RefCell::new(Vec::new()));
         for _ in 0..5 {
-            let (cache, calls, gate, results) =
-                (cache.clone(), calls.clone(), gate.clone(), results.clone());
+            let (cache, calls, results, clock) =
+                (cache.clone(), calls.clone(), results.clone(), clock.clone());
             pool.spawner()
                 .spawn_local(async move {
-                    let load_gate = gate.clone();
-                    let load = async move {
-                        calls.set(calls.get() + 1);
-                        let _ = load_gate.await;
-                        Ok::<_, String>(("blob".to_string(), 10))
-                    };
-                    // Waiters pause until the gate opens: by then the load has settled.
-                    let pause = || gate.clone().map(|_| ());
-                    let got = cache.get_or_load("a", load, pause).await.unwrap();
+                    let load = timed_load(&clock, &calls, "blob", 10, 20.0);
+                    let got = cache.get_or_load("a", 10, always, load, &clock, 0.0).await;
+                    let got = got.expect("loads");
                     results
                         .borrow_mut()
                         .push((got.value.to_string(), got.loaded_now));
                 })
-                .unwrap();
+                .expect("spawns");
         }
-        pool.run_until_stalled();
+        clock.run(&mut pool);
         assert_eq!(calls.get(), 1, "one load in flight");
-        tx.send(()).unwrap();
-        pool.run_until_stalled();
         assert_eq!(*results.borrow(), vec![("blob".to_string(), true); 5]);
-        let again = futures::executor::block_on(cache.get_or_load(
-            "a",
-            counting_load(&calls, "x", 1),
-            no_pause,
-        ))
-        .unwrap();
-        assert!(!again.loaded_now);
+        let again = clock.block_on({
+            let (cache, calls, clock) = (cache.clone(), calls.clone(), clock.clone());
+            async move {
+                let load = timed_load(&clock, &calls, "x", 1, 0.0);
+                cache
+                    .get_or_load("a", 1, always, load, &clock, 0.0)
+                    .await
+                    .map(|g| g.loaded_now)
+            }
+        });
+        assert_eq!(again, Ok(false));
         assert_eq!((calls.get(), cache.bytes(), cache.len()), (1, 10, 1));
         assert_eq!(
             cache.reads(),
@@ -633,69 +769,185 @@ mod tests {
         );
     }
 
-    #[test]
-    fn evicts_least_recently_used_by_bytes() {
-        let cache: Cache<String> = Cache::new(100);
-        let calls = Rc::new(Cell::new(0));
-        let get = |key: &'static str, bytes| {
-            futures::executor::block_on(cache.get_or_load(
-                key,
-                counting_load(&calls, key, bytes),
-                no_pause,
-            ))
-            .unwrap()
-        };
-        get("a", 40);
-        get("b", 40);
-        get("a", 40); // a is now more recent than b
-        get("c", 40); // 120 > 100: b goes
-        assert_eq!((cache.bytes(), cache.len(), calls.get()), (80, 2, 3));
-        assert_eq!(cache.reads(), Reads { hits: 1, misses: 3 });
-        assert!(!get("a", 40).loaded_now);
-        assert!(get("b", 40).loaded_now, "b was evicted");
-        get("huge", 500); // served, not kept, nothing else evicted for it
-        assert_eq!(cache.bytes(), 80);
-        assert!(get("huge", 500).loaded_now);
+    /// Loads `key` of `bytes` at once and drops it (nobody holds it afterwards).
+    fn get(
+        cache: &Rc<Cache<String>>,
+        calls: &Rc<Cell<u32>>,
+        key: &'static str,
+        bytes: usize,
+    ) -> Result<bool, StoreError> {
+        let clock = VirtualClock::default();
+        let (cache, calls, clock2) = (cache.clone(), calls.clone(), clock.clone());
+        clock.block_on(async move {
+            let load = timed_load(&clock2, &calls, key, bytes, 0.0);
+            let got = cache
+                .get_or_load(key, bytes, always, load, &clock2, 0.0)
+                .await;
+            got.map(|g| g.loaded_now)
+        })
     }
 
     #[test]
-    fn an_abandoned_load_is_taken_over_by_a_waiter() {
-        let cache: Cache<String> = Cache::new(100);
-        let abandoned = cache.get_or_load(
-            "a",
-            futures::future::pending::<Result<(String, usize), String>>(),
-            no_pause,
+    fn evicts_least_recently_used_by_bytes_before_loading() {
+        let cache: Rc<Cache<String>> = Rc::new(Cache::new(100));
+        let calls = Rc::new(Cell::new(0));
+        get(&cache, &calls, "a", 40).unwrap();
+        get(&cache, &calls, "b", 40).unwrap();
+        get(&cache, &calls, "a", 40).unwrap(); // a is now more recent than b
+        get(&cache, &calls, "c", 40).unwrap(); // 120 > 100: b goes before c loads
+        assert_eq!((cache.bytes(), cache.len(), calls.get()), (80, 2, 3));
+        assert_eq!(cache.reads(), Reads { hits: 1, misses: 3 });
+        assert_eq!(get(&cache, &calls, "a", 40), Ok(false));
+        assert_eq!(get(&cache, &calls, "b", 40), Ok(true), "b was evicted");
+        let huge = get(&cache, &calls, "huge", 500);
+        assert!(
+            matches!(huge, Err(StoreError::Unavailable(ref why)) if why.contains("no room for 500 bytes within 100")),
+            "{huge:?}"
         );
-        let mut abandoned = Box::pin(abandoned);
+        assert_eq!(cache.reserved(), 0, "a refused load reserves nothing");
+    }
+
+    #[test]
+    fn loads_in_flight_and_values_in_use_count_against_the_budget() {
+        let clock = VirtualClock::default();
+        let cache: Rc<Cache<String>> = Rc::new(Cache::new(100));
+        let calls = Rc::new(Cell::new(0));
+        let mut pool = LocalPool::new();
+        let peak = Rc::new(Cell::new(0usize));
+        let log = Rc::new(RefCell::new(Vec::new()));
+        // `a` (60) is loaded and then held by its request for 50 ms; `b` (60) cannot fit beside
+        // it, so its load waits for room (up to 100 ms) and starts once `a` is released.
+        for (key, start_ms, hold_ms) in [("a", 0.0, 47.0), ("b", 10.0, 0.0)] {
+            let (cache, calls, clock, peak, log) = (
+                cache.clone(),
+                calls.clone(),
+                clock.clone(),
+                peak.clone(),
+                log.clone(),
+            );
+            pool.spawner()
+                .spawn_local(async move {
+                    clock.sleep(start_ms).await;
+                    let load = timed_load(&clock, &calls, key, 60, 5.0);
+                    let got = cache
+                        .get_or_load(key, 60, always, load, &clock, 100.0)
+                        .await;
+                    let got = got.expect("room frees up within the wait");
+                    log.borrow_mut().push((key, clock.now_ms()));
+                    peak.set(peak.get().max(cache.bytes() + cache.reserved()));
+                    clock.sleep(hold_ms).await;
+                    drop(got);
+                })
+                .expect("spawns");
+        }
+        let watcher = {
+            let (cache, clock, peak) = (cache.clone(), clock.clone(), peak.clone());
+            async move {
+                for _ in 0..100 {
+                    peak.set(peak.get().max(cache.bytes() + cache.reserved()));
+                    clock.sleep(1.0).await;
+                }
+            }
+        };
+        pool.spawner().spawn_local(watcher).expect("spawns");
+        clock.run(&mut pool);
+        assert_eq!(
+            *log.borrow(),
+            vec![("a", 5.0), ("b", 60.0)],
+            "b loads only after a is released"
+        );
+        assert!(peak.get() <= 100, "peak {} over the budget", peak.get());
+        assert_eq!((cache.bytes(), cache.len(), cache.reserved()), (60, 1, 0));
+
+        // Held for longer than the wait: the load gives up naming the bytes in use.
+        let held = get(&cache, &calls, "b", 60).map(|_| ());
+        assert_eq!(held, Ok(()));
+        let holder = clock.block_on({
+            let (cache, calls, clock) = (cache.clone(), calls.clone(), clock.clone());
+            async move {
+                let load = timed_load(&clock, &calls, "b", 60, 0.0);
+                let kept = cache.get_or_load("b", 60, always, load, &clock, 0.0).await;
+                let load = timed_load(&clock, &calls, "c", 60, 0.0);
+                let refused = cache.get_or_load("c", 60, always, load, &clock, 30.0).await;
+                drop(kept);
+                refused.err()
+            }
+        });
+        let why = holder.map(|e| e.to_string()).unwrap_or_default();
+        assert!(why.contains("60 bytes are in use by requests"), "{why}");
+    }
+
+    #[test]
+    fn an_abandoned_load_releases_its_reservation_and_is_taken_over() {
+        let clock = VirtualClock::default();
+        let cache: Cache<String> = Cache::new(100);
+        let pending = futures::future::pending::<Result<(String, usize), StoreError>>();
+        let mut abandoned = Box::pin(cache.get_or_load("a", 70, always, pending, &clock, 0.0));
         // Start the load (it never finishes), then drop it as a cancelled request would.
         assert!(abandoned.as_mut().now_or_never().is_none());
+        assert_eq!(cache.reserved(), 70);
         drop(abandoned);
+        assert_eq!(cache.reserved(), 0);
         let calls = Rc::new(Cell::new(0));
-        let got = futures::executor::block_on(cache.get_or_load(
-            "a",
-            counting_load(&calls, "ok", 1),
-            no_pause,
-        ))
-        .unwrap();
+        let load = timed_load(&clock, &calls, "ok", 70, 0.0);
+        let got = cache
+            .get_or_load("a", 70, always, load, &clock, 0.0)
+            .now_or_never();
+        let got = got.expect("ready").expect("loads");
         assert_eq!((got.value.as_str(), calls.get()), ("ok", 1));
     }
 
     #[test]
-    fn failed_loads_are_retried() {
+    fn failed_loads_release_their_reservation_and_are_retried() {
+        let clock = VirtualClock::default();
         let cache: Cache<String> = Cache::new(100);
-        let failing = async { Err::<(String, usize), String>("boom".into()) };
+        let failing = async { Err::<(String, usize), _>(StoreError::Unavailable("boom".into())) };
+        let failed = cache
+            .get_or_load("a", 50, always, failing, &clock, 0.0)
+            .now_or_never();
         assert_eq!(
-            futures::executor::block_on(cache.get_or_load("a", failing, no_pause)).err(),
-            Some("boom".to_string())
+            failed.and_then(|r| r.err()),
+            Some(StoreError::Unavailable("boom".into()))
         );
+        assert_eq!(cache.reserved(), 0);
         let calls = Rc::new(Cell::new(0));
-        assert!(futures::executor::block_on(cache.get_or_load(
-            "a",
-            counting_load(&calls, "ok", 1),
-            no_pause
-        ))
-        .is_ok());
+        let load = timed_load(&clock, &calls, "ok", 50, 0.0);
+        let got = cache
+            .get_or_load("a", 50, always, load, &clock, 0.0)
+            .now_or_never();
+        assert!(matches!(got, Some(Ok(_))));
         assert_eq!(calls.get(), 1);
+    }
+
+    #[test]
+    fn a_stale_value_is_loaded_again_once_for_all_waiters() {
+        let clock = VirtualClock::default();
+        let cache: Rc<Cache<String>> = Rc::new(Cache::new(100));
+        let calls = Rc::new(Cell::new(0));
+        let mut pool = LocalPool::new();
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        // Three readers at t=0 and three at t=200, with values fresh for 100 ms.
+        for start in [0.0, 0.0, 0.0, 200.0, 200.0, 200.0] {
+            let (cache, calls, clock, seen) =
+                (cache.clone(), calls.clone(), clock.clone(), seen.clone());
+            pool.spawner()
+                .spawn_local(async move {
+                    clock.sleep(start).await;
+                    let now = clock.now_ms();
+                    let value = if start == 0.0 { "v1" } else { "v2" };
+                    let load = timed_load(&clock, &calls, value, 2, 10.0);
+                    let got = cache
+                        .get_or_load("p", 2, |at| now - at < 100.0, load, &clock, 0.0)
+                        .await;
+                    seen.borrow_mut()
+                        .push(got.expect("loads").value.to_string());
+                })
+                .expect("spawns");
+        }
+        clock.run(&mut pool);
+        assert_eq!(calls.get(), 2, "one read per expiry");
+        assert_eq!(*seen.borrow(), ["v1", "v1", "v1", "v2", "v2", "v2"]);
+        assert_eq!(cache.bytes(), 2);
     }
 
     #[test]
@@ -750,23 +1002,39 @@ mod tests {
         fn regions(&self) -> Vec<String> {
             vec!["weur".into()]
         }
-        async fn get(&self, _region: &str, _key: &str) -> Result<Option<AlignedVec<16>>, String> {
+        async fn get(
+            &self,
+            _region: &str,
+            _key: &str,
+            _max: usize,
+            _into: AlignedVec<16>,
+        ) -> Result<Option<AlignedVec<16>>, String> {
             self.0.set(self.0.get() + 1);
             Ok(None)
         }
         async fn indexes(&self, _region: &str) -> Result<Vec<String>, String> {
             Ok(Vec::new())
         }
-        fn now_ms(&self) -> f64 {
-            0.0
-        }
-        async fn pause(&self) {}
     }
 
     #[test]
     fn impossible_index_names_are_unknown_without_a_lookup() {
-        let (store, source) = (Store::new(1 << 20, 1000.0), Empty::default());
-        let pin = |name: &str| futures::executor::block_on(store.pin(&source, name, "weur")).err();
+        let budget = Budget {
+            cache_bytes: 1 << 20,
+            current_ttl_ms: 1000.0,
+            room_wait_ms: 0.0,
+        };
+        let (store, source, clock) = (
+            Store::new(budget),
+            Empty::default(),
+            VirtualClock::default(),
+        );
+        let pin = |name: &str| {
+            store
+                .pin(&source, &clock, name, "weur")
+                .now_or_never()
+                .and_then(|r| r.err())
+        };
         assert_eq!(pin("docs"), Some(StoreError::UnknownIndex("docs".into())));
         assert_eq!(source.0.get(), 1, "a possible name is looked up");
         let long = "d".repeat(100_000);
@@ -781,14 +1049,5 @@ mod tests {
             );
         }
         assert_eq!(source.0.get(), 1, "impossible names are not looked up");
-    }
-
-    #[test]
-    fn version_pointer_expires() {
-        let p = VersionPointers::new(1000.0);
-        p.remember("docs", "v1", 0.0);
-        assert_eq!(p.fresh("docs", 999.0).as_deref(), Some("v1"));
-        assert_eq!(p.fresh("docs", 1000.0), None);
-        assert_eq!(p.fresh("other", 0.0), None);
     }
 }

@@ -3,7 +3,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{parse_json, ApiError};
-use crate::shard::{DocId, Passage};
+pub use crate::retrieve::Match;
 
 pub const K_DEFAULT: usize = 10;
 pub const K_MAX: usize = 100;
@@ -146,32 +146,6 @@ impl SearchRequest {
             )));
         }
         Ok(())
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
-pub struct Match {
-    pub id: Value,
-    pub score: f32,
-    pub text: String,
-    pub metadata: Map<String, Value>,
-    pub shard: String,
-}
-
-impl Match {
-    /// A found passage as the API shows it: the id as the corpus gave it, the metric's public score.
-    pub fn new(passage: Passage, score: f32, shard: &str) -> Match {
-        let id = match passage.id {
-            DocId::Int(id) => Value::from(id),
-            DocId::Str(id) => Value::String(id),
-        };
-        Match {
-            id,
-            score,
-            text: passage.text,
-            metadata: passage.metadata,
-            shard: shard.to_string(),
-        }
     }
 }
 

@@ -32,7 +32,6 @@ impl IndexDir {
                 source,
             },
             OpenError::Shard { shard, source } => BuildError::Shard { shard, source },
-            mismatch @ OpenError::Mismatch { .. } => BuildError::Invalid(mismatch.to_string()),
         })?;
         Ok(IndexDir {
             dir: dir.to_path_buf(),

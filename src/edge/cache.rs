@@ -3,6 +3,8 @@
 //! A cache that fails is a miss, never a failed request. (On `*.workers.dev` hostnames the Cache
 //! API stores nothing, so every lookup misses there; it works on a zone route and under
 //! `wrangler dev`.)
+use std::rc::Rc;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use worker::{console_warn, js_sys, Cache, Context, Response};
@@ -38,7 +40,7 @@ pub struct ResponseCache {
     /// `None`: disabled (`RESULT_CACHE_TTL_S = 0`) or no Cache API in this runtime.
     ttl_s: Option<u32>,
     /// The request's context, which writes outlive: the answer does not wait for them.
-    request: Context,
+    request: Rc<Context>,
 }
 
 /// How a value was found or made, for `Cache-Status` (RFC 9211).
@@ -70,7 +72,7 @@ impl Outcome {
 }
 
 impl ResponseCache {
-    pub fn new(ttl_s: u32, request: Context) -> ResponseCache {
+    pub fn new(ttl_s: u32, request: Rc<Context>) -> ResponseCache {
         // `Cache::default()` unwraps the global `caches`; check that it is there first.
         let available = js_sys::Reflect::has(&js_sys::global(), &"caches".into()).unwrap_or(false);
         ResponseCache {

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use worker::{console_error, console_log, console_warn, js_sys, Date};
 
 use super::origins::Origins;
+use super::routes::wasm_memory_bytes;
 use crate::metrics::{self, Registry};
 use crate::store::Store;
 
@@ -55,12 +56,15 @@ pub fn seconds(ms: f64) -> f64 {
 pub fn render(store: &Store, origins: Option<&Origins>) -> String {
     let mut text = String::new();
     record(|registry| {
-        registry.set(&metrics::SHARD_CACHE_BYTES, &[], store.shard_bytes() as f64);
+        let held = store.held();
+        registry.set(&metrics::SHARD_CACHE_BYTES, &[], held.shard_bytes as f64);
+        registry.set(&metrics::SHARD_CACHE_SHARDS, &[], held.shards as f64);
         registry.set(
-            &metrics::SHARD_CACHE_SHARDS,
+            &metrics::SHARD_LOADING_BYTES,
             &[],
-            store.shard_count() as f64,
+            held.reserved_bytes as f64,
         );
+        registry.set(&metrics::WASM_MEMORY_BYTES, &[], wasm_memory_bytes() as f64);
         let reads = store.shard_reads();
         registry.set(&metrics::SHARD_CACHE_HITS, &[], reads.hits as f64);
         registry.set(&metrics::SHARD_CACHE_MISSES, &[], reads.misses as f64);

@@ -1,8 +1,9 @@
 //! The R2 side of the store: one bucket binding per region (`SHARDS_<REGION>`), objects read
-//! straight from the R2 body into rkyv-aligned memory (the one unavoidable JS→wasm copy).
+//! chunk by chunk from the R2 body straight into the rkyv-aligned wasm memory the store hands
+//! over (no zero-fill pass, no second copy, no whole-object buffer on the JS side).
+use futures::StreamExt;
 use rkyv::util::AlignedVec;
 use worker::js_sys::Uint8Array;
-use worker::wasm_bindgen_futures::JsFuture;
 use worker::{Bucket, Env, ResponseBody};
 
 use crate::store::Source;
@@ -40,35 +41,57 @@ impl Source for R2 {
         self.regions.clone()
     }
 
-    async fn get(&self, region: &str, key: &str) -> Result<Option<AlignedVec<16>>, String> {
+    async fn get(
+        &self,
+        region: &str,
+        key: &str,
+        max_len: usize,
+        mut aligned: AlignedVec<16>,
+    ) -> Result<Option<AlignedVec<16>>, String> {
         let bucket = self.bucket(region)?;
         let Some(object) = bucket.get(key).execute().await.map_err(|e| e.to_string())? else {
             return Ok(None);
         };
+        let size = usize::try_from(object.size()).unwrap_or(usize::MAX);
+        if size > max_len {
+            return Err(format!(
+                "{key} is {size} bytes, more than the {max_len} expected"
+            ));
+        }
+        aligned.clear();
+        aligned.reserve_exact(size);
         let Some(body) = object.body() else {
-            return Ok(Some(AlignedVec::new()));
+            return Ok(Some(aligned));
         };
         let stream = match body.response_body().map_err(|e| e.to_string())? {
             ResponseBody::Stream(stream) => stream,
             ResponseBody::Body(bytes) => {
-                let mut aligned = AlignedVec::with_capacity(bytes.len());
+                if bytes.len() != size {
+                    return Err(format!("{key}: {} bytes arrived of {size}", bytes.len()));
+                }
                 aligned.extend_from_slice(&bytes);
                 return Ok(Some(aligned));
             }
-            ResponseBody::Empty => return Ok(Some(AlignedVec::new())),
+            ResponseBody::Empty => return Ok(Some(aligned)),
         };
-        // Letting the runtime collect the stream into one ArrayBuffer keeps the chunking out of
-        // wasm; then a single copy lands it in aligned memory that the shard keeps.
-        let response = worker::web_sys::Response::new_with_opt_readable_stream(Some(&stream))
-            .map_err(|e| format!("{e:?}"))?;
-        let promise = response.array_buffer().map_err(|e| format!("{e:?}"))?;
-        let buffer = JsFuture::from(promise)
-            .await
-            .map_err(|e| format!("{e:?}"))?;
-        let array = Uint8Array::new(&buffer);
-        let mut aligned = AlignedVec::<16>::with_capacity(array.length() as usize);
-        aligned.resize(array.length() as usize, 0);
-        array.copy_to(aligned.as_mut_slice());
+        let mut chunks = wasm_streams::ReadableStream::from_raw(stream).into_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = Uint8Array::new(&chunk.map_err(|e| format!("reading {key}: {e:?}"))?);
+            let (filled, len) = (aligned.len(), chunk.length() as usize);
+            if filled + len > size {
+                return Err(format!("{key}: more than its {size} bytes arrived"));
+            }
+            // SAFETY: capacity is `size` and `filled + len <= size`, so the destination is
+            // allocated; `raw_copy_to_ptr` writes exactly `len` bytes there, which `set_len` then
+            // counts as initialised.
+            unsafe {
+                chunk.raw_copy_to_ptr(aligned.as_mut_ptr().add(filled));
+                aligned.set_len(filled + len);
+            }
+        }
+        if aligned.len() != size {
+            return Err(format!("{key}: {} bytes arrived of {size}", aligned.len()));
+        }
         Ok(Some(aligned))
     }
 
@@ -85,14 +108,5 @@ impl Source for R2 {
             .into_iter()
             .map(|p| p.trim_end_matches('/').to_string())
             .collect())
-    }
-
-    fn now_ms(&self) -> f64 {
-        super::now_ms()
-    }
-
-    async fn pause(&self) {
-        // Short enough that a joined load is picked up promptly, long enough not to spin.
-        worker::Delay::from(std::time::Duration::from_millis(5)).await;
     }
 }

@@ -1,25 +1,21 @@
 //! `POST /v1/search`: parse, pin one version, answer from the response cache (`cache`) or embed
-//! a text query (its embedding cached too) and fan out to the planned shards
-//! (searched here or by their ShardHost objects) within the deadline, merge exactly, resolve
-//! passages. `run` is also the retrieval step of `/v1/rag` and `/v1/chat/completions`.
-use std::collections::HashMap;
-use std::future::Future;
+//! a text query (its embedding cached too) and run the retrieval engine (`crate::retrieve`)
+//! over the shards this isolate loads or over their ShardHost objects. `run` is also the
+//! retrieval step of `/v1/rag` and `/v1/chat/completions`.
 use std::rc::Rc;
-use std::time::Duration;
 
-use futures::future::{select, Either};
-use futures::stream::{self, StreamExt};
-use worker::Delay;
+use futures::StreamExt;
 
 use super::cache::{Outcome, Which};
-use super::{host, now_ms, observe, read_body, Ctx, Incoming, Mode, Timing};
-use crate::api::{parse_search, ApiError, Match, Query, SearchRequest, SearchResponse, BODY_LIMIT};
+use super::clock::WorkerClock;
+use super::{host, now_ms, observe, read_body, Ctx, Incoming, Mode};
+use crate::api::{parse_search, ApiError, Query, SearchRequest, SearchResponse, BODY_LIMIT};
 use crate::cache_key::{embedding_key, normalise_text, search_key};
-use crate::fanout::{self, Answer, Gather, Visit, MAX_IN_FLIGHT};
 use crate::metrics::{EMBEDDING_DURATION, SEARCH_DURATION};
 use crate::rag::{EmbeddingInput, EmbeddingsRequest, EmbeddingsResponse};
-use crate::shard::{Filter, Hit, Metric, SearchParams};
-use crate::store::{Got, LoadedShard, Pinned};
+use crate::retrieve::{self, Gathered, Loaded, Remote, Resolved, ShardQuery, Shards};
+use crate::shard::{Filter, Metric};
+use crate::store::Pinned;
 
 pub async fn handle(req: &Incoming, ctx: &mut Ctx) -> Result<SearchResponse, ApiError> {
     let (content_type, body) = read_body(req, ctx, BODY_LIMIT).await?;
@@ -52,7 +48,10 @@ pub async fn run(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchRespons
     Ok(found)
 }
 
-/// Embeds a text query, fans out to the planned shards and merges: the answer without the cache.
+/// Embeds a text query and runs the retrieval engine over the pinned version's shards, loaded
+/// here (local mode) or asked of their ShardHost objects (durable mode): the answer without the
+/// cache. In local mode a shard load still running at the deadline goes on in the background,
+/// so the next request finds it cached.
 async fn search(
     ctx: &mut Ctx,
     request: &SearchRequest,
@@ -69,140 +68,78 @@ async fn search(
     };
     let started = now_ms();
     let home = ctx.home(&pinned.manifest.regions);
-    let params = SearchParams {
+    let query = Rc::new(ShardQuery {
+        vector,
         k: request.k,
-        ef: request.effective_ef(),
         filter: request.filter.clone().map(|equals| Filter { equals }),
-    };
-    let planned = fanout::plan(&pinned.manifest, &vector, request.probe, &params);
-    let deadline = ctx.config.deadline_ms;
-    let matches_and_failures = match ctx.config.mode {
+    });
+    let visits = retrieve::plan(
+        &pinned.manifest,
+        &query.vector,
+        request.probe,
+        &query.params(request.effective_ef()),
+    );
+    let deadline = ctx.config.deadline_ms as f64;
+    let resolved = match ctx.config.mode {
         Mode::Local => {
-            let (store, source, vector, params, home) = (
-                ctx.store.clone(),
-                ctx.source.clone(),
-                Rc::new(vector),
-                Rc::new(params),
+            let shards = Loaded {
+                store: ctx.store.clone(),
+                source: ctx.source.clone(),
+                clock: WorkerClock,
+                pinned: pinned.clone(),
                 home,
-            );
-            let pinned2 = pinned.clone();
-            let run = move |visit: Visit| {
-                let (store, source, vector, params, home, pinned) = (
-                    store.clone(),
-                    source.clone(),
-                    vector.clone(),
-                    params.clone(),
-                    home.clone(),
-                    pinned2.clone(),
-                );
-                async move {
-                    let got = store
-                        .shard(&source, &pinned, visit.shard, &home)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let params = SearchParams {
-                        ef: visit.ef,
-                        ..(*params).clone()
-                    };
-                    let (hits, timing) = search_loaded(&got, &vector, &params)?;
-                    Ok((
-                        Answer {
-                            hits,
-                            passages: got.value,
-                        },
-                        timing,
-                    ))
-                }
             };
-            let gather = gather_within(planned, deadline, &mut ctx.timing, run).await;
-            finish(
-                &gather,
-                &pinned,
-                request.k,
-                &mut ctx.timing,
-                |hit, loaded: &Rc<LoadedShard>| {
-                    let passage = loaded.shard.passage(hit.ord).map_err(|e| e.to_string())?;
-                    Ok(Match::new(
-                        passage,
-                        pinned.manifest.metric.score(hit.distance),
-                        &loaded.shard.meta().shard_name,
-                    ))
-                },
-            )?
+            let gathered = retrieve::gather(&shards, &WorkerClock, visits, &query, deadline).await;
+            let resolved = finish(ctx, &gathered, &shards, &pinned, request.k);
+            if !gathered.unfinished.is_empty() {
+                let unfinished = gathered.unfinished;
+                ctx.request
+                    .wait_until(async move { unfinished.for_each(|_| async {}).await });
+            }
+            resolved
         }
         Mode::Durable => {
-            let ns = ctx
-                .env
-                .durable_object(host::BINDING)
-                .map_err(|e| ApiError::Misconfigured(e.to_string()))?;
-            let query = Rc::new(host::HostQuery {
+            let shards = Remote {
+                hosts: host::DurableHosts::new(&ctx.env)?,
                 index: pinned.index.clone(),
                 version: pinned.version.clone(),
-                shard: 0,
                 region: home,
-                vector,
-                k: params.k,
-                ef: params.ef,
-                filter: request.filter.clone(),
-            });
-            let run = move |visit: Visit| {
-                let (ns, query) = (ns.clone(), query.clone());
-                async move {
-                    let answer = host::ask(
-                        &ns,
-                        &host::HostQuery {
-                            shard: visit.shard,
-                            ef: visit.ef,
-                            ..(*query).clone()
-                        },
-                    )
-                    .await?;
-                    let hits = answer
-                        .matches
-                        .iter()
-                        .map(|m| Hit {
-                            ord: m.ord,
-                            distance: m.distance,
-                        })
-                        .collect();
-                    let by_ord: HashMap<u32, Match> = answer
-                        .matches
-                        .into_iter()
-                        .map(|m| (m.ord, m.found))
-                        .collect();
-                    Ok((
-                        Answer {
-                            hits,
-                            passages: by_ord,
-                        },
-                        answer.timing,
-                    ))
-                }
             };
-            let gather = gather_within(planned, deadline, &mut ctx.timing, run).await;
-            finish(
-                &gather,
-                &pinned,
-                request.k,
-                &mut ctx.timing,
-                |hit, by_ord: &HashMap<u32, Match>| {
-                    by_ord
-                        .get(&hit.ord)
-                        .cloned()
-                        .ok_or_else(|| format!("shard host did not send passage {}", hit.ord))
-                },
-            )?
+            let gathered = retrieve::gather(&shards, &WorkerClock, visits, &query, deadline).await;
+            finish(ctx, &gathered, &shards, &pinned, request.k)
         }
-    };
-    let (matches, failed_shards) = matches_and_failures;
+    }?;
     observe::record(|m| m.observe(&SEARCH_DURATION, &[], observe::seconds(now_ms() - started)));
+    let failed_shards: Vec<String> = resolved.failed.into_iter().map(|(name, _)| name).collect();
     Ok(SearchResponse {
-        matches,
+        matches: resolved.found.into_iter().map(|(_, m)| m).collect(),
         index: pinned.index.clone(),
         version: pinned.version.clone(),
         partial: !failed_shards.is_empty(),
         failed_shards,
     })
+}
+
+/// The exact merge and its passages; the shards that did not answer are logged with the reason.
+fn finish<S: Shards>(
+    ctx: &mut Ctx,
+    gathered: &Gathered<S>,
+    shards: &S,
+    pinned: &Pinned,
+    k: usize,
+) -> Result<Resolved, ApiError> {
+    let started = now_ms();
+    ctx.timing.absorb(&gathered.timing);
+    let resolved = gathered
+        .resolve(shards, &pinned.manifest, k)
+        .map_err(|all| {
+            ApiError::Unavailable(format!("no shard of {} answered: {all}", pinned.index))
+        })?;
+    for (name, why) in &resolved.failed {
+        worker::console_warn!("{}/{} shard {name}: {why}", pinned.index, pinned.version);
+    }
+    ctx.timing.merge = now_ms() - started;
+    Ok(resolved)
 }
 
 fn check_vector(vector: &[f32], pinned: &Pinned) -> Result<(), ApiError> {
@@ -250,109 +187,4 @@ async fn embed(ctx: &mut Ctx, text: &str) -> Result<Vec<f32>, ApiError> {
     ctx.cache_status
         .push(ctx.cache.store(&key, &vector).member(Which::Embedding));
     Ok(vector)
-}
-
-/// Runs `run` for every planned visit, at most [`MAX_IN_FLIGHT`] at a time, until all have
-/// answered or the deadline passes; whatever has not answered by then counts as failed.
-async fn gather_within<P, F, Fut>(
-    planned: Vec<Visit>,
-    deadline_ms: u64,
-    timing: &mut Timing,
-    run: F,
-) -> Gather<P>
-where
-    F: Fn(Visit) -> Fut,
-    Fut: Future<Output = Result<(Answer<P>, Timing), String>>,
-{
-    let mut gather = Gather::new(planned.iter().map(|visit| visit.shard).collect());
-    let answers = stream::iter(planned).map(|visit| {
-        let pending = run(visit);
-        async move { (visit.shard, pending.await) }
-    });
-    let mut answers = std::pin::pin!(answers.buffer_unordered(MAX_IN_FLIGHT));
-    let mut deadline = std::pin::pin!(Delay::from(Duration::from_millis(deadline_ms)));
-    loop {
-        match select(answers.next(), deadline.as_mut()).await {
-            Either::Left((Some((i, outcome)), _)) => {
-                let outcome = outcome.map(|(answer, spent)| {
-                    timing.absorb(&spent);
-                    answer
-                });
-                gather.record(i, outcome);
-            }
-            Either::Left((None, _)) | Either::Right(_) => return gather,
-        }
-    }
-}
-
-/// Exact merge, passage resolution, and the names of the shards that did not answer.
-fn finish<P>(
-    gather: &Gather<P>,
-    pinned: &Pinned,
-    k: usize,
-    timing: &mut Timing,
-    resolve: impl Fn(&crate::shard::ShardHit, &P) -> Result<Match, String>,
-) -> Result<(Vec<Match>, Vec<String>), ApiError> {
-    let started = now_ms();
-    let name = |i: usize| {
-        pinned
-            .manifest
-            .shards
-            .get(i)
-            .map_or_else(|| format!("#{i}"), |s| s.name.clone())
-    };
-    let merged = gather.merge(k).map_err(|all| {
-        let why: Vec<String> = all
-            .0
-            .iter()
-            .map(|(i, why)| format!("{}: {why}", name(*i)))
-            .collect();
-        ApiError::Unavailable(format!(
-            "no shard of {} answered: {}",
-            pinned.index,
-            why.join("; ")
-        ))
-    })?;
-    let matches = merged
-        .top
-        .iter()
-        .map(|(hit, passages)| resolve(hit, passages))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(ApiError::Unavailable)?;
-    let failed = merged.failed.iter().map(|(i, why)| {
-        worker::console_warn!(
-            "{}/{} shard {}: {why}",
-            pinned.index,
-            pinned.version,
-            name(*i)
-        );
-        name(*i)
-    });
-    let failed = failed.collect();
-    timing.merge = now_ms() - started;
-    Ok((matches, failed))
-}
-
-/// Searches a loaded shard; the fetch and validate costs count only for the request that
-/// waited for the load.
-pub(crate) fn search_loaded(
-    got: &Got<LoadedShard>,
-    vector: &[f32],
-    params: &SearchParams,
-) -> Result<(Vec<Hit>, Timing), String> {
-    let started = now_ms();
-    let hits = got
-        .value
-        .shard
-        .search(vector, params)
-        .map_err(|e| e.to_string())?;
-    let mut timing = Timing {
-        search: now_ms() - started,
-        ..Timing::default()
-    };
-    if got.loaded_now {
-        timing.fetch = got.value.fetch_ms;
-        timing.validate = got.value.validate_ms;
-    }
-    Ok((hits, timing))
 }

@@ -1,0 +1,208 @@
+//! The engine's middle: run the planned visits with bounded concurrency until all have answered
+//! or the deadline passes, then merge exactly over the shards that answered and resolve.
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use futures::future::{select, Either};
+use futures::stream::{FuturesUnordered, StreamExt};
+
+use super::{Answered, Clock, Match, ShardQuery, Shards, Visit, MAX_IN_FLIGHT};
+use crate::manifest::Manifest;
+use crate::shard::{merge_top_k, ShardHit};
+use crate::timing::Timing;
+
+/// A visit tagged with its shard, so the engine knows whose answer arrived.
+pub struct Tagged<F> {
+    shard: usize,
+    pending: F,
+}
+
+impl<F: Future + Unpin> Future for Tagged<F> {
+    type Output = (usize, F::Output);
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let shard = self.shard;
+        Pin::new(&mut self.pending).poll(cx).map(|out| (shard, out))
+    }
+}
+
+/// Visits still running when the deadline passed. Driving them to the end (the worker hands them
+/// to `waitUntil`) lets a slow shard load land in the store for the next request instead of
+/// starting over.
+pub type Unfinished<F> = FuturesUnordered<Tagged<F>>;
+
+/// Per-shard outcomes of one query; shards that never reported count as timed out.
+pub struct Gathered<S: Shards> {
+    planned: Vec<usize>,
+    answers: BTreeMap<usize, Answered<S::Held>>,
+    failures: BTreeMap<usize, String>,
+    /// The slowest load and the summed validation and search of the shards that answered.
+    pub timing: Timing,
+    pub unfinished: Unfinished<S::Pending>,
+}
+
+/// The exact top-k over the shards that answered, best first.
+pub struct Merged<'a, H> {
+    pub top: Vec<(ShardHit, &'a H)>,
+    /// Manifest positions of shards that failed or missed the deadline, with the reason.
+    pub failed: Vec<(usize, String)>,
+}
+
+/// The merged top-k resolved to passages, and the shards that did not answer.
+pub struct Resolved {
+    pub found: Vec<(ShardHit, Match)>,
+    /// Names of the shards that failed or missed the deadline, with the reason.
+    pub failed: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("no shard answered: {}", describe(.0))]
+pub struct AllFailed(pub Vec<(String, String)>);
+
+fn describe(failed: &[(String, String)]) -> String {
+    failed
+        .iter()
+        .map(|(shard, why)| format!("{shard}: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Runs `visits` through `shards`, at most [`MAX_IN_FLIGHT`] at a time (Workers allow six
+/// simultaneous connections per request), until all have answered or `deadline_ms` passes.
+pub async fn gather<S: Shards, C: Clock>(
+    shards: &S,
+    clock: &C,
+    visits: Vec<Visit>,
+    query: &Rc<ShardQuery>,
+    deadline_ms: f64,
+) -> Gathered<S> {
+    let mut gathered = Gathered {
+        planned: visits.iter().map(|visit| visit.shard).collect(),
+        answers: BTreeMap::new(),
+        failures: BTreeMap::new(),
+        timing: Timing::default(),
+        unfinished: FuturesUnordered::new(),
+    };
+    let mut queue = visits.into_iter();
+    let mut in_flight = FuturesUnordered::new();
+    let mut start_next = |in_flight: &mut Unfinished<S::Pending>| {
+        while in_flight.len() < MAX_IN_FLIGHT {
+            let Some(visit) = queue.next() else { break };
+            in_flight.push(Tagged {
+                shard: visit.shard,
+                pending: shards.visit(visit, query),
+            });
+        }
+    };
+    start_next(&mut in_flight);
+    let deadline = async {
+        if deadline_ms.is_finite() {
+            clock.sleep(deadline_ms).await
+        } else {
+            futures::future::pending().await
+        }
+    };
+    let mut deadline = std::pin::pin!(deadline);
+    while !in_flight.is_empty() {
+        match select(in_flight.next(), deadline.as_mut()).await {
+            Either::Left((Some((shard, outcome)), _)) => {
+                gathered.record(shard, outcome);
+                start_next(&mut in_flight);
+            }
+            Either::Left((None, _)) | Either::Right(_) => break,
+        }
+    }
+    gathered.unfinished = in_flight;
+    gathered
+}
+
+impl<S: Shards> Gathered<S> {
+    fn record(&mut self, shard: usize, outcome: Result<Answered<S::Held>, String>) {
+        match outcome {
+            Ok(answer) => {
+                self.timing.absorb(&answer.timing);
+                self.answers.insert(shard, answer);
+            }
+            Err(why) => {
+                self.failures.insert(shard, why);
+            }
+        }
+    }
+
+    /// The exact top-k over the shards that answered; an error only when none did.
+    pub fn merge(&self, k: usize) -> Result<Merged<'_, S::Held>, Vec<(usize, String)>> {
+        self.merge_without(k, &BTreeMap::new())
+    }
+
+    /// [`Gathered::merge`] as if the shards in `dropped` had failed, for the reasons given.
+    fn merge_without(
+        &self,
+        k: usize,
+        dropped: &BTreeMap<usize, String>,
+    ) -> Result<Merged<'_, S::Held>, Vec<(usize, String)>> {
+        let answered = |i: &usize| self.answers.contains_key(i) && !dropped.contains_key(i);
+        let failed: Vec<(usize, String)> = self
+            .planned
+            .iter()
+            .filter(|i| !answered(i))
+            .map(|&i| {
+                let why = dropped.get(&i).or_else(|| self.failures.get(&i)).cloned();
+                (i, why.unwrap_or_else(|| "deadline exceeded".into()))
+            })
+            .collect();
+        if !self.planned.iter().any(answered) && !failed.is_empty() {
+            return Err(failed);
+        }
+        let usable = self
+            .answers
+            .iter()
+            .filter(|(i, _)| !dropped.contains_key(i));
+        let top = merge_top_k(usable.map(|(&i, a)| (i, a.hits.as_slice())), k)
+            .into_iter()
+            .filter_map(|hit| self.answers.get(&hit.shard).map(|a| (hit, &a.held)))
+            .collect();
+        Ok(Merged { top, failed })
+    }
+
+    /// Merges and resolves the winners to passages; shards are named as `manifest` names them.
+    /// A shard one of whose winners cannot be read counts as failed, and the merge is made again
+    /// without it, so the answer stays the exact top-k of the shards that are reported as answering.
+    pub fn resolve(
+        &self,
+        shards: &S,
+        manifest: &Manifest,
+        k: usize,
+    ) -> Result<Resolved, AllFailed> {
+        let name = |i: usize| {
+            manifest
+                .shards
+                .get(i)
+                .map_or_else(|| format!("#{i}"), |s| s.name.clone())
+        };
+        let named = |failed: Vec<(usize, String)>| -> Vec<(String, String)> {
+            failed.into_iter().map(|(i, why)| (name(i), why)).collect()
+        };
+        let mut dropped = BTreeMap::new();
+        'merge: loop {
+            let merged = self
+                .merge_without(k, &dropped)
+                .map_err(|failed| AllFailed(named(failed)))?;
+            let mut found = Vec::with_capacity(merged.top.len());
+            for (hit, held) in merged.top {
+                match shards.resolve(held, &hit) {
+                    Ok(m) => found.push((hit, m)),
+                    Err(why) => {
+                        dropped.insert(hit.shard, why);
+                        continue 'merge;
+                    }
+                }
+            }
+            return Ok(Resolved {
+                found,
+                failed: named(merged.failed),
+            });
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Shards searched by shard hosts (SERVING_MODE=durable: one `ShardHost` object per shard
+//! replica): the wire types of a host's question and answer, the [`ShardHosts`] transport the
+//! entry worker asks them through, the [`Remote`] backend over it, and [`HostQuery::answer`],
+//! what a host does with a question (the engine again, over its own [`Loaded`] store).
+use std::rc::Rc;
+
+use futures::future::LocalBoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{
+    gather, passage_of, Answered, Clock, Loaded, Match, Passages, ShardQuery, Shards, Visit,
+};
+use crate::shard::{Filter, Hit, ShardHit};
+use crate::store::Source;
+use crate::timing::Timing;
+
+/// What the entry worker asks a host: one shard of a version the entry worker pinned.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostQuery {
+    pub index: String,
+    pub version: String,
+    pub shard: usize,
+    /// The region whose replica the host serves (and whose bucket it reads first).
+    pub region: String,
+    pub vector: Vec<f32>,
+    pub k: usize,
+    pub ef: usize,
+    pub filter: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostMatch {
+    pub ord: u32,
+    pub distance: f32,
+    pub found: Match,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostAnswer {
+    pub matches: Vec<HostMatch>,
+    pub timing: Timing,
+}
+
+/// How the entry worker reaches shard hosts (Durable Object stubs in the worker).
+#[allow(async_fn_in_trait)]
+pub trait ShardHosts: Clone + 'static {
+    async fn ask(&self, query: HostQuery) -> Result<HostAnswer, String>;
+}
+
+/// Shards of one pinned version, each searched by its host in `region`.
+pub struct Remote<H> {
+    pub hosts: H,
+    pub index: String,
+    pub version: String,
+    pub region: String,
+}
+
+impl<H: ShardHosts> Shards for Remote<H> {
+    type Held = Passages;
+    type Pending = LocalBoxFuture<'static, Result<Answered<Passages>, String>>;
+
+    fn visit(&self, visit: Visit, query: &Rc<ShardQuery>) -> Self::Pending {
+        let hosts = self.hosts.clone();
+        let question = HostQuery {
+            index: self.index.clone(),
+            version: self.version.clone(),
+            shard: visit.shard,
+            region: self.region.clone(),
+            vector: query.vector.clone(),
+            k: query.k,
+            ef: visit.ef,
+            filter: query.filter.as_ref().map(|f| f.equals.clone()),
+        };
+        Box::pin(async move {
+            let answer = hosts.ask(question).await?;
+            let hits = answer
+                .matches
+                .iter()
+                .map(|m| Hit {
+                    ord: m.ord,
+                    distance: m.distance,
+                })
+                .collect();
+            let held = answer
+                .matches
+                .into_iter()
+                .map(|m| (m.ord, m.found))
+                .collect();
+            Ok(Answered {
+                hits,
+                held,
+                timing: answer.timing,
+            })
+        })
+    }
+
+    fn resolve(&self, held: &Passages, hit: &ShardHit) -> Result<Match, String> {
+        passage_of(held, hit.ord)
+    }
+}
+
+impl HostQuery {
+    /// A host's answer: the engine over the host's own store, planned as the entry worker said
+    /// (this one shard, this beam), with no deadline of its own (the entry worker has one).
+    pub async fn answer<S: Source, C: Clock>(
+        self,
+        shards: &Loaded<S, C>,
+    ) -> Result<HostAnswer, String> {
+        let query = Rc::new(ShardQuery {
+            vector: self.vector,
+            k: self.k,
+            filter: self.filter.map(|equals| Filter { equals }),
+        });
+        let visit = Visit {
+            shard: self.shard,
+            ef: self.ef,
+        };
+        let gathered = gather(shards, &shards.clock, vec![visit], &query, f64::INFINITY).await;
+        let timing = gathered.timing;
+        let merged = gathered.merge(self.k).map_err(|failed| {
+            failed
+                .into_iter()
+                .map(|(_, why)| why)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        let matches = merged
+            .top
+            .into_iter()
+            .map(|(hit, held)| {
+                Ok(HostMatch {
+                    ord: hit.ord,
+                    distance: hit.distance,
+                    found: passage_of(held, hit.ord)?,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(HostAnswer { matches, timing })
+    }
+}
