@@ -15,8 +15,7 @@ use worker::js_sys;
 use worker::js_sys::futures::JsFuture;
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::{
-    web_sys, AbortController, ByteStream, Date, Delay, Env, Headers, Method, Request, RequestInit,
-    Response,
+    web_sys, ByteStream, Date, Delay, Env, Headers, Method, Request, RequestInit, Response,
 };
 
 use super::{now_ms, observe, parsed, race, var};
@@ -42,7 +41,7 @@ thread_local! {
 pub struct Origins(Rc<Dispatcher<WorkerClock>>);
 
 /// A streamed answer's hold on its origin's slot (see `dispatch::Lease`).
-pub type Lease = dispatch::Lease<WorkerClock, AbortController>;
+pub type Lease = dispatch::Lease<WorkerClock, FetchAbort>;
 
 /// A var that may be given as a JSON string or, in wrangler.toml, as a TOML table/array.
 fn json_var(env: &Env, name: &str) -> Option<String> {
@@ -121,9 +120,15 @@ fn now() -> Duration {
     Duration::from_millis(Date::now().as_millis())
 }
 
-impl Abort for AbortController {
+/// Aborts one attempt's `fetch`. `None` if the runtime could not make a controller: the attempt
+/// then cannot be aborted (workerd still cancels a subrequest whose body is dropped).
+pub struct FetchAbort(Option<web_sys::AbortController>);
+
+impl Abort for FetchAbort {
     fn abort(&self) {
-        AbortController::abort(self);
+        if let Some(controller) = &self.0 {
+            controller.abort();
+        }
     }
 }
 
@@ -268,18 +273,14 @@ struct Fetch<R>(PhantomData<R>);
 
 impl<R: Read> Transport for Fetch<R> {
     type Answer = R::Out;
-    type Abort = AbortController;
+    type Abort = FetchAbort;
     const ACCEPT: &'static str = R::ACCEPT;
 
-    fn abort_handle(&self) -> AbortController {
-        AbortController::default()
+    fn abort_handle(&self) -> FetchAbort {
+        FetchAbort(web_sys::AbortController::new().ok())
     }
 
-    async fn attempt(
-        &self,
-        request: &OriginRequest<'_>,
-        abort: &AbortController,
-    ) -> Attempted<R::Out> {
+    async fn attempt(&self, request: &OriginRequest<'_>, abort: &FetchAbort) -> Attempted<R::Out> {
         let started = now_ms();
         let until = started + request.timeout.as_secs_f64() * 1000.0;
         let response = match response_head(request, abort).await {
@@ -313,7 +314,7 @@ impl<R: Read> Transport for Fetch<R> {
 /// Sends `request` and waits, within its timeout, for the response head.
 async fn response_head(
     request: &OriginRequest<'_>,
-    abort: &AbortController,
+    abort: &FetchAbort,
 ) -> Result<web_sys::Response, Failure> {
     let connect = |e: worker::Error| Failure::Failed(FailureKind::Connect, e.to_string());
     let headers = Headers::new();
@@ -327,9 +328,10 @@ async fn response_head(
     let outgoing = Request::new_with_init(&request.url, &init).map_err(connect)?;
     // The runtime's Response as is: making a `worker::Response` reads properties (`cf`,
     // `webSocket`) that an origin's answer never has, each a JS call.
-    let signal = abort.signal();
     let init = web_sys::RequestInit::new();
-    init.set_signal(Some(&*signal));
+    if let Some(controller) = &abort.0 {
+        init.set_signal(Some(&controller.signal()));
+    }
     let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
     let sent = JsFuture::from(global.fetch_with_request_and_init(outgoing.inner(), &init));
     match race(sent, request.timeout).await {
