@@ -11,14 +11,16 @@
 //!   resolve — over shards held in memory, loaded through the store, or asked of shard hosts (pure).
 //! - [`index`]: an index held whole in memory, searched through [`retrieve`] (`shardc`, tests, the wasm probe).
 //! - [`timing`]: the `Server-Timing` breakdown of a request (pure).
-//! - [`balancer`]: inference-origin pools: routing strategies, health, retry budget, affinity (pure, clock passed in).
+//! - [`balancer`]: inference-origin pools: routing strategies, health, retry budget, affinity (pure, clock passed in),
+//!   and `balancer::dispatch`, the async retry/lease loop over a transport trait and a clock trait.
 //! - [`rag`]: OpenAI wire types, prompt building within a token budget, SSE parsing and formatting (pure).
 //! - [`cache_key`]: the Cache API keys of search results and query embeddings, by index version (pure).
 //! - [`metrics`]: labelled counters, gauges and histograms in the Prometheus text format (pure).
 //! - [`trace`]: W3C `traceparent` parsing and propagation (pure).
 //! - `build` (native only): turns a corpus into shards and a manifest (used by `shardc`).
 //! - `embed` (native only): all-MiniLM-L6-v2 sentence embeddings on CPU (used by `devorigin`).
-//! - `edge` (wasm32 only): the Cloudflare Workers glue; thin handlers over the pure modules.
+//! - `edge` (wasm32 only): the Cloudflare Workers glue; thin handlers over the pure modules (for
+//!   the origins: the `fetch` transport, the timers and the config from env).
 
 pub mod api;
 pub mod auth;

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::search::check_query_text;
 use super::{parse_json, ApiError, Match, K_MAX};
-use crate::balancer::FailureKind;
+use crate::balancer::{BalancerError, FailureKind};
 use crate::rag::{format_event, ChatCompletionRequest, EmbeddingsRequest, Passage, RagError};
 
 /// Chat histories are longer than search bodies; 1 MiB of text is beyond any context window.
@@ -192,6 +192,24 @@ pub fn judge_origin(status: u16, retry_after: Option<&str>, now: Duration) -> Ve
         }
         Some(kind) => Verdict::Failed(kind),
         None => Verdict::Refused,
+    }
+}
+
+/// What the client is told when the origins did not answer: a bad `ORIGINS` configuration is the
+/// deployment's fault (500), an unserved model 404, no answer within the deadline and budget 503,
+/// and an origin's refusal is passed on ([`refusal`]).
+impl From<BalancerError> for ApiError {
+    fn from(e: BalancerError) -> ApiError {
+        match e {
+            BalancerError::Config { .. } => ApiError::Misconfigured(e.to_string()),
+            BalancerError::UnknownModel(model) => ApiError::UnknownModel(model),
+            BalancerError::Unavailable(why) => ApiError::OriginsUnavailable(why),
+            BalancerError::Refused {
+                origin,
+                status,
+                body,
+            } => refusal(&origin, status, &body),
+        }
     }
 }
 
@@ -412,6 +430,52 @@ mod tests {
         assert_eq!(answer["sources"][1]["id"], 9);
         assert_eq!(answer["sources"][0]["text"], "text 7");
         assert_eq!(status(with_sources(b"[1]", &ps)), 502);
+    }
+
+    #[test]
+    fn balancer_errors_become_their_problem_statuses() {
+        let cases = [
+            (
+                BalancerError::Config {
+                    field: "ORIGINS[0].url".into(),
+                    reason: "not http(s)".into(),
+                },
+                500,
+                "the service is misconfigured: ORIGINS[0].url: not http(s)",
+            ),
+            (
+                BalancerError::UnknownModel("m".into()),
+                404,
+                "no inference origin serves the model \"m\"",
+            ),
+            (
+                BalancerError::Unavailable("no chat origin for \"m\" answered: x".into()),
+                503,
+                "no chat origin for \"m\" answered: x",
+            ),
+            (
+                BalancerError::Refused {
+                    origin: "gpu-1".into(),
+                    status: 400,
+                    body: br#"{"error":{"message":"bad temperature"}}"#.to_vec(),
+                },
+                422,
+                "origin gpu-1 rejected the request: bad temperature",
+            ),
+            (
+                BalancerError::Refused {
+                    origin: "gpu-1".into(),
+                    status: 401,
+                    body: b"no key".to_vec(),
+                },
+                502,
+                "origin gpu-1 answered 401: no key",
+            ),
+        ];
+        for (error, status, text) in cases {
+            let api = ApiError::from(error);
+            assert_eq!((api.status(), api.to_string()), (status, text.to_string()));
+        }
     }
 
     #[test]

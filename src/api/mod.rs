@@ -11,7 +11,7 @@ use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
 pub use inference::{
-    interrupted_event, judge_origin, parse_chat, parse_embeddings, parse_rag, passages, refusal,
+    interrupted_event, judge_origin, parse_chat, parse_embeddings, parse_rag, passages,
     with_sources, ChatRequest, RagRequest, Verdict, INFERENCE_BODY_LIMIT, MESSAGE_CHARS_MAX,
     RAG_K_DEFAULT,
 };

@@ -2,7 +2,8 @@
 //! may be retried. Pure state machine: no I/O, no Workers types; the clock (`now`, time since any
 //! fixed epoch) and randomness (a seeded PRNG) come in from the caller, so tests run in virtual time.
 //!
-//! The async glue drives it per client request:
+//! [`dispatch`] carries its decisions out per client request: plain async Rust over a transport
+//! (one attempt at one origin) and a clock passed in, natively tested in virtual time too. Its loop:
 //! ```text
 //! let mut plan = balancer.begin(now);
 //! loop {
@@ -18,6 +19,7 @@
 
 mod budget;
 mod config;
+pub mod dispatch;
 mod origin;
 mod rng;
 #[cfg(test)]
@@ -30,11 +32,25 @@ pub use config::{parse_affinity, parse_origins, Kind, OriginConfig, Routing};
 use origin::{Availability, OriginState};
 pub use rng::Rng;
 
-/// The one error type of this layer: invalid configuration, naming the field.
+/// The one error type of this layer: an invalid configuration (naming the field), or a request
+/// that no origin answered ([`dispatch`]).
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum BalancerError {
     #[error("{field}: {reason}")]
     Config { field: String, reason: String },
+    /// No configured origin serves the model, whatever their health.
+    #[error("no inference origin serves the model {0:?}")]
+    UnknownModel(String),
+    /// No attempt answered: why the dispatcher stopped, and the last failure.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The origin refused the request itself (a 4xx other than 429): passed on, not retried.
+    #[error("origin {origin} answered {status}")]
+    Refused {
+        origin: String,
+        status: u16,
+        body: Vec<u8>,
+    },
 }
 
 /// Index of an origin in the configured list.
