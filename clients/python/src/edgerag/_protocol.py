@@ -18,9 +18,11 @@ def search_body(index: str, text: Optional[str], vector: Optional[Sequence[float
         body["text"] = text
     else:
         body["vector"] = [float(x) for x in vector or ()]
-    for name, value in (("k", k), ("ef", ef), ("probe", probe), ("filter", filter)):
+    for name, value in (("k", k), ("ef", ef), ("probe", probe)):
         if value is not None:
-            body[name] = dict(value) if name == "filter" else value
+            body[name] = value
+    if filter is not None:
+        body["filter"] = dict(filter)
     return body
 
 

@@ -92,14 +92,14 @@ class EdgeragVectorStore(VectorStore):
             return self._euclidean_relevance_score_fn
         return lambda score: score
 
-    def add_texts(self, texts: Iterable[str], metadatas: Optional[List[dict]] = None, **kwargs: Any) -> List[str]:
+    def add_texts(self, texts: Iterable[str], metadatas: Optional[List[Dict[str, Any]]] = None, **kwargs: Any) -> List[str]:
         raise NotImplementedError(NO_WRITE_API)
 
     def delete(self, ids: Optional[List[str]] = None, **kwargs: Any) -> Optional[bool]:
         raise NotImplementedError(NO_WRITE_API)
 
     @classmethod
-    def from_texts(cls, texts: List[str], embedding: Embeddings, metadatas: Optional[List[dict]] = None,
+    def from_texts(cls, texts: List[str], embedding: Embeddings, metadatas: Optional[List[Dict[str, Any]]] = None,
                    **kwargs: Any) -> "EdgeragVectorStore":
         raise NotImplementedError(NO_WRITE_API)
 
