@@ -12,7 +12,7 @@ import zipfile
 
 import pytest
 
-from conftest import CHAT_MODEL, KEYS, ROOT, SLOW_MODEL
+from conftest import CHAT_MODEL, KEYS, ROOT, SLOW_MODEL, quoted_opening
 
 CLIENT_SRC = os.path.join(ROOT, "clients", "python", "src")
 sys.path.insert(0, CLIENT_SRC)  # the client as in this checkout, not an installed copy
@@ -184,7 +184,7 @@ def test_the_langchain_example_answers_from_the_retrieved_sources(rag):
     assert [line.split()[1] for line in lines] == [f"id={m['id']}" for m in found], run.stdout
     for n, match in enumerate(found, 1):
         # devorigin quotes the first sentence of each numbered passage of the chain's prompt.
-        assert f"[{n}]" in answer and " ".join(match["text"].split()[:3]) in answer, (n, answer)
+        assert f"[{n}]" in answer and quoted_opening(match["text"]) in answer, (n, answer)
 
 
 def test_the_client_package_builds_as_a_wheel_with_its_langchain_extra():

@@ -5,12 +5,13 @@ Server-Timing bar read, a wrong key and a spent rate limit explained. The first 
 screenshot the README shows (docs/playground.png)."""
 import json
 import os
+import tempfile
 import time
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from conftest import CHAT_MODEL, KEYS, ROOT, SLOW_MODEL
+from conftest import CHAT_MODEL, KEYS, ROOT, SLOW_MODEL, quoted_opening
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -114,12 +115,12 @@ def test_an_answer_streams_in_with_its_sources_in_a_real_browser(rag, page):
     items = p.locator("#sources li")
     expect(items).to_have_count(3)
     for n, (item, match) in enumerate(zip(items.all(), found["matches"]), 1):
-        text = item.inner_text()
+        text = " ".join(item.inner_text().split())
         assert f"[{n}]" in text and f"id {match['id']}" in text, (text, match["id"])
         assert match["shard"] in text and match["metadata"]["source"] in text, text
         assert f"score {match['score']:.3f}" in text, text
         # devorigin quotes the first sentence of each source with its marker.
-        assert f"[{n}]" in final and " ".join(match["text"].split()[:3]) in final, (n, final)
+        assert f"[{n}]" in final and quoted_opening(match["text"]) in final, (n, final)
     expect(p.locator("#answer a.cite").first).to_have_attribute("href", "#src-1")
 
     # The Server-Timing bar: the origin's share and the embedding are shown.
@@ -133,7 +134,7 @@ def test_an_answer_streams_in_with_its_sources_in_a_real_browser(rag, page):
     assert p.evaluate("() => sessionStorage.getItem('edgerag.key')") == KEYS["a"]
 
     os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
-    p.locator("#answer").scroll_into_view_if_needed()
+    p.evaluate("() => document.activeElement.blur()")
     p.screenshot(path=SCREENSHOT, full_page=True)
 
 
@@ -203,7 +204,8 @@ def test_search_works_by_keyboard_on_a_phone_sized_screen(rag, page):
     # Nothing is wider than the screen.
     assert p.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
     assert not tab.errors, tab.errors
-    p.screenshot(path=os.path.join(rag["tmp"], "playground-phone.png"), full_page=True)
+    # For a look at the phone layout (not in the README): the system temp directory.
+    p.screenshot(path=os.path.join(tempfile.gettempdir(), "edgerag-playground-phone.png"), full_page=True)
 
 
 def test_the_ask_form_reports_an_unknown_model(rag, page):
