@@ -23,7 +23,8 @@ pub enum Access {
 /// The access rule of every route: exhaustive on purpose, so that a new route must take a side.
 pub fn access(route: &Route) -> Access {
     match route {
-        Route::Health => Access::Public,
+        // The page carries no data; its API calls send the key the person typed.
+        Route::Health | Route::Playground(_) => Access::Public,
         // Every isolate's counters tell of every tenant's traffic.
         Route::Metrics => Access::Admin,
         Route::Indexes
@@ -402,12 +403,15 @@ mod tests {
     }
 
     #[test]
-    fn routes_need_a_key_except_health() {
+    fn routes_need_a_key_except_health_and_the_playground() {
         let auth = Auth::Required(table());
-        assert_eq!(
-            auth.admit(&Route::Health, None).expect("public").indexes,
-            Indexes::Only(vec![])
-        );
+        let page = Route::Playground(crate::playground::asset("/").expect("page"));
+        for public in [Route::Health, page] {
+            assert_eq!(
+                auth.admit(&public, None).expect("public").indexes,
+                Indexes::Only(vec![])
+            );
+        }
         for route in [
             Route::Indexes,
             Route::Index("docs".into()),

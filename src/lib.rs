@@ -17,6 +17,7 @@
 //! - [`cache_key`]: the Cache API keys of search results and query embeddings, by index version (pure).
 //! - [`metrics`]: labelled counters, gauges and histograms in the Prometheus text format (pure).
 //! - [`trace`]: W3C `traceparent` parsing and propagation (pure).
+//! - [`playground`]: the browser page `GET /` serves, its files and their headers (pure).
 //! - `build` (native only): turns a corpus into shards and a manifest (used by `shardc`).
 //! - `embed` (native only): all-MiniLM-L6-v2 sentence embeddings on CPU (used by `devorigin`).
 //! - `edge` (wasm32 only): the Cloudflare Workers glue; thin handlers over the pure modules (for
@@ -29,6 +30,7 @@ pub mod cache_key;
 pub mod index;
 pub mod manifest;
 pub mod metrics;
+pub mod playground;
 pub mod rag;
 pub mod ratelimit;
 pub mod retrieve;

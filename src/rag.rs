@@ -187,6 +187,9 @@ pub struct Passage {
     pub text: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score: Option<f32>,
+    /// The shard that held the passage, when it came from a search.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
 }
 
 /// Default instruction placed before the passages.
@@ -444,6 +447,9 @@ pub fn sources_event(passages: &[Passage]) -> String {
             if let Some(score) = p.score {
                 s["score"] = serde_json::json!(score);
             }
+            if let Some(shard) = &p.shard {
+                s["shard"] = Value::String(shard.clone());
+            }
             s
         })
         .collect();
@@ -464,6 +470,7 @@ mod tests {
             title: None,
             text: text.into(),
             score: Some(0.5),
+            shard: None,
         }
     }
 
@@ -628,6 +635,7 @@ mod tests {
     fn formatted_events_parse_back() {
         let ps = vec![Passage {
             title: Some("os.walk".into()),
+            shard: Some("shard-001".into()),
             ..passage(3, "library/os.html", "t")
         }];
         let text = format!(
@@ -642,7 +650,7 @@ mod tests {
         let sources: Value = serde_json::from_str(&events[0].data).expect("json");
         assert_eq!(
             sources["sources"][0],
-            serde_json::json!({"n":1,"id":3,"source":"library/os.html","title":"os.walk","score":0.5})
+            serde_json::json!({"n":1,"id":3,"source":"library/os.html","title":"os.walk","score":0.5,"shard":"shard-001"})
         );
         assert_eq!(events[1].data, "multi\nline");
         assert!(events[2].is_done());

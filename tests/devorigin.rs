@@ -189,6 +189,7 @@ fn passage(id: u64, source: &str, text: &str) -> Passage {
         title: None,
         text: text.into(),
         score: None,
+        shard: None,
     }
 }
 

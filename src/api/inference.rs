@@ -142,6 +142,7 @@ pub fn passages(matches: &[Match]) -> Vec<Passage> {
             title: field(m, "title"),
             text: m.text.clone(),
             score: Some(m.score),
+            shard: Some(m.shard.clone()),
         })
         .collect()
 }
@@ -429,6 +430,7 @@ mod tests {
         assert_eq!(answer["usage"]["total_tokens"], 3);
         assert_eq!(answer["sources"][1]["id"], 9);
         assert_eq!(answer["sources"][0]["text"], "text 7");
+        assert_eq!(answer["sources"][0]["shard"], "s-0");
         assert_eq!(status(with_sources(b"[1]", &ps)), 502);
     }
 

@@ -10,6 +10,8 @@ use futures::future::{select, Either};
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
+use crate::playground::{self, Asset};
+
 pub use inference::{
     interrupted_event, judge_origin, parse_chat, parse_embeddings, parse_rag, passages,
     with_sources, ChatRequest, RagRequest, Verdict, INFERENCE_BODY_LIMIT, MESSAGE_CHARS_MAX,
@@ -32,6 +34,8 @@ pub enum Route {
     Rag,
     ChatCompletions,
     Metrics,
+    /// The browser playground's page and files (`GET /`, `/playground.js`, ...).
+    Playground(&'static Asset),
 }
 
 /// The path of an absolute URL as the runtime serialises it (`scheme://authority/path?query#f`),
@@ -63,7 +67,10 @@ impl Route {
                 Some(name) if !name.is_empty() && !name.contains('/') => {
                     (Route::Index(name.to_string()), "GET")
                 }
-                _ => return Err(ApiError::NotFound(path.to_string())),
+                _ => match playground::asset(path) {
+                    Some(asset) => (Route::Playground(asset), "GET"),
+                    None => return Err(ApiError::NotFound(path.to_string())),
+                },
             },
         };
         // HEAD is not offered: every resource here is cheap enough to GET.
@@ -88,6 +95,7 @@ impl Route {
             Route::Rag => "rag",
             Route::ChatCompletions => "chat_completions",
             Route::Metrics => "metrics",
+            Route::Playground(_) => "playground",
         }
     }
 }
@@ -250,6 +258,17 @@ mod tests {
             Ok(Route::Embeddings)
         );
         assert_eq!(Route::parse("GET", "/metrics"), Ok(Route::Metrics));
+        for (path, file) in [("/", "/"), ("", "/"), ("/playground.js", "/playground.js")] {
+            assert_eq!(
+                Route::parse("GET", path),
+                Ok(Route::Playground(playground::asset(file).expect(file)))
+            );
+        }
+        assert_eq!(Route::parse("POST", "/").unwrap_err().status(), 405);
+        assert_eq!(
+            Route::parse("GET", "/index.html").unwrap_err().status(),
+            404
+        );
         assert_eq!(Route::parse("POST", "/metrics").unwrap_err().status(), 405);
         assert_eq!(Route::Index("any/thing".into()).label(), "index");
         assert_eq!(Route::parse("GET", "/v1/search").unwrap_err().status(), 405);

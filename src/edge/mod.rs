@@ -15,6 +15,7 @@ mod http;
 mod inference;
 mod observe;
 mod origins;
+mod playground;
 mod r2;
 mod routes;
 mod search;

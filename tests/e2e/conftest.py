@@ -371,3 +371,14 @@ def observed():
     stop(worker)
     origin.kill()
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def quoted_opening(text, words=3):
+    """The first `words` words of a passage as devorigin's extractive answer quotes it: it quotes
+    the first sentence, which ends at a word ending in `.`, `?` or `!`."""
+    opening = []
+    for word in text.split()[:words]:
+        opening.append(word)
+        if word[-1] in ".?!":
+            break
+    return " ".join(opening)

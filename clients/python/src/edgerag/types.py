@@ -1,0 +1,105 @@
+"""What the worker answers, as typed values."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+DocId = Union[int, str]
+
+
+@dataclass(frozen=True)
+class Match:
+    """One search hit: `score` is cosine similarity, dot product or euclidean distance (the
+    index's metric), `shard` the shard that held it."""
+
+    id: DocId
+    score: float
+    text: str
+    metadata: Dict[str, Any]
+    shard: str
+
+    @classmethod
+    def from_json(cls, m: Mapping[str, Any]) -> "Match":
+        return cls(id=m["id"], score=float(m["score"]), text=m["text"], metadata=dict(m.get("metadata") or {}),
+                   shard=m["shard"])
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """`POST /v1/search`: the exact top-k of the shards that answered; `partial` when some did
+    not (named in `failed_shards`)."""
+
+    matches: List[Match]
+    index: str
+    version: str
+    partial: bool
+    failed_shards: List[str]
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> "SearchResult":
+        return cls(matches=[Match.from_json(m) for m in body["matches"]], index=body["index"],
+                   version=body["version"], partial=bool(body.get("partial", False)),
+                   failed_shards=list(body.get("failed_shards") or []))
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """`GET /v1/indexes/{name}`: the live version and its shape."""
+
+    name: str
+    version: str
+    dims: int
+    metric: str
+    shards: int
+    vectors: int
+    bytes: int
+    regions: List[str]
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> "IndexInfo":
+        return cls(name=body["name"], version=body["version"], dims=int(body["dims"]), metric=body["metric"],
+                   shards=int(body["shards"]), vectors=int(body["vectors"]), bytes=int(body["bytes"]),
+                   regions=list(body["regions"]))
+
+
+@dataclass(frozen=True)
+class Source:
+    """A passage the answer was given from; `n` is its `[n]` marker in the answer. `text` is
+    present in whole answers (`Client.rag`), not in streamed ones."""
+
+    n: int
+    id: DocId
+    source: str
+    title: Optional[str] = None
+    score: Optional[float] = None
+    shard: Optional[str] = None
+    text: Optional[str] = None
+
+    @classmethod
+    def from_json(cls, s: Mapping[str, Any], n: int) -> "Source":
+        score = s.get("score")
+        return cls(n=int(s.get("n", n)), id=s["id"], source=s["source"], title=s.get("title"),
+                   score=None if score is None else float(score), shard=s.get("shard"), text=s.get("text"))
+
+
+@dataclass(frozen=True)
+class RagAnswer:
+    """`POST /v1/rag` without streaming: the answer text, its sources, and the whole OpenAI chat
+    completion as the origin sent it (`raw`, with `sources`)."""
+
+    text: str
+    sources: List[Source]
+    model: Optional[str] = None
+    finish_reason: Optional[str] = None
+    raw: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> "RagAnswer":
+        choice = (body.get("choices") or [{}])[0]
+        return cls(text=(choice.get("message") or {}).get("content") or "",
+                   sources=sources_from_json(body.get("sources") or []), model=body.get("model"),
+                   finish_reason=choice.get("finish_reason"), raw=dict(body))
+
+
+def sources_from_json(sources: List[Mapping[str, Any]]) -> List[Source]:
+    return [Source.from_json(s, n) for n, s in enumerate(sources, 1)]
