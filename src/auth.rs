@@ -26,6 +26,8 @@ pub fn access(route: &Route) -> Access {
         Route::Health => Access::Public,
         // Every isolate's counters tell of every tenant's traffic.
         Route::Metrics => Access::Admin,
+        // And then only on the key's own indexes (`Grant::check_manage`).
+        Route::Admin(_) => Access::Admin,
         Route::Indexes
         | Route::Index(_)
         | Route::Search
@@ -55,6 +57,7 @@ pub struct Grant {
 
 /// The same words whether the index is someone else's or does not exist at all.
 const FORBIDDEN_INDEX: &str = "this API key may not read the requested index";
+const FORBIDDEN_MANAGE: &str = "this API key may not manage the requested index";
 
 impl Grant {
     /// A public route's caller: no index, nothing else.
@@ -92,6 +95,17 @@ impl Grant {
             Ok(())
         } else {
             Err(ApiError::Forbidden(FORBIDDEN_INDEX.into()))
+        }
+    }
+
+    /// An admin action on `index`: the key must be an admin key whose indexes (its tenant's)
+    /// include it, `["*"]` for all. Checked before any bucket is read, so that an unknown index
+    /// and another tenant's give the same 403.
+    pub fn check_manage(&self, index: &str) -> Result<(), ApiError> {
+        if self.admin && self.may_read(index) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(FORBIDDEN_MANAGE.into()))
         }
     }
 
@@ -447,6 +461,29 @@ mod tests {
             403
         );
         assert!(grant("acme-secret").check_access(Access::Key).is_ok());
+    }
+
+    #[test]
+    fn admin_keys_manage_only_their_tenants_indexes() {
+        let json = serde_json::json!([
+            {"id": "k-acme-admin", "tenant": "acme", "sha256": key_hash("acme-admin"), "indexes": ["docs"], "admin": true},
+            {"id": "k-acme", "tenant": "acme", "sha256": key_hash("acme-secret"), "indexes": ["docs"]},
+            {"id": "k-ops", "tenant": "ops", "sha256": key_hash("ops-secret"), "indexes": ["*"], "admin": true},
+        ]);
+        let t = KeyTable::parse(&json.to_string()).expect("a valid table");
+        let grant = |token: &str| t.authenticate(Some(&format!("Bearer {token}"))).expect("a key");
+        assert!(grant("acme-admin").check_manage("docs").is_ok());
+        let foreign = grant("acme-admin").check_manage("other").unwrap_err();
+        let unknown = grant("acme-admin").check_manage("no-such-index").unwrap_err();
+        assert_eq!((foreign.status(), &foreign), (403, &unknown));
+        assert!(grant("ops-secret").check_manage("anything").is_ok());
+        assert_eq!(grant("acme-secret").check_manage("docs").unwrap_err().status(), 403);
+        let route = Route::parse("GET", "/v1/admin/indexes/docs/versions").unwrap();
+        assert_eq!(
+            Auth::Required(t).admit(&route, Some("Bearer acme-secret")).unwrap_err().status(),
+            403,
+            "a reading key may not reach admin routes at all"
+        );
     }
 
     #[test]

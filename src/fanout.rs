@@ -161,6 +161,7 @@ mod tests {
             count: 4,
             shards,
             regions: vec!["weur".into()],
+            placement: None,
         }
     }
 

@@ -11,6 +11,8 @@
 //! - [`index`]: an index held whole in memory, searched shard by shard (`shardc`, tests, the wasm probe).
 //! - [`balancer`]: inference-origin pools: routing strategies, health, retry budget, affinity (pure, clock passed in).
 //! - [`rag`]: OpenAI wire types, prompt building within a token budget, SSE parsing and formatting (pure).
+//! - [`publish`]: what a version needs in which region before it may go live, blob checks as
+//!   they stream in, lifecycle decisions (pure); its `client` is `shardc publish` (native only).
 //! - [`cache_key`]: the Cache API keys of search results and query embeddings, by index version (pure).
 //! - [`metrics`]: labelled counters, gauges and histograms in the Prometheus text format (pure).
 //! - [`trace`]: W3C `traceparent` parsing and propagation (pure).
@@ -26,6 +28,7 @@ pub mod fanout;
 pub mod index;
 pub mod manifest;
 pub mod metrics;
+pub mod publish;
 pub mod rag;
 pub mod ratelimit;
 pub mod shard;

@@ -1,5 +1,6 @@
 //! The HTTP API without I/O: routing, request parsing and validation, response shapes, and the
 //! problem documents every error becomes. The Workers handlers in `edge` are thin calls into it.
+pub mod admin;
 mod inference;
 mod problem;
 mod search;
@@ -32,6 +33,8 @@ pub enum Route {
     Rag,
     ChatCompletions,
     Metrics,
+    /// Publishing and index lifecycle (`/v1/admin/indexes/...`).
+    Admin(admin::AdminRoute),
 }
 
 /// The path of an absolute URL as the runtime serialises it (`scheme://authority/path?query#f`),
@@ -59,6 +62,10 @@ impl Route {
             "/v1/rag" => (Route::Rag, "POST"),
             "/v1/chat/completions" => (Route::ChatCompletions, "POST"),
             "/metrics" => (Route::Metrics, "GET"),
+            _ if path.starts_with(admin::ADMIN_PREFIX) => {
+                return admin::AdminRoute::parse(method, &path[admin::ADMIN_PREFIX.len()..])
+                    .map(Route::Admin)
+            }
             _ => match path.strip_prefix("/v1/indexes/") {
                 Some(name) if !name.is_empty() && !name.contains('/') => {
                     (Route::Index(name.to_string()), "GET")
@@ -88,6 +95,7 @@ impl Route {
             Route::Rag => "rag",
             Route::ChatCompletions => "chat_completions",
             Route::Metrics => "metrics",
+            Route::Admin(admin) => admin.label(),
         }
     }
 }
@@ -251,6 +259,10 @@ mod tests {
         );
         assert_eq!(Route::parse("GET", "/metrics"), Ok(Route::Metrics));
         assert_eq!(Route::parse("POST", "/metrics").unwrap_err().status(), 405);
+        assert_eq!(
+            Route::parse("GET", "/v1/admin/indexes/docs/versions/").map(|r| r.label()),
+            Ok("admin_versions")
+        );
         assert_eq!(Route::Index("any/thing".into()).label(), "index");
         assert_eq!(Route::parse("GET", "/v1/search").unwrap_err().status(), 405);
         assert_eq!(Route::parse("GET", "/v2/x").unwrap_err().status(), 404);

@@ -7,6 +7,7 @@ mod host;
 mod inference;
 mod observe;
 mod origins;
+mod publish;
 mod r2;
 mod search;
 
@@ -408,6 +409,7 @@ async fn route_to(route: Route, req: &Incoming, ctx: &mut Ctx) -> Result<Respons
         Route::Rag => inference::rag(req, ctx).await,
         Route::ChatCompletions => inference::chat(req, ctx).await,
         Route::Metrics => metrics(ctx),
+        Route::Admin(admin) => publish::handle(admin, req, ctx).await,
     }
 }
 
