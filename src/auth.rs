@@ -471,16 +471,30 @@ mod tests {
             {"id": "k-ops", "tenant": "ops", "sha256": key_hash("ops-secret"), "indexes": ["*"], "admin": true},
         ]);
         let t = KeyTable::parse(&json.to_string()).expect("a valid table");
-        let grant = |token: &str| t.authenticate(Some(&format!("Bearer {token}"))).expect("a key");
+        let grant = |token: &str| {
+            t.authenticate(Some(&format!("Bearer {token}")))
+                .expect("a key")
+        };
         assert!(grant("acme-admin").check_manage("docs").is_ok());
         let foreign = grant("acme-admin").check_manage("other").unwrap_err();
-        let unknown = grant("acme-admin").check_manage("no-such-index").unwrap_err();
+        let unknown = grant("acme-admin")
+            .check_manage("no-such-index")
+            .unwrap_err();
         assert_eq!((foreign.status(), &foreign), (403, &unknown));
         assert!(grant("ops-secret").check_manage("anything").is_ok());
-        assert_eq!(grant("acme-secret").check_manage("docs").unwrap_err().status(), 403);
+        assert_eq!(
+            grant("acme-secret")
+                .check_manage("docs")
+                .unwrap_err()
+                .status(),
+            403
+        );
         let route = Route::parse("GET", "/v1/admin/indexes/docs/versions").unwrap();
         assert_eq!(
-            Auth::Required(t).admit(&route, Some("Bearer acme-secret")).unwrap_err().status(),
+            Auth::Required(t)
+                .admit(&route, Some("Bearer acme-secret"))
+                .unwrap_err()
+                .status(),
             403,
             "a reading key may not reach admin routes at all"
         );

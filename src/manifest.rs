@@ -358,7 +358,9 @@ mod tests {
     fn placement_is_recorded_or_read_from_the_shard_regions() {
         let mut manifest = sample();
         assert_eq!(manifest.placement(), Placement::Spread);
-        assert!(manifest.to_json_pretty().contains("\"placement\": \"spread\""));
+        assert!(manifest
+            .to_json_pretty()
+            .contains("\"placement\": \"spread\""));
         // An older manifest: no field, and its content hash is what it was.
         manifest.placement = None;
         let json = manifest.to_json_pretty();
@@ -372,8 +374,15 @@ mod tests {
         }
         assert_eq!(everywhere.placement(), Placement::Replicate);
         everywhere.shards[1].regions.clear();
-        assert_eq!(everywhere.placement(), Placement::Replicate, "empty: every region");
-        assert_eq!(everywhere.shard_regions(&everywhere.shards[1]), ["weur", "enam"]);
+        assert_eq!(
+            everywhere.placement(),
+            Placement::Replicate,
+            "empty: every region"
+        );
+        assert_eq!(
+            everywhere.shard_regions(&everywhere.shards[1]),
+            ["weur", "enam"]
+        );
         // A replicate manifest whose shard misses a region is refused.
         let mut wrong = sample();
         wrong.placement = Some(Placement::Replicate);
@@ -384,9 +393,7 @@ mod tests {
         let mut twice = sample();
         twice.regions.push("weur".into());
         twice.version = twice.content_version();
-        assert!(
-            matches!(twice.validate(), Err(ManifestError::Invalid(m)) if m.contains("twice"))
-        );
+        assert!(matches!(twice.validate(), Err(ManifestError::Invalid(m)) if m.contains("twice")));
     }
 
     #[test]

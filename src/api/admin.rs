@@ -135,7 +135,9 @@ mod tests {
         let parse = |m: &str, p: &str| AdminRoute::parse(m, p);
         assert_eq!(
             parse("GET", "docs/versions"),
-            Ok(AdminRoute::Versions { index: "docs".into() })
+            Ok(AdminRoute::Versions {
+                index: "docs".into()
+            })
         );
         assert_eq!(
             parse("PUT", "docs/versions/abc/blobs/shard-000.x.shard"),
@@ -156,13 +158,29 @@ mod tests {
             parse("GET", "my%20docs/versions/abc").map(|r| r.index().to_string()),
             Ok("my docs".into())
         );
-        assert_eq!(parse("DELETE", "docs").map(|r| r.label()), Ok("admin_delete_index"));
+        assert_eq!(
+            parse("DELETE", "docs").map(|r| r.label()),
+            Ok("admin_delete_index")
+        );
         assert_eq!(parse("POST", "docs/gc").map(|r| r.label()), Ok("admin_gc"));
-        assert_eq!(parse("PUT", "docs/current").map(|r| r.label()), Ok("admin_set_current"));
-        assert_eq!(parse("PUT", "docs/versions/v/manifest").map(|r| r.label()), Ok("admin_stage"));
+        assert_eq!(
+            parse("PUT", "docs/current").map(|r| r.label()),
+            Ok("admin_set_current")
+        );
+        assert_eq!(
+            parse("PUT", "docs/versions/v/manifest").map(|r| r.label()),
+            Ok("admin_stage")
+        );
         assert_eq!(parse("GET", "docs/current").unwrap_err().status(), 405);
         assert_eq!(parse("POST", "docs/versions/v").unwrap_err().status(), 405);
-        for bad in ["docs/nope", "docs/versions/v/blobs", "docs/versions/../x", "docs/%zz", "docs/%2e%2e/versions", ""] {
+        for bad in [
+            "docs/nope",
+            "docs/versions/v/blobs",
+            "docs/versions/../x",
+            "docs/%zz",
+            "docs/%2e%2e/versions",
+            "",
+        ] {
             assert_eq!(parse("GET", bad).unwrap_err().status(), 404, "{bad}");
         }
     }

@@ -242,7 +242,10 @@ fn run_index(url: &str, action: IndexAction) -> CliResult {
 }
 
 fn print_versions(answer: &serde_json::Value) {
-    println!("{:<18} {:<5} {:<24} {:>12}  regions", "version", "live", "published", "bytes");
+    println!(
+        "{:<18} {:<5} {:<24} {:>12}  regions",
+        "version", "live", "published", "bytes"
+    );
     let empty = Vec::new();
     for v in answer["versions"].as_array().unwrap_or(&empty) {
         let published = v["published_at_ms"]
@@ -258,7 +261,11 @@ fn print_versions(answer: &serde_json::Value) {
         println!(
             "{:<18} {:<5} {:<24} {:>12}  {}",
             v["version"].as_str().unwrap_or(""),
-            if v["live"].as_bool() == Some(true) { "yes" } else { "" },
+            if v["live"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                ""
+            },
             published,
             v["bytes"].as_u64().unwrap_or(0),
             regions.join(",")

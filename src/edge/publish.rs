@@ -30,7 +30,11 @@ const SMALL_BODY_LIMIT: usize = 4096;
 
 /// One admin request: the key may manage the index (checked before any bucket is read), then the
 /// action, then one audit line whatever the outcome.
-pub async fn handle(route: AdminRoute, req: &Incoming, ctx: &mut Ctx) -> Result<Response, ApiError> {
+pub async fn handle(
+    route: AdminRoute,
+    req: &Incoming,
+    ctx: &mut Ctx,
+) -> Result<Response, ApiError> {
     ctx.index = Some(route.index().to_string());
     let outcome = match ctx.grant.check_manage(route.index()) {
         Ok(()) => act(&route, req, ctx).await,
@@ -41,7 +45,10 @@ pub async fn handle(route: AdminRoute, req: &Incoming, ctx: &mut Ctx) -> Result<
 }
 
 async fn act(route: &AdminRoute, req: &Incoming, ctx: &Ctx) -> Result<Value, ApiError> {
-    let buckets = Buckets::new(&ctx.env, parsed(&ctx.env, "UPLOAD_LIMIT_BYTES", UPLOAD_LIMIT_DEFAULT)?);
+    let buckets = Buckets::new(
+        &ctx.env,
+        parsed(&ctx.env, "UPLOAD_LIMIT_BYTES", UPLOAD_LIMIT_DEFAULT)?,
+    );
     let value = match route {
         AdminRoute::Versions { index } => {
             let listed = buckets.versions(index).await?;
@@ -54,18 +61,32 @@ async fn act(route: &AdminRoute, req: &Incoming, ctx: &Ctx) -> Result<Value, Api
             let (_, body) = read_body(req, ctx, MANIFEST_BODY_LIMIT).await?;
             let manifest = Manifest::from_json(&body)
                 .map_err(|e| ApiError::Invalid(format!("the manifest: {e}")))?;
-            check_stage(&manifest, index, version, &|r: &str| buckets.get(r).is_some(), buckets.limit)?;
+            check_stage(
+                &manifest,
+                index,
+                version,
+                &|r: &str| buckets.get(r).is_some(),
+                buckets.limit,
+            )?;
             let key = blob_key(index, version, MANIFEST_FILE);
             for region in &manifest.regions {
                 buckets.put(region, &key, body.clone()).await?;
             }
             serde_json::to_value(buckets.status(&manifest).await?).unwrap_or_default()
         }
-        AdminRoute::Blob { index, version, file } => {
+        AdminRoute::Blob {
+            index,
+            version,
+            file,
+        } => {
             let manifest = buckets.manifest(index, version).await?;
-            let entry = manifest.shards.iter().find(|s| &s.file == file).ok_or_else(|| {
-                PublishError::NotFound(format!("{index}@{version} names no blob {file:?}"))
-            })?;
+            let entry = manifest
+                .shards
+                .iter()
+                .find(|s| &s.file == file)
+                .ok_or_else(|| {
+                    PublishError::NotFound(format!("{index}@{version} names no blob {file:?}"))
+                })?;
             let regions = upload_blob(req, ctx, &buckets, &manifest, entry).await?;
             json!({ "index": index, "version": version, "file": file, "bytes": entry.bytes, "regions": regions })
         }
@@ -83,7 +104,9 @@ async fn act(route: &AdminRoute, req: &Incoming, ctx: &Ctx) -> Result<Value, Api
             check_deletable(index, version, &current)?;
             let deleted = buckets.delete_version(index, version).await?;
             if deleted == 0 {
-                return Err(PublishError::NotFound(format!("{index} has no version {version}")).into());
+                return Err(
+                    PublishError::NotFound(format!("{index} has no version {version}")).into(),
+                );
             }
             json!({ "index": index, "version": version, "deleted_objects": deleted })
         }
@@ -127,7 +150,13 @@ fn audit(route: &AdminRoute, ctx: &Ctx, outcome: &Result<Value, ApiError>) {
         _ => None,
     };
     let (status, detail) = match outcome {
-        Ok(value) => (200, value.get("version").and_then(Value::as_str).map(str::to_string)),
+        Ok(value) => (
+            200,
+            value
+                .get("version")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        ),
         Err(e) => (e.status(), Some(e.to_string())),
     };
     let line = json!({
@@ -173,7 +202,9 @@ async fn upload_blob(
         }
         .into());
     }
-    let announced = req.header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
+    let announced = req
+        .header("content-length")
+        .and_then(|v| v.trim().parse::<u64>().ok());
     if announced != Some(entry.bytes) {
         return Err(ApiError::Invalid(format!(
             "{}: the upload must announce Content-Length: {} (the manifest's size), not {}",
@@ -183,9 +214,10 @@ async fn upload_blob(
         )));
     }
     let mut check = BlobCheck::new(manifest, entry)?;
-    let raw = req.raw.body().ok_or_else(|| {
-        ApiError::Invalid(format!("{}: the upload has no body", entry.file))
-    })?;
+    let raw = req
+        .raw
+        .body()
+        .ok_or_else(|| ApiError::Invalid(format!("{}: the upload has no body", entry.file)))?;
     let key = blob_key(&manifest.name, &manifest.version, &entry.file);
 
     // One fixed-length stream per bucket: R2 stores the object only once all of its bytes came.
@@ -239,7 +271,11 @@ async fn upload_blob(
         .await;
         for writer in &mut writers {
             // An aborted stream fails its put: nothing is stored under the key.
-            let _ = if fed.is_ok() { writer.close().await } else { writer.abort().await };
+            let _ = if fed.is_ok() {
+                writer.close().await
+            } else {
+                writer.abort().await
+            };
         }
         fed
     };
@@ -259,14 +295,20 @@ async fn upload_blob(
         return Err(PublishError::Storage(format!(
             "{}: storing failed in {}",
             entry.file,
-            failed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")
+            failed
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
         ))
         .into());
     }
     let marker = json!({ "bytes": entry.bytes, "checksum": entry.checksum }).to_string();
     let marker_key = verified_key(&manifest.name, &manifest.version, &entry.file);
     for (region, _) in &targets {
-        buckets.put(region, &marker_key, marker.clone().into_bytes()).await?;
+        buckets
+            .put(region, &marker_key, marker.clone().into_bytes())
+            .await?;
     }
     Ok(regions)
 }
@@ -287,7 +329,10 @@ struct Buckets {
 
 impl Buckets {
     fn new(env: &Env, limit: u64) -> Buckets {
-        Buckets { env: env.clone(), limit }
+        Buckets {
+            env: env.clone(),
+            limit,
+        }
     }
 
     fn get(&self, region: &str) -> Option<Bucket> {
@@ -326,12 +371,23 @@ impl Buckets {
     }
 
     async fn text(&self, region: &str, key: &str) -> Result<Option<String>, PublishError> {
-        let storage = |e: worker::Error| PublishError::Storage(format!("reading {key} in {region}: {e}"));
-        let Some(object) = self.bucket(region)?.get(key).execute().await.map_err(storage)? else {
+        let storage =
+            |e: worker::Error| PublishError::Storage(format!("reading {key} in {region}: {e}"));
+        let Some(object) = self
+            .bucket(region)?
+            .get(key)
+            .execute()
+            .await
+            .map_err(storage)?
+        else {
             return Ok(None);
         };
         match object.body() {
-            Some(body) => body.text().await.map(|t| Some(t.trim().to_string())).map_err(storage),
+            Some(body) => body
+                .text()
+                .await
+                .map(|t| Some(t.trim().to_string()))
+                .map_err(storage),
             None => Ok(Some(String::new())),
         }
     }
@@ -346,9 +402,10 @@ impl Buckets {
             if let Some(cursor) = cursor.take() {
                 list = list.cursor(cursor);
             }
-            let page = list.execute().await.map_err(|e| {
-                PublishError::Storage(format!("listing {prefix} in {region}: {e}"))
-            })?;
+            let page = list
+                .execute()
+                .await
+                .map_err(|e| PublishError::Storage(format!("listing {prefix} in {region}: {e}")))?;
             all.extend(page.objects().into_iter().map(|o| Listed {
                 region: region.to_string(),
                 key: o.key(),
@@ -406,7 +463,10 @@ impl Buckets {
         Ok(current)
     }
 
-    async fn versions(&self, index: &str) -> Result<Vec<crate::publish::VersionInfo>, PublishError> {
+    async fn versions(
+        &self,
+        index: &str,
+    ) -> Result<Vec<crate::publish::VersionInfo>, PublishError> {
         let mut objects = Vec::new();
         for region in self.regions() {
             objects.extend(self.list(&region, &index_prefix(index)).await?);
@@ -427,7 +487,8 @@ impl Buckets {
         for region in &manifest.regions {
             if self.text(region, &published).await?.is_none() {
                 let at = json!({ "published_at_ms": worker::Date::now().as_millis() });
-                self.put(region, &published, at.to_string().into_bytes()).await?;
+                self.put(region, &published, at.to_string().into_bytes())
+                    .await?;
             }
         }
         let mut regions = self.regions();
@@ -437,7 +498,8 @@ impl Buckets {
             }
         }
         for region in &regions {
-            self.put(region, &current_key(index), version.as_bytes().to_vec()).await?;
+            self.put(region, &current_key(index), version.as_bytes().to_vec())
+                .await?;
         }
         Ok(json!({ "index": index, "version": version, "previous": previous, "regions": regions }))
     }

@@ -62,7 +62,9 @@ impl AdminClient {
     /// `url` is the worker's base URL; the key comes from [`ADMIN_KEY_VAR`].
     pub fn from_env(url: &str) -> Result<AdminClient, ClientError> {
         let key = std::env::var(ADMIN_KEY_VAR).map_err(|_| {
-            ClientError::Local(format!("set {ADMIN_KEY_VAR} to an admin API key of the worker"))
+            ClientError::Local(format!(
+                "set {ADMIN_KEY_VAR} to an admin API key of the worker"
+            ))
         })?;
         Ok(AdminClient::new(url, &key))
     }
@@ -105,7 +107,11 @@ impl AdminClient {
         };
         let sent = match (method, body) {
             ("GET", _) => self.agent.get(&url).header("authorization", &auth).call(),
-            ("DELETE", _) => self.agent.delete(&url).header("authorization", &auth).call(),
+            ("DELETE", _) => self
+                .agent
+                .delete(&url)
+                .header("authorization", &auth)
+                .call(),
             (_, body) => {
                 let request = match method {
                     "POST" => self.agent.post(&url),
@@ -157,7 +163,11 @@ impl AdminClient {
         json: &[u8],
     ) -> Result<T, ClientError> {
         let mut reader = json;
-        self.call(method, path, Some(("application/json", &mut reader, json.len() as u64)))
+        self.call(
+            method,
+            path,
+            Some(("application/json", &mut reader, json.len() as u64)),
+        )
     }
 
     fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
@@ -182,11 +192,15 @@ impl AdminClient {
         bytes: u64,
         progress: &indicatif::ProgressBar,
     ) -> Result<Value, ClientError> {
-        let opened = File::open(file)
-            .map_err(|e| ClientError::Local(format!("{}: {e}", file.display())))?;
+        let opened =
+            File::open(file).map_err(|e| ClientError::Local(format!("{}: {e}", file.display())))?;
         let mut reader = progress.wrap_read(opened);
         let path = Self::path(&m.name, &["versions", &m.version, "blobs", name]);
-        self.call("PUT", &path, Some(("application/octet-stream", &mut reader, bytes)))
+        self.call(
+            "PUT",
+            &path,
+            Some(("application/octet-stream", &mut reader, bytes)),
+        )
     }
 
     pub fn set_current(&self, index: &str, version: &str) -> Result<Value, ClientError> {
@@ -232,11 +246,7 @@ pub struct Published {
 /// no bucket for, or a blob over its upload limit, before anything is uploaded), uploads every
 /// blob not yet verified everywhere its placement names, then flips `current`. Any failure leaves
 /// `current` where it was and names what is missing; running again resumes.
-pub fn publish(
-    client: &AdminClient,
-    dir: &Path,
-    progress: bool,
-) -> Result<Published, ClientError> {
+pub fn publish(client: &AdminClient, dir: &Path, progress: bool) -> Result<Published, ClientError> {
     let manifest_path = dir.join(MANIFEST_FILE);
     let json = std::fs::read(&manifest_path)
         .map_err(|e| ClientError::Local(format!("{}: {e}", manifest_path.display())))?;
@@ -323,7 +333,9 @@ pub fn publish(
             manifest.name,
             manifest.version,
             failed.join("; "),
-            after.map(|a| format!("; the worker says: {a}")).unwrap_or_default()
+            after
+                .map(|a| format!("; the worker says: {a}"))
+                .unwrap_or_default()
         )));
     }
     let flipped = client.set_current(&manifest.name, &manifest.version)?;

@@ -74,7 +74,9 @@ impl From<PublishError> for ApiError {
             PublishError::Invalid(m) => ApiError::Invalid(m),
             PublishError::Conflict(m) => ApiError::Conflict(m),
             PublishError::NotFound(m) => ApiError::NotFound(m),
-            too_large @ PublishError::TooLarge { .. } => ApiError::UploadTooLarge(too_large.to_string()),
+            too_large @ PublishError::TooLarge { .. } => {
+                ApiError::UploadTooLarge(too_large.to_string())
+            }
             PublishError::Storage(m) => ApiError::Unavailable(m),
         }
     }
@@ -327,7 +329,9 @@ impl BlobCheck {
                 self.expected_bytes
             )));
         }
-        let header_part = HEADER_LEN.saturating_sub(self.header.len()).min(chunk.len());
+        let header_part = HEADER_LEN
+            .saturating_sub(self.header.len())
+            .min(chunk.len());
         if header_part > 0 {
             self.header.extend_from_slice(&chunk[..header_part]);
             if self.header.len() == HEADER_LEN {
@@ -344,10 +348,7 @@ impl BlobCheck {
             return Ok(Fed::More);
         }
         if self.header.len() < HEADER_LEN {
-            return Err(self.invalid(format!(
-                "{} bytes cannot hold a shard header",
-                self.seen
-            )));
+            return Err(self.invalid(format!("{} bytes cannot hold a shard header", self.seen)));
         }
         let actual = self.hasher.digest();
         if actual != self.expected {
@@ -442,7 +443,8 @@ pub fn versions(index: &str, objects: &[Listed], current: &[String]) -> Vec<Vers
         if !info.regions.contains(&object.region) {
             info.regions.push(object.region.clone());
         }
-        let earliest = |t: Option<f64>| Some(t.map_or(object.uploaded_ms, |t| t.min(object.uploaded_ms)));
+        let earliest =
+            |t: Option<f64>| Some(t.map_or(object.uploaded_ms, |t| t.min(object.uploaded_ms)));
         if file == PUBLISHED_FILE {
             info.published_at_ms = earliest(info.published_at_ms);
         } else if !file.starts_with('.') {
@@ -462,7 +464,12 @@ pub fn versions(index: &str, objects: &[Listed], current: &[String]) -> Vec<Vers
             info
         })
         .collect();
-    let time = |v: &VersionInfo| (v.published_at_ms.unwrap_or(f64::MIN), v.staged_at_ms.unwrap_or(f64::MIN));
+    let time = |v: &VersionInfo| {
+        (
+            v.published_at_ms.unwrap_or(f64::MIN),
+            v.staged_at_ms.unwrap_or(f64::MIN),
+        )
+    };
     list.sort_by(|a, b| {
         let (ta, tb) = (time(a), time(b));
         tb.0.total_cmp(&ta.0).then(tb.1.total_cmp(&ta.1))
@@ -554,7 +561,11 @@ mod tests {
     fn full_listing(m: &Manifest, region: &str) -> HashMap<String, u64> {
         let mut l = HashMap::new();
         l.insert(blob_key(&m.name, &m.version, MANIFEST_FILE), 100);
-        for s in m.shards.iter().filter(|s| s.regions.iter().any(|r| r == region)) {
+        for s in m
+            .shards
+            .iter()
+            .filter(|s| s.regions.iter().any(|r| r == region))
+        {
             l.insert(blob_key(&m.name, &m.version, &s.file), s.bytes);
             l.insert(verified_key(&m.name, &m.version, &s.file), 2);
         }
@@ -575,7 +586,11 @@ mod tests {
         let (m, blobs) = manifest(Placement::Replicate);
         for chunk in [1, 7, 31, 32, 33, 1000] {
             let mut check = BlobCheck::new(&m, &m.shards[1]).unwrap();
-            assert_eq!(feed_all(&mut check, &blobs[1], chunk), Ok(Fed::Complete), "{chunk}");
+            assert_eq!(
+                feed_all(&mut check, &blobs[1], chunk),
+                Ok(Fed::Complete),
+                "{chunk}"
+            );
         }
         // The last byte of the payload flipped: refused at the last chunk, before it is passed on.
         let mut flipped = blobs[1].clone();
@@ -587,18 +602,31 @@ mod tests {
         let mut check = BlobCheck::new(&m, &m.shards[1]).unwrap();
         let mut other = blobs[0].clone();
         other.resize(blobs[1].len(), 0);
-        assert!(feed_all(&mut check, &other, 64).unwrap_err().to_string().contains("header"));
+        assert!(feed_all(&mut check, &other, 64)
+            .unwrap_err()
+            .to_string()
+            .contains("header"));
         // Too long and too short.
         let mut check = BlobCheck::new(&m, &m.shards[0]).unwrap();
         let long = [&blobs[0][..], b"x"].concat();
-        assert!(feed_all(&mut check, &long, 1000).unwrap_err().to_string().contains("more than"));
+        assert!(feed_all(&mut check, &long, 1000)
+            .unwrap_err()
+            .to_string()
+            .contains("more than"));
         let mut check = BlobCheck::new(&m, &m.shards[0]).unwrap();
         assert_eq!(check.feed(&blobs[0][..10]), Ok(Fed::More));
-        assert!(check.end().unwrap_err().to_string().contains("ended after 10"));
+        assert!(check
+            .end()
+            .unwrap_err()
+            .to_string()
+            .contains("ended after 10"));
         // Not a shard at all.
         let mut check = BlobCheck::new(&m, &m.shards[0]).unwrap();
         let junk = vec![7u8; blobs[0].len()];
-        assert!(feed_all(&mut check, &junk, 5).unwrap_err().to_string().contains("header"));
+        assert!(feed_all(&mut check, &junk, 5)
+            .unwrap_err()
+            .to_string()
+            .contains("header"));
     }
 
     #[test]
@@ -635,7 +663,10 @@ mod tests {
             ]
         );
         let reason = status.incomplete_reason().unwrap();
-        assert!(reason.contains("2 of 4 blob copies") && reason.contains("in enam"), "{reason}");
+        assert!(
+            reason.contains("2 of 4 blob copies") && reason.contains("in enam"),
+            "{reason}"
+        );
 
         // A region without a bucket is named as such.
         listings.insert("enam".into(), None);
@@ -681,7 +712,10 @@ mod tests {
         ));
         let no_enam = |r: &str| r != "enam";
         let err = check_stage(&m, "docs", &m.version, &no_enam, 1000).unwrap_err();
-        assert!(matches!(&err, PublishError::Conflict(m) if m.contains("enam (binding SHARDS_ENAM)")), "{err}");
+        assert!(
+            matches!(&err, PublishError::Conflict(m) if m.contains("enam (binding SHARDS_ENAM)")),
+            "{err}"
+        );
         let err = check_stage(&m, "docs", &m.version, &all, 10).unwrap_err();
         assert!(err.to_string().contains("at most 10 bytes"), "{err}");
         assert_eq!(ApiError::from(err).status(), 413);
@@ -709,9 +743,16 @@ mod tests {
         ];
         let listed = versions("docs", &objects, &["v2".to_string(), "v2".to_string()]);
         let names: Vec<&str> = listed.iter().map(|v| v.version.as_str()).collect();
-        assert_eq!(names, ["v2", "v1", "v3"], "published newest first, never-published last");
+        assert_eq!(
+            names,
+            ["v2", "v1", "v3"],
+            "published newest first, never-published last"
+        );
         assert!(listed[0].live && !listed[1].live);
-        assert_eq!(listed[1].bytes, 110, "a.shard counted once, markers not at all");
+        assert_eq!(
+            listed[1].bytes, 110,
+            "a.shard counted once, markers not at all"
+        );
         assert_eq!(listed[1].regions, ["enam", "weur"]);
         assert_eq!(listed[1].published_at_ms, Some(2.0));
         assert_eq!(listed[2].published_at_ms, None);
@@ -720,7 +761,11 @@ mod tests {
         assert!(mixed.iter().all(|v| !v.live));
 
         assert_eq!(gc_victims(&listed, &["v2".into()], 1), ["v1", "v3"]);
-        assert_eq!(gc_victims(&listed, &["v1".into()], 1), ["v3"], "the live one stays");
+        assert_eq!(
+            gc_victims(&listed, &["v1".into()], 1),
+            ["v3"],
+            "the live one stays"
+        );
         assert!(gc_victims(&listed, &[], 3).is_empty());
         assert!(check_deletable("docs", "v1", &["v2".into()]).is_ok());
         let live = check_deletable("docs", "v2", &["v2".into()]).unwrap_err();

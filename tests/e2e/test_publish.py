@@ -12,8 +12,8 @@ import urllib.request
 
 import pytest
 
-from conftest import (DIMS, KEYS, ROOT, SHARDC, bearer, build_index, build_binary, corpus, corpus_slices, log,
-                      publish, publish_command, shardc, start_worker, stop)
+from conftest import (DIMS, KEYS, ROOT, SHARDC, bearer, build_index, build_binary, corpus_slices, log, publish,
+                      publish_command, shardc, start_worker, stop)
 
 TTL_MS = 1000
 ROWS = range(6)
@@ -32,11 +32,13 @@ def max_shard_bytes(*dirs):
 @pytest.fixture(scope="module")
 def pub(tmp_path_factory):
     """A local-mode worker whose `current` pointers live CURRENT_TTL_MS = 1 s, with an upload limit
-    just above the largest shard the tests publish (so one bigger index is over it), and indexes
-    built from three disjoint corpus slices (so two versions never give the same answer)."""
+    of twice the largest shard the tests publish (so a one-shard index of the whole corpus is over
+    it), and indexes built from three disjoint slices of the shipped demo corpus (small, so the
+    dozen builds are quick; disjoint, so two versions never give the same answer)."""
     build_binary(SHARDC, "shardc")
     tmp = str(tmp_path_factory.mktemp("publish"))
-    passages, vectors, queries = corpus(tmp)
+    demo = os.path.join(ROOT, "shards", "demo")
+    passages, vectors, queries = (os.path.join(demo, f) for f in ("passages.jsonl", "vectors.f32", "queries.f32"))
     slices = corpus_slices(tmp, passages, vectors)
     built = {}
 
