@@ -18,14 +18,16 @@ pub enum Access {
     Public,
     Key,
     Admin,
+    /// An admin key over every index (`["*"]`): for what tells of every tenant at once.
+    Operator,
 }
 
 /// The access rule of every route: exhaustive on purpose, so that a new route must take a side.
 pub fn access(route: &Route) -> Access {
     match route {
         Route::Health => Access::Public,
-        // Every isolate's counters tell of every tenant's traffic.
-        Route::Metrics => Access::Admin,
+        // Every isolate's counters tell of every tenant's traffic: not for one tenant's admin key.
+        Route::Metrics => Access::Operator,
         // And then only on the key's own indexes (`Grant::check_manage`).
         Route::Admin(_) => Access::Admin,
         Route::Indexes
@@ -111,9 +113,14 @@ impl Grant {
 
     /// 403 for a non-admin key on an admin route.
     pub fn check_access(&self, needs: Access) -> Result<(), ApiError> {
-        if needs == Access::Admin && !self.admin {
+        if matches!(needs, Access::Admin | Access::Operator) && !self.admin {
             return Err(ApiError::Forbidden(
                 "this route needs an admin API key".into(),
+            ));
+        }
+        if needs == Access::Operator && self.indexes != Indexes::All {
+            return Err(ApiError::Forbidden(
+                "this route needs an admin API key for every index ([\"*\"])".into(),
             ));
         }
         Ok(())
@@ -482,6 +489,14 @@ mod tests {
             .unwrap_err();
         assert_eq!((foreign.status(), &foreign), (403, &unknown));
         assert!(grant("ops-secret").check_manage("anything").is_ok());
+        let metrics = Route::parse("GET", "/metrics").unwrap();
+        let auth = Auth::Required(KeyTable::parse(&json.to_string()).expect("a valid table"));
+        assert_eq!(
+            auth.admit(&metrics, Some("Bearer acme-admin")).unwrap_err().status(),
+            403,
+            "one tenant's admin key does not see every tenant's counters"
+        );
+        assert!(auth.admit(&metrics, Some("Bearer ops-secret")).is_ok());
         assert_eq!(
             grant("acme-secret")
                 .check_manage("docs")
