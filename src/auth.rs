@@ -492,7 +492,9 @@ mod tests {
         let metrics = Route::parse("GET", "/metrics").unwrap();
         let auth = Auth::Required(KeyTable::parse(&json.to_string()).expect("a valid table"));
         assert_eq!(
-            auth.admit(&metrics, Some("Bearer acme-admin")).unwrap_err().status(),
+            auth.admit(&metrics, Some("Bearer acme-admin"))
+                .unwrap_err()
+                .status(),
             403,
             "one tenant's admin key does not see every tenant's counters"
         );

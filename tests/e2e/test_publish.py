@@ -5,10 +5,10 @@ resumes, each region serves from its own bucket, rollback, and tenant isolation 
 import json
 import os
 import signal
+import struct
 import subprocess
 import threading
 import time
-import urllib.request
 
 import pytest
 
@@ -65,7 +65,6 @@ def pub(tmp_path_factory):
 
 
 def vector(env, row):
-    import struct
     with open(env["queries"], "rb") as f:
         f.seek(row * DIMS * 4)
         return list(struct.unpack(f"{DIMS}f", f.read(DIMS * 4)))
