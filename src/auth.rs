@@ -18,6 +18,8 @@ pub enum Access {
     Public,
     Key,
     Admin,
+    /// An admin key over every index (`["*"]`): for what tells of every tenant at once.
+    Operator,
 }
 
 /// The access rule of every route: exhaustive on purpose, so that a new route must take a side.
@@ -25,8 +27,10 @@ pub fn access(route: &Route) -> Access {
     match route {
         // The page carries no data; its API calls send the key the person typed.
         Route::Health | Route::Playground(_) => Access::Public,
-        // Every isolate's counters tell of every tenant's traffic.
-        Route::Metrics => Access::Admin,
+        // Every isolate's counters tell of every tenant's traffic: not for one tenant's admin key.
+        Route::Metrics => Access::Operator,
+        // And then only on the key's own indexes (`Grant::check_manage`).
+        Route::Admin(_) => Access::Admin,
         Route::Indexes
         | Route::Index(_)
         | Route::Search
@@ -56,6 +60,7 @@ pub struct Grant {
 
 /// The same words whether the index is someone else's or does not exist at all.
 const FORBIDDEN_INDEX: &str = "this API key may not read the requested index";
+const FORBIDDEN_MANAGE: &str = "this API key may not manage the requested index";
 
 impl Grant {
     /// A public route's caller: no index, nothing else.
@@ -96,11 +101,27 @@ impl Grant {
         }
     }
 
+    /// An admin action on `index`: the key must be an admin key whose indexes (its tenant's)
+    /// include it, `["*"]` for all. Checked before any bucket is read, so that an unknown index
+    /// and another tenant's give the same 403.
+    pub fn check_manage(&self, index: &str) -> Result<(), ApiError> {
+        if self.admin && self.may_read(index) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(FORBIDDEN_MANAGE.into()))
+        }
+    }
+
     /// 403 for a non-admin key on an admin route.
     pub fn check_access(&self, needs: Access) -> Result<(), ApiError> {
-        if needs == Access::Admin && !self.admin {
+        if matches!(needs, Access::Admin | Access::Operator) && !self.admin {
             return Err(ApiError::Forbidden(
                 "this route needs an admin API key".into(),
+            ));
+        }
+        if needs == Access::Operator && self.indexes != Indexes::All {
+            return Err(ApiError::Forbidden(
+                "this route needs an admin API key for every index ([\"*\"])".into(),
             ));
         }
         Ok(())
@@ -451,6 +472,53 @@ mod tests {
             403
         );
         assert!(grant("acme-secret").check_access(Access::Key).is_ok());
+    }
+
+    #[test]
+    fn admin_keys_manage_only_their_tenants_indexes() {
+        let json = serde_json::json!([
+            {"id": "k-acme-admin", "tenant": "acme", "sha256": key_hash("acme-admin"), "indexes": ["docs"], "admin": true},
+            {"id": "k-acme", "tenant": "acme", "sha256": key_hash("acme-secret"), "indexes": ["docs"]},
+            {"id": "k-ops", "tenant": "ops", "sha256": key_hash("ops-secret"), "indexes": ["*"], "admin": true},
+        ]);
+        let t = KeyTable::parse(&json.to_string()).expect("a valid table");
+        let grant = |token: &str| {
+            t.authenticate(Some(&format!("Bearer {token}")))
+                .expect("a key")
+        };
+        assert!(grant("acme-admin").check_manage("docs").is_ok());
+        let foreign = grant("acme-admin").check_manage("other").unwrap_err();
+        let unknown = grant("acme-admin")
+            .check_manage("no-such-index")
+            .unwrap_err();
+        assert_eq!((foreign.status(), &foreign), (403, &unknown));
+        assert!(grant("ops-secret").check_manage("anything").is_ok());
+        let metrics = Route::parse("GET", "/metrics").unwrap();
+        let auth = Auth::Required(KeyTable::parse(&json.to_string()).expect("a valid table"));
+        assert_eq!(
+            auth.admit(&metrics, Some("Bearer acme-admin"))
+                .unwrap_err()
+                .status(),
+            403,
+            "one tenant's admin key does not see every tenant's counters"
+        );
+        assert!(auth.admit(&metrics, Some("Bearer ops-secret")).is_ok());
+        assert_eq!(
+            grant("acme-secret")
+                .check_manage("docs")
+                .unwrap_err()
+                .status(),
+            403
+        );
+        let route = Route::parse("GET", "/v1/admin/indexes/docs/versions").unwrap();
+        assert_eq!(
+            Auth::Required(t)
+                .admit(&route, Some("Bearer acme-secret"))
+                .unwrap_err()
+                .status(),
+            403,
+            "a reading key may not reach admin routes at all"
+        );
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! - [`balancer`]: inference-origin pools: routing strategies, health, retry budget, affinity (pure, clock passed in),
 //!   and `balancer::dispatch`, the async retry/lease loop over a transport trait and a clock trait.
 //! - [`rag`]: OpenAI wire types, prompt building within a token budget, SSE parsing and formatting (pure).
+//! - [`publish`]: what a version needs in which region before it may go live, blob checks as
+//!   they stream in, lifecycle decisions (pure); its `client` is `shardc publish` (native only).
 //! - [`cache_key`]: the Cache API keys of search results and query embeddings, by index version (pure).
 //! - [`metrics`]: labelled counters, gauges and histograms in the Prometheus text format (pure).
 //! - [`trace`]: W3C `traceparent` parsing and propagation (pure).
@@ -31,6 +33,7 @@ pub mod index;
 pub mod manifest;
 pub mod metrics;
 pub mod playground;
+pub mod publish;
 pub mod rag;
 pub mod ratelimit;
 pub mod retrieve;

@@ -7,8 +7,9 @@ use crate::shard::format::Header;
 use crate::shard::{Metric, Quant, ShardMeta};
 
 /// Manifest layout version; bump when fields change meaning (2: a shard's `checksum` is its
-/// payload checksum, the one its header records, no longer a hash of the whole file).
-pub const MANIFEST_FORMAT_VERSION: u32 = 2;
+/// payload checksum, the one its header records, no longer a hash of the whole file; 3: the
+/// manifest records its `placement`, which older readers would leave out of the content hash).
+pub const MANIFEST_FORMAT_VERSION: u32 = 3;
 /// The oldest manifest layout still read, so that indexes published before an upgrade keep
 /// serving: version 1's `checksum` is the hash of the whole shard file.
 const OLDEST_READABLE_FORMAT_VERSION: u32 = 1;
@@ -73,6 +74,44 @@ pub struct Manifest {
     pub shards: Vec<ShardEntry>,
     /// Every region that hosts some shard.
     pub regions: Vec<String>,
+    /// How shards were placed into `regions`. Absent in manifests older than format 3 (and left
+    /// out of their JSON, so their content hash is unchanged): [`Manifest::placement`] then tells
+    /// it from the shards' region lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+}
+
+/// Where a build puts each shard's replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// Every shard in every region: each region serves every query from its own bucket.
+    Replicate,
+    /// One region per shard, round-robin: one copy of the data, for indexes too large to copy
+    /// everywhere; a query reads the shards of other regions across the network.
+    Spread,
+}
+
+impl Placement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Placement::Replicate => "replicate",
+            Placement::Spread => "spread",
+        }
+    }
+}
+
+impl std::str::FromStr for Placement {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "replicate" => Ok(Placement::Replicate),
+            "spread" => Ok(Placement::Spread),
+            other => Err(format!(
+                "unknown placement {other:?} (expected replicate or spread)"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,7 +127,8 @@ pub struct ShardEntry {
     /// the shard's header records, so checking a blob against its entry costs no hashing and the
     /// payload is hashed once, when it arrives (`shard::format::verify_payload`).
     pub checksum: String,
-    /// Regions whose hosts serve this shard.
+    /// Regions whose buckets hold a replica of this shard (empty in some old manifests: every
+    /// region of the manifest; see [`Manifest::shard_regions`]).
     pub regions: Vec<String>,
 }
 
@@ -99,6 +139,31 @@ impl Manifest {
             serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
         manifest.validate()?;
         Ok(manifest)
+    }
+
+    /// The recorded placement, else the one the shards' region lists show: every shard in
+    /// every region is `replicate`, anything else `spread`.
+    pub fn placement(&self) -> Placement {
+        self.placement.unwrap_or_else(|| {
+            let everywhere = self.shards.iter().all(|s| {
+                s.regions.is_empty() || self.regions.iter().all(|r| s.regions.contains(r))
+            });
+            if everywhere {
+                Placement::Replicate
+            } else {
+                Placement::Spread
+            }
+        })
+    }
+
+    /// The regions whose buckets must hold shard `entry`: its own list, or every region of the
+    /// manifest when the list is empty (as some old manifests have it).
+    pub fn shard_regions<'a>(&'a self, entry: &'a ShardEntry) -> &'a [String] {
+        if entry.regions.is_empty() {
+            &self.regions
+        } else {
+            &entry.regions
+        }
     }
 
     pub fn to_json_pretty(&self) -> String {
@@ -168,6 +233,25 @@ impl Manifest {
                     shard.name
                 ));
             }
+            if self.placement == Some(Placement::Replicate)
+                && self.shard_regions(shard).len() != self.regions.len()
+            {
+                return invalid(format!(
+                    "shard {:?}: placement replicate needs it in every region, it names {:?}",
+                    shard.name, shard.regions
+                ));
+            }
+        }
+        if let Some(region) = self
+            .regions
+            .iter()
+            .enumerate()
+            .find(|(i, r)| r.is_empty() || self.regions[..*i].contains(r))
+            .map(|(_, r)| r)
+        {
+            return invalid(format!(
+                "region {region:?} is empty or appears twice in the manifest's regions"
+            ));
         }
         let total: u64 = self.shards.iter().map(|s| u64::from(s.count)).sum();
         if total != self.count {
@@ -337,9 +421,52 @@ mod tests {
                 entry("s1", vec![0.0, 1.0], &["enam"]),
             ],
             regions: vec!["weur".into(), "enam".into()],
+            placement: Some(Placement::Spread),
         };
         manifest.version = manifest.content_version();
         manifest
+    }
+
+    #[test]
+    fn placement_is_recorded_or_read_from_the_shard_regions() {
+        let mut manifest = sample();
+        assert_eq!(manifest.placement(), Placement::Spread);
+        assert!(manifest
+            .to_json_pretty()
+            .contains("\"placement\": \"spread\""));
+        // An older manifest: no field, and its content hash is what it was.
+        manifest.placement = None;
+        let json = manifest.to_json_pretty();
+        assert!(!json.contains("placement"));
+        manifest.version = manifest.content_version();
+        let old = Manifest::from_json(manifest.to_json_pretty().as_bytes()).unwrap();
+        assert_eq!(old.placement(), Placement::Spread);
+        let mut everywhere = old.clone();
+        for shard in &mut everywhere.shards {
+            shard.regions = everywhere.regions.clone();
+        }
+        assert_eq!(everywhere.placement(), Placement::Replicate);
+        everywhere.shards[1].regions.clear();
+        assert_eq!(
+            everywhere.placement(),
+            Placement::Replicate,
+            "empty: every region"
+        );
+        assert_eq!(
+            everywhere.shard_regions(&everywhere.shards[1]),
+            ["weur", "enam"]
+        );
+        // A replicate manifest whose shard misses a region is refused.
+        let mut wrong = sample();
+        wrong.placement = Some(Placement::Replicate);
+        wrong.version = wrong.content_version();
+        assert!(
+            matches!(wrong.validate(), Err(ManifestError::Invalid(m)) if m.contains("replicate"))
+        );
+        let mut twice = sample();
+        twice.regions.push("weur".into());
+        twice.version = twice.content_version();
+        assert!(matches!(twice.validate(), Err(ManifestError::Invalid(m)) if m.contains("twice")));
     }
 
     #[test]

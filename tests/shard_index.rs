@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use edgerag::build::{build_index, BuildConfig, BuildError, IndexDir, DEFAULT_DEGREE};
-use edgerag::manifest::{checksum_hex, Manifest, MANIFEST_FILE};
+use edgerag::manifest::{checksum_hex, Manifest, Placement, MANIFEST_FILE};
 use edgerag::shard::format::{encode_blob, Header, ShardData, HEADER_LEN};
 use edgerag::shard::{DocId, Filter, Metric, Quant, SearchParams, Shard, ShardError};
 use rand::{Rng, SeedableRng};
@@ -30,6 +30,7 @@ fn config(
         quant,
         shards,
         regions: vec!["weur".into(), "enam".into()],
+        placement: Placement::Replicate,
         name: "test".into(),
         out: out.to_path_buf(),
         seed: 42,

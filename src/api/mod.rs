@@ -1,5 +1,6 @@
 //! The HTTP API without I/O: routing, request parsing and validation, response shapes, and the
 //! problem documents every error becomes. The Workers handlers in `edge` are thin calls into it.
+pub mod admin;
 mod inference;
 mod problem;
 mod search;
@@ -36,6 +37,8 @@ pub enum Route {
     Metrics,
     /// The browser playground's page and files (`GET /`, `/playground.js`, ...).
     Playground(&'static Asset),
+    /// Publishing and index lifecycle (`/v1/admin/indexes/...`).
+    Admin(admin::AdminRoute),
 }
 
 /// The path of an absolute URL as the runtime serialises it (`scheme://authority/path?query#f`),
@@ -63,6 +66,10 @@ impl Route {
             "/v1/rag" => (Route::Rag, "POST"),
             "/v1/chat/completions" => (Route::ChatCompletions, "POST"),
             "/metrics" => (Route::Metrics, "GET"),
+            _ if path.starts_with(admin::ADMIN_PREFIX) => {
+                return admin::AdminRoute::parse(method, &path[admin::ADMIN_PREFIX.len()..])
+                    .map(Route::Admin)
+            }
             _ => match path.strip_prefix("/v1/indexes/") {
                 Some(name) if !name.is_empty() && !name.contains('/') => {
                     (Route::Index(name.to_string()), "GET")
@@ -96,6 +103,7 @@ impl Route {
             Route::ChatCompletions => "chat_completions",
             Route::Metrics => "metrics",
             Route::Playground(_) => "playground",
+            Route::Admin(admin) => admin.label(),
         }
     }
 }
@@ -270,6 +278,10 @@ mod tests {
             404
         );
         assert_eq!(Route::parse("POST", "/metrics").unwrap_err().status(), 405);
+        assert_eq!(
+            Route::parse("GET", "/v1/admin/indexes/docs/versions/").map(|r| r.label()),
+            Ok("admin_versions")
+        );
         assert_eq!(Route::Index("any/thing".into()).label(), "index");
         assert_eq!(Route::parse("GET", "/v1/search").unwrap_err().status(), 405);
         assert_eq!(Route::parse("GET", "/v2/x").unwrap_err().status(), 404);

@@ -8,6 +8,7 @@
 //! - 401 no valid API key (missing, malformed and unknown keys look the same), 403 a key that may
 //!   not use the route or read the index (whether the index exists is not said).
 //! - 404 unknown route, index or model (no configured origin serves it), 405 wrong method,
+//!   409 a publishing action the version's state forbids (incomplete, live, no bucket),
 //!   408 a body that did not arrive in time, 413 body over the limit, 415 not JSON, 429 the key's
 //!   rate limit is spent (with `Retry-After`).
 //! - 502 an origin answered with something unusable (a body that is not the OpenAI shape, or a
@@ -30,6 +31,13 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("the request body has at least {size} bytes; the limit is {limit}")]
     TooLarge { size: usize, limit: usize },
+    /// An upload over the platform's body limit, the message naming what and the limit.
+    #[error("{0}")]
+    UploadTooLarge(String),
+    /// The resource is not in a state that allows the action (publishing: a version that is
+    /// incomplete or live, a region without a bucket).
+    #[error("{0}")]
+    Conflict(String),
     #[error("a valid API key is required: send `Authorization: Bearer <key>`")]
     Unauthorized,
     #[error("{0}")]
@@ -73,7 +81,8 @@ impl ApiError {
             ApiError::RateLimited { .. } => 429,
             ApiError::NotFound(_) | ApiError::UnknownIndex(_) | ApiError::UnknownModel(_) => 404,
             ApiError::MethodNotAllowed { .. } => 405,
-            ApiError::TooLarge { .. } => 413,
+            ApiError::TooLarge { .. } | ApiError::UploadTooLarge(_) => 413,
+            ApiError::Conflict(_) => 409,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Invalid(_) => 422,
             ApiError::Misconfigured(_) => 500,
@@ -91,7 +100,10 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => {
                 ("unsupported-media-type", "Unsupported media type")
             }
-            ApiError::TooLarge { .. } => ("body-too-large", "Request body too large"),
+            ApiError::TooLarge { .. } | ApiError::UploadTooLarge(_) => {
+                ("body-too-large", "Request body too large")
+            }
+            ApiError::Conflict(_) => ("conflict", "Conflict"),
             ApiError::Unauthorized => ("unauthorized", "Unauthorized"),
             ApiError::Forbidden(_) => ("forbidden", "Forbidden"),
             ApiError::RateLimited { .. } => ("rate-limited", "Too many requests"),

@@ -1,7 +1,9 @@
 //! `shardc`: the shard compiler CLI — build an index, query it, measure its recall and latency,
-//! inspect blobs for corruption, and measure load time against a serde baseline.
+//! inspect blobs for corruption, measure load time against a serde baseline, publish an index
+//! through a worker's admin routes and manage its versions.
 
 use std::error::Error;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -9,6 +11,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use edgerag::build::{build_index, BuildConfig, IndexDir};
 use edgerag::manifest::{Manifest, MANIFEST_FILE};
+use edgerag::publish::client::{self, AdminClient};
 use edgerag::shard::format::{self, ShardData};
 use edgerag::shard::{DocId, Filter, SearchParams, Shard};
 use rkyv::util::AlignedVec;
@@ -56,6 +59,23 @@ enum Command {
     Eval(EvalArgs),
     /// Verify a shard blob or an index directory (payload checksums, archive, structure) and describe it.
     Inspect { path: PathBuf },
+    /// Upload an index directory through a worker's admin routes (admin key in
+    /// $EDGERAG_ADMIN_KEY) and make it live once every blob is verified in every region its
+    /// placement names; a re-run resumes. Exits non-zero naming what is missing otherwise.
+    Publish {
+        dir: PathBuf,
+        /// The worker's base URL, e.g. http://127.0.0.1:8787.
+        #[arg(long)]
+        url: String,
+    },
+    /// List, roll back, delete and garbage-collect an index's published versions.
+    Index {
+        /// The worker's base URL, e.g. http://127.0.0.1:8787.
+        #[arg(long, global = true, default_value = "http://127.0.0.1:8787")]
+        url: String,
+        #[command(subcommand)]
+        action: IndexAction,
+    },
     /// Time from blob bytes in memory to a first answer, against a serde+bincode deserialisation:
     /// medians of `open_first_query_us` (bytes whose checksum was verified on arrival → first
     /// answered query; `of_which_open_us` without the query; `same_query_again_us`, the query
@@ -73,6 +93,28 @@ enum Command {
         /// One JSON object instead of `key: value` lines.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum IndexAction {
+    /// The index's versions, newest first: which is live, when published, bytes.
+    Versions {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Point `current` at a version already published (back or forward).
+    Rollback { name: String, version: String },
+    /// Delete a version that is not live.
+    DeleteVersion { name: String, version: String },
+    /// Delete the whole index: every version and `current`.
+    Delete { name: String },
+    /// Delete every version but the newest N (and the live one).
+    Gc {
+        name: String,
+        #[arg(long)]
+        keep: usize,
     },
 }
 
@@ -135,6 +177,8 @@ fn main() -> ExitCode {
             repeat,
             json,
         } => run_bench_load(&index, &queries, repeat, json),
+        Command::Publish { dir, url } => run_publish(&dir, &url),
+        Command::Index { url, action } => run_index(&url, action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -158,6 +202,82 @@ fn run_build(config: &BuildConfig) -> CliResult {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+fn run_publish(dir: &Path, url: &str) -> CliResult {
+    let admin = AdminClient::from_env(url)?;
+    let started = Instant::now();
+    let published = client::publish(&admin, dir, std::io::stderr().is_terminal())?;
+    eprintln!(
+        "published {}@{} ({}): {} blobs uploaded, {} already there, {:.1}s",
+        published.index,
+        published.version,
+        published.placement,
+        published.uploaded.len(),
+        published.skipped.len(),
+        started.elapsed().as_secs_f64()
+    );
+    println!("{}", serde_json::to_string(&published)?);
+    Ok(())
+}
+
+fn run_index(url: &str, action: IndexAction) -> CliResult {
+    let admin = AdminClient::from_env(url)?;
+    let answer = match action {
+        IndexAction::Versions { name, json } => {
+            let answer = admin.versions(&name)?;
+            if !json {
+                print_versions(&answer);
+                return Ok(());
+            }
+            answer
+        }
+        IndexAction::Rollback { name, version } => admin.set_current(&name, &version)?,
+        IndexAction::DeleteVersion { name, version } => admin.delete_version(&name, &version)?,
+        IndexAction::Delete { name } => admin.delete_index(&name)?,
+        IndexAction::Gc { name, keep } => admin.gc(&name, keep)?,
+    };
+    println!("{answer}");
+    Ok(())
+}
+
+fn print_versions(answer: &serde_json::Value) {
+    println!(
+        "{:<18} {:<5} {:<24} {:>12}  regions",
+        "version", "live", "published", "bytes"
+    );
+    let empty = Vec::new();
+    for v in answer["versions"].as_array().unwrap_or(&empty) {
+        let published = v["published_at_ms"]
+            .as_f64()
+            .map(|ms| format!("{:.0} s ago", (now_ms() - ms) / 1000.0))
+            .unwrap_or_else(|| "never".into());
+        let regions: Vec<&str> = v["regions"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .filter_map(|r| r.as_str())
+            .collect();
+        println!(
+            "{:<18} {:<5} {:<24} {:>12}  {}",
+            v["version"].as_str().unwrap_or(""),
+            if v["live"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                ""
+            },
+            published,
+            v["bytes"].as_u64().unwrap_or(0),
+            regions.join(",")
+        );
+    }
+}
+
+fn now_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
 }
 
 /// Rows of `dims` little-endian values from a raw file, decoded by `decode`.

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 pub use error::BuildError;
 pub use index_dir::IndexDir;
 
-use crate::manifest::{checksum_hex, Manifest, ShardEntry, MANIFEST_FORMAT_VERSION};
+use crate::manifest::{checksum_hex, Manifest, Placement, ShardEntry, MANIFEST_FORMAT_VERSION};
 use crate::shard::{format, Metric, Quant};
 
 pub const DEFAULT_EF_CONSTRUCTION: usize = 200;
@@ -41,6 +41,10 @@ pub struct BuildConfig {
     /// Comma-separated region names.
     #[arg(long, value_delimiter = ',', required = true)]
     pub regions: Vec<String>,
+    /// `replicate`: every shard in every region (each region serves from its own bucket);
+    /// `spread`: one region per shard, round-robin (one copy, for indexes too large to copy).
+    #[arg(long, default_value = "replicate")]
+    pub placement: Placement,
     #[arg(long)]
     pub name: String,
     #[arg(long)]
@@ -121,7 +125,7 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
             count: rows.len() as u32,
             centroid: partition.centroids[index].clone(),
             checksum,
-            regions: shard_regions(index, config.shards, &config.regions),
+            regions: shard_regions(config.placement, index, config.shards, &config.regions),
         });
         blobs.push((file, blob));
     }
@@ -135,6 +139,7 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
         count: corpus.len() as u64,
         shards: entries,
         regions: config.regions.clone(),
+        placement: Some(config.placement),
     };
     manifest.version = manifest.content_version();
     manifest.validate().map_err(|source| BuildError::Manifest {
@@ -153,6 +158,16 @@ fn check_config(config: &BuildConfig) -> Result<(), BuildError> {
         return Err(BuildError::Invalid(
             "--regions needs at least one non-empty region name".into(),
         ));
+    }
+    if let Some((i, region)) = config
+        .regions
+        .iter()
+        .enumerate()
+        .find(|(i, r)| config.regions[..*i].contains(r))
+    {
+        return Err(BuildError::Invalid(format!(
+            "--regions names {region:?} twice (at {i})"
+        )));
     }
     if !crate::manifest::is_index_name(&config.name) {
         return Err(BuildError::Invalid(format!(
@@ -178,9 +193,17 @@ fn check_config(config: &BuildConfig) -> Result<(), BuildError> {
     Ok(())
 }
 
-/// Shard i is served in region i mod R, and region j serves shard j mod S, so every shard has a
-/// region and every region has a shard.
-fn shard_regions(shard: usize, shards: usize, regions: &[String]) -> Vec<String> {
+/// `replicate`: every region. `spread`: shard i is served in region i mod R, and region j serves
+/// shard j mod S, so every shard has a region and every region has a shard.
+fn shard_regions(
+    placement: Placement,
+    shard: usize,
+    shards: usize,
+    regions: &[String],
+) -> Vec<String> {
+    if placement == Placement::Replicate {
+        return regions.to_vec();
+    }
     regions
         .iter()
         .enumerate()
@@ -208,12 +231,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_shard_and_region_is_covered() {
+    fn spread_covers_every_shard_and_region() {
         let regions: Vec<String> = ["a", "b", "c"].iter().map(|r| r.to_string()).collect();
-        assert_eq!(shard_regions(0, 1, &regions), regions);
-        assert_eq!(shard_regions(0, 4, &regions), vec!["a"]);
-        assert_eq!(shard_regions(3, 4, &regions), vec!["a"]);
-        assert_eq!(shard_regions(1, 2, &regions), vec!["b"]);
-        assert_eq!(shard_regions(0, 2, &regions), vec!["a", "c"]);
+        let spread = |shard, shards| shard_regions(Placement::Spread, shard, shards, &regions);
+        assert_eq!(spread(0, 1), regions);
+        assert_eq!(spread(0, 4), vec!["a"]);
+        assert_eq!(spread(3, 4), vec!["a"]);
+        assert_eq!(spread(1, 2), vec!["b"]);
+        assert_eq!(spread(0, 2), vec!["a", "c"]);
+    }
+
+    #[test]
+    fn replicate_puts_every_shard_in_every_region() {
+        let regions: Vec<String> = ["a", "b", "c"].iter().map(|r| r.to_string()).collect();
+        for shard in 0..4 {
+            assert_eq!(
+                shard_regions(Placement::Replicate, shard, 4, &regions),
+                regions
+            );
+        }
     }
 }

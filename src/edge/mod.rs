@@ -16,6 +16,7 @@ mod inference;
 mod observe;
 mod origins;
 mod playground;
+mod publish;
 mod r2;
 mod routes;
 mod search;

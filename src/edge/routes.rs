@@ -7,7 +7,7 @@ use worker::{Context, Env, Response};
 use super::clock::WorkerClock;
 use super::config::{Config, Mode};
 use super::http::{json, Incoming};
-use super::{cache, inference, observe, origins, playground, r2, search};
+use super::{cache, inference, observe, origins, playground, publish, r2, search};
 use crate::api::{ApiError, IndexSummary, Route};
 use crate::auth::Grant;
 use crate::store::{Location, Store};
@@ -88,6 +88,7 @@ pub(crate) async fn route_to(
         Route::ChatCompletions => inference::chat(req, ctx).await,
         Route::Metrics => metrics(ctx),
         Route::Playground(asset) => playground::respond(asset),
+        Route::Admin(admin) => publish::handle(admin, req, ctx).await,
     }
 }
 

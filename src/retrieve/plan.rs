@@ -77,6 +77,7 @@ mod tests {
             count: 4,
             shards,
             regions: vec!["weur".into()],
+            placement: None,
         }
     }
 

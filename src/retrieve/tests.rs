@@ -12,7 +12,7 @@ use rkyv::util::AlignedVec;
 use super::*;
 use crate::build::{build_index, BuildConfig, DEFAULT_DEGREE};
 use crate::index::LocalIndex;
-use crate::manifest::{Manifest, MANIFEST_FILE};
+use crate::manifest::{Manifest, Placement, MANIFEST_FILE};
 use crate::shard::{Metric, Quant};
 use crate::store::{blob_key, current_key, Budget, Pinned, Source, Store};
 use crate::testing::VirtualClock;
@@ -56,6 +56,7 @@ fn build(dir: &Path, name: &str, shards: usize, seed: u64) -> (Manifest, Vec<Vec
         quant: Quant::F16,
         shards,
         regions: REGIONS.map(String::from).to_vec(),
+        placement: Placement::Replicate,
         name: name.into(),
         out: out.clone(),
         seed: 42,

@@ -1,5 +1,6 @@
-"""Fixtures for the end-to-end suite: a small index built by `shardc build`, published into local
-R2, and the real worker under `wrangler dev` (local and durable serving modes); for the inference
+"""Fixtures for the end-to-end suite: a small index built by `shardc build`, published by `shardc
+publish` through the admin routes of the real worker under `wrangler dev` into its local R2
+(local and durable serving modes); for the inference
 endpoints, `devorigin` processes on free loopback ports behind a worker whose ORIGINS names them;
 for caching and observability, a worker of its own whose index is republished from other data.
 Every worker runs with authentication on, with the key table KEY_TABLE (keys fresh per session);
@@ -31,8 +32,10 @@ LIMITED_MODEL = "limited"
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 
 # API keys: an admin key that reads every index (the default for requests), tenant "acme" (index
-# `docs`), tenant "beta" (index `other`), and an acme key limited to 3 requests an hour.
-KEYS = {name: f"test-{name}-{secrets.token_hex(16)}" for name in ("admin", "a", "b", "limited")}
+# `docs`), tenant "beta" (index `other`), an acme key limited to 3 requests an hour, and each
+# tenant's admin key, which manages (publishes, rolls back, deletes) only that tenant's index.
+KEYS = {name: f"test-{name}-{secrets.token_hex(16)}"
+        for name in ("admin", "a", "b", "limited", "a-admin", "b-admin")}
 LIMITED_RATE = dict(requests=3, per_s=3600)
 
 
@@ -45,6 +48,8 @@ KEY_TABLE = [
     dict(id="k-a", tenant="acme", sha256=sha256(KEYS["a"]), indexes=["docs"]),
     dict(id="k-b", tenant="beta", sha256=sha256(KEYS["b"]), indexes=["other"]),
     dict(id="k-limited", tenant="acme", sha256=sha256(KEYS["limited"]), indexes=["docs"], rate=LIMITED_RATE),
+    dict(id="k-a-admin", tenant="acme", sha256=sha256(KEYS["a-admin"]), indexes=["docs"], admin=True),
+    dict(id="k-b-admin", tenant="beta", sha256=sha256(KEYS["b-admin"]), indexes=["other"], admin=True),
 ]
 DEFAULT_KEY = KEYS["admin"]
 
@@ -127,6 +132,13 @@ class Worker:
             time.sleep(0.1)
 
 
+def query_texts():
+    """The JSONL of the queries whose vectors `corpus` returns (same rows)."""
+    if os.path.isdir(PYDOCS):
+        return os.path.join(PYDOCS, "queries_public.jsonl")
+    return os.path.join(ROOT, "shards", "demo", "queries.jsonl")
+
+
 def corpus(tmp):
     """(passages.jsonl, vectors.f32, queries.f32): 3000 pydocs passages, else the demo corpus."""
     if os.path.isdir(PYDOCS):
@@ -148,17 +160,27 @@ def shardc(*args):
     return subprocess.run([SHARDC, *args], check=True, text=True, stdout=subprocess.PIPE).stdout
 
 
-def build_index(tmp, name, shards, passages, vectors, extra_dir=""):
+def build_index(tmp, name, shards, passages, vectors, extra_dir="", regions="weur,enam", placement=None):
     out = os.path.join(tmp, name + extra_dir)
     shardc("build", "--passages", passages, "--vectors", vectors, "--dims", str(DIMS), "--shards", str(shards),
-           "--regions", "weur,enam", "--name", name, "--out", out)
+           "--regions", regions, "--name", name, "--out", out,
+           *(["--placement", placement] if placement else []))
     return out
 
 
-def publish(index_dir, persist):
-    out = subprocess.run([os.path.join(ROOT, "scripts", "publish"), index_dir, "--local", "--persist-to", persist],
-                         check=True, text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def publish_command(worker, index_dir, key=None):
+    """`shardc publish` of `index_dir` through `worker`'s admin routes, as a command and environment."""
+    env = dict(os.environ, EDGERAG_ADMIN_KEY=key or KEYS["admin"])
+    return [SHARDC, "publish", index_dir, "--url", worker.base], env
+
+
+def publish(worker, index_dir, key=None):
+    """Publishes and returns `shardc publish`'s JSON summary; a failure raises with its stderr."""
+    cmd, env = publish_command(worker, index_dir, key)
+    done = subprocess.run(cmd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if done.returncode != 0:
+        raise RuntimeError(f"shardc publish {index_dir} exited {done.returncode}: {done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def start_worker(persist, mode, logfile, extra_vars=None, ready_status=200, inspector=True):
@@ -279,12 +301,12 @@ def env():
     workers = {}
     for mode in ("local", "durable"):
         persist = os.path.join(tmp, f"state-{mode}")
-        for index in (docs, other):
-            publish(index, persist)
         logfile = open(os.path.join(tmp, f"wrangler-{mode}.log"), "w")
         log(f"starting wrangler dev ({mode}); log {logfile.name}")
         # A short body deadline, so that the slow-body test need not trickle for long.
         workers[mode] = start_worker(persist, mode, logfile, dict(BODY_TIMEOUT_MS="3000"))
+        for index in (docs, other):
+            publish(workers[mode], index)
     yield dict(tmp=tmp, docs=docs, other=other, passages=passages, vectors=vectors, queries=queries, **workers)
     for worker in workers.values():
         stop(worker)
@@ -301,7 +323,6 @@ def rag():
     passages, vectors, queries = corpus(tmp)
     docs = build_index(tmp, "docs", 4, passages, vectors)
     persist = os.path.join(tmp, "state")
-    publish(docs, persist)
     fast, slow, origins = start_origins(tmp, ["--ttft-ms", "30", "--tokens-per-sec", "400"])
     limited = start_limited_pair(tmp)
     origins = json.dumps(json.loads(origins) + [dict(name=o.name, url=o.url, models=[LIMITED_MODEL], kind="chat")
@@ -311,8 +332,9 @@ def rag():
     deadline_ms = 8000
     worker = start_worker(persist, "local", logfile, dict(
         ORIGINS=origins, ORIGIN_TRY_TIMEOUT_MS="4000", ORIGIN_DEADLINE_MS=str(deadline_ms)))
+    publish(worker, docs)
     yield dict(tmp=tmp, worker=worker, fast=fast, slow=slow, limited=limited, queries=queries,
-               deadline_s=deadline_ms / 1000, persist=persist)
+               query_texts=query_texts(), deadline_s=deadline_ms / 1000, persist=persist)
     stop(worker)
     for origin in (*fast, slow, *limited):
         origin.kill()
@@ -352,14 +374,6 @@ def observed():
     persist = os.path.join(tmp, "state")
 
     published = []
-
-    def switch_version():
-        i = len(published) % len(slices)
-        built = build_index(tmp, "docs", 1 + len(published), slices[i][0], slices[i][1], extra_dir=f"-{len(published)}")
-        published.append(publish(built, persist)["version"])
-        return published[-1], set(slices[i][2])
-
-    switch_version()
     origin = Origin("o0", ["--ttft-ms", "5", "--tokens-per-sec", "1000"], open(os.path.join(tmp, "devorigin-o0.log"), "w"))
     origin.wait_ready()
     origins = json.dumps([dict(name="o0", url=origin.url, models=[CHAT_MODEL], kind="chat"),
@@ -367,6 +381,14 @@ def observed():
     logfile = open(os.path.join(tmp, "wrangler-observed.log"), "w")
     log(f"starting wrangler dev (observed); log {logfile.name}")
     worker = start_worker(persist, "local", logfile, dict(ORIGINS=origins, RESULT_CACHE_TTL_S="300"))
+
+    def switch_version():
+        i = len(published) % len(slices)
+        built = build_index(tmp, "docs", 1 + len(published), slices[i][0], slices[i][1], extra_dir=f"-{len(published)}")
+        published.append(publish(worker, built)["version"])
+        return published[-1], set(slices[i][2])
+
+    switch_version()
     yield dict(tmp=tmp, worker=worker, origin=origin, queries=queries, switch_version=switch_version)
     stop(worker)
     origin.kill()

@@ -13,15 +13,16 @@ import urllib.request
 
 import openai
 
-from conftest import (CHAT_MODEL, DEFAULT_KEY, DIMS, EMBEDDING_MODEL, LIMITED_MODEL, PYDOCS, SLOW_MODEL, bearer, log,
+from conftest import (CHAT_MODEL, DEFAULT_KEY, DIMS, EMBEDDING_MODEL, LIMITED_MODEL, SLOW_MODEL, bearer, log,
                       start_worker, stop)
 
 QUESTION = "How do I read a file line by line?"
 
 
 def query(env, row):
-    """(text, vector) of a public pydocs query: the vector was embedded offline with the same model."""
-    with open(os.path.join(PYDOCS, "queries_public.jsonl")) as f:
+    """(text, vector) of a query (pydocs' public ones, else the demo corpus's): the vector was
+    embedded offline with the same model."""
+    with open(env["query_texts"]) as f:
         text = [json.loads(line)["text"] for line in f][row]
     with open(env["queries"], "rb") as f:
         f.seek(row * DIMS * 4)

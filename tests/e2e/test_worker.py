@@ -114,7 +114,7 @@ def test_publishing_while_querying_gives_one_version_per_answer(env):
     threads = [threading.Thread(target=query_loop) for _ in range(3)]
     for t in threads:
         t.start()
-    new_version = publish(new_dir, worker.persist)["version"]
+    new_version = publish(worker, new_dir)["version"]
     for _ in range(5):  # answers after the flip
         answers.append(worker.search(index="other", vector=v, k=10, ef=64))
     stop.set()
@@ -130,7 +130,7 @@ def test_publishing_while_querying_gives_one_version_per_answer(env):
 def test_corrupt_blob_gives_partial_answer_naming_it(env):
     worker = env["local"]
     fragile = build_index(env["tmp"], "fragile", 2, env["passages"], env["vectors"])
-    info = publish(fragile, worker.persist)
+    info = publish(worker, fragile)
     with open(os.path.join(fragile, "manifest.json")) as f:
         bad = json.load(f)["shards"][1]
     junk = os.path.join(env["tmp"], "junk.shard")
