@@ -313,7 +313,8 @@ def env():
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+# Per module: test_inference kills origins on purpose, which must not reach the modules after it.
+@pytest.fixture(scope="module")
 def rag():
     """Index `docs` (4 shards) behind a local-mode worker whose pools are devorigin processes:
     three fast ones (chat + embeddings) and a slow chat origin."""

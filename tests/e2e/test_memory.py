@@ -24,10 +24,10 @@ def test_shard_bytes_held_and_loading_stay_within_the_budget_and_answers_stay_ex
     budget, largest = sum(sizes) // 3, max(sizes)
     assert 2 * largest < budget, "several shards must fit the budget for the LRU to matter"
     persist = str(tmp_path / "state")
-    publish(index, persist)
     with open(tmp_path / "wrangler.log", "w") as logfile:
         worker = start_worker(persist, "local", logfile, dict(CACHE_BYTES=str(budget)))
     try:
+        publish(worker, index)
         status, _, health = worker.call("GET", "/healthz")
         assert status == 200 and health["cache_budget_bytes"] == budget, health
         baseline = health["wasm_memory_bytes"]
