@@ -101,8 +101,9 @@ def test_rag_answer_quotes_the_passages_search_returned(rag):
     content = answer["choices"][0]["message"]["content"]
     assert answer["object"] == "chat.completion" and content
     for n, source in enumerate(answer["sources"], 1):
-        # devorigin quotes the first sentence of each numbered passage, with its marker.
-        first_words = " ".join(source["text"].split()[:4])
+        # devorigin quotes the first sentence of each numbered passage, with its marker (a
+        # sentence may end after two words: the demo corpus has "Strings 4.8.8. Function ...").
+        first_words = " ".join(source["text"].split()[:2])
         assert first_words in content and f"[{n}]" in content, (n, first_words, content)
         assert source["source"] and source["score"] > 0
     timing = headers["server-timing"]
