@@ -1,13 +1,13 @@
 //! An index held whole in this process: its manifest and every shard open, verified against each
 //! other, and searched by the one retrieval engine ([`crate::retrieve`]) over the
-//! [`Held`] backend. `shardc`, the integration tests and the wasm search probe use it; the worker
+//! [`InMemory`] backend. `shardc`, the integration tests and the wasm search probe use it; the worker
 //! runs the same engine over shards it loads through the store or asks of shard hosts.
 use std::rc::Rc;
 
 use futures::FutureExt;
 
 use crate::manifest::{Manifest, ManifestError};
-use crate::retrieve::{self, Held, Match, NoDeadline, ShardQuery};
+use crate::retrieve::{self, InMemory, Match, NoDeadline, ShardQuery};
 use crate::shard::{merge_top_k, SearchParams, Shard, ShardError, ShardHit};
 
 /// Why a set of blobs does not open as the index its manifest describes.
@@ -72,9 +72,15 @@ impl LocalIndex {
             filter: params.filter.clone(),
         });
         // Every visit of held shards is answered at once, so the engine never waits.
-        let gathered = retrieve::gather(&self.held(), &NoDeadline, visits, &query, f64::INFINITY)
-            .now_or_never()
-            .ok_or_else(|| ShardError::Inconsistent("an in-memory search waited".into()))?;
+        let gathered = retrieve::gather(
+            &self.in_memory(),
+            &NoDeadline,
+            visits,
+            &query,
+            f64::INFINITY,
+        )
+        .now_or_never()
+        .ok_or_else(|| ShardError::Inconsistent("an in-memory search waited".into()))?;
         let merged = gathered.merge(params.k).map_err(failed)?;
         if !merged.failed.is_empty() {
             return Err(failed(merged.failed));
@@ -101,14 +107,16 @@ impl LocalIndex {
 
     /// The API's matches for merged hits, in the same order: passage, public score, shard name.
     pub fn matches(&self, hits: &[ShardHit]) -> Result<Vec<Match>, ShardError> {
-        let held = self.held();
+        let shards = self.in_memory();
         hits.iter()
-            .map(|hit| retrieve::Shards::resolve(&held, &(), hit).map_err(ShardError::Inconsistent))
+            .map(|hit| {
+                retrieve::Shards::resolve(&shards, &(), hit).map_err(ShardError::Inconsistent)
+            })
             .collect()
     }
 
-    fn held(&self) -> Held<'_> {
-        Held {
+    fn in_memory(&self) -> InMemory<'_> {
+        InMemory {
             manifest: &self.manifest,
             shards: &self.shards,
         }
@@ -117,11 +125,7 @@ impl LocalIndex {
 
 /// A shard search that failed: in memory there is no deadline or replica to excuse it.
 fn failed(failures: Vec<(usize, String)>) -> ShardError {
-    let why: Vec<String> = failures
-        .into_iter()
-        .map(|(i, why)| format!("shard {i}: {why}"))
-        .collect();
-    ShardError::Inconsistent(why.join("; "))
+    ShardError::Inconsistent(retrieve::failure_reasons(&failures))
 }
 
 /// Blob `i` checked against manifest entry `i` (size, and the payload checksum its header

@@ -6,6 +6,8 @@
 //! - [`api`]: HTTP request parsing/validation and RFC 9457 problem documents (pure).
 //! - [`ratelimit`]: the per-key token bucket, clock passed in (pure).
 //! - [`auth`]: API keys (hashed, constant-time lookup), tenants' indexes, admin routes (pure).
+//! - [`pages`]: the free list of whole wasm pages that large blocks (shard buffers) take, apart
+//!   from the general heap (pure bookkeeping; `edge::heap` is the allocator over it).
 //! - [`store`]: region choice, version pinning, and the byte-budgeted single-flight shard cache (pure).
 //! - [`retrieve`]: the one retrieval engine — plan, bounded gather within a deadline, exact merge,
 //!   resolve — over shards held in memory, loaded through the store, or asked of shard hosts (pure).
@@ -32,6 +34,7 @@ pub mod cache_key;
 pub mod index;
 pub mod manifest;
 pub mod metrics;
+pub mod pages;
 pub mod playground;
 pub mod publish;
 pub mod rag;

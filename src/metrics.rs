@@ -88,6 +88,10 @@ pub const WASM_MEMORY_BYTES: Desc = gauge(
     "edgerag_wasm_memory_bytes",
     "Size of this isolate's wasm linear memory (it never shrinks).",
 );
+pub const HEAP_LIVE_BYTES: Desc = gauge(
+    "edgerag_heap_live_bytes",
+    "Bytes this isolate has allocated and not freed (shard buffers in whole pages).",
+);
 pub const SHARD_CACHE_HITS: Desc = counter(
     "edgerag_shard_cache_hits_total",
     "Shard reads served by a shard this isolate already held.",

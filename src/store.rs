@@ -2,7 +2,8 @@
 //! which version a request pins (its `current` pointer read single-flight, once per TTL), and a
 //! byte-bounded LRU whose loads are single-flight and whose memory stays inside its budget: a
 //! load reserves its manifest size before it fetches, evicting only shards no request holds, so
-//! ready shards, shards in use and loads in flight together never exceed `CACHE_BYTES`.
+//! ready shards, shards in use and loads in flight together never exceed `CACHE_BYTES`; every
+//! shard of a version is read into a buffer of one size, so freed buffers are reused whole.
 //! R2 (or any other blob source) plugs in through [`Source`] and time through
 //! [`Clock`]; `edge` supplies the R2 one and the worker's timers.
 use std::cell::RefCell;
@@ -14,6 +15,7 @@ use rkyv::util::AlignedVec;
 use serde::Deserialize;
 
 use crate::manifest::{is_index_name, Manifest, MANIFEST_FILE};
+use crate::pages::page_rounded;
 use crate::retrieve::Clock;
 use crate::shard::{format, Shard};
 
@@ -418,6 +420,17 @@ pub struct Pinned {
     pub manifest: Rc<Manifest>,
 }
 
+impl Pinned {
+    /// The buffer every shard of this version is read into, and is charged against the budget:
+    /// the largest shard's size in whole wasm pages. One size for all, so that the page run an
+    /// evicted shard frees always fits the next one (see [`crate::pages`]) and memory does not
+    /// grow past what the budget allows.
+    pub fn shard_slot_bytes(&self) -> usize {
+        let largest = self.manifest.shards.iter().map(|s| s.bytes).max();
+        page_rounded(largest.map_or(0, |b| usize::try_from(b).unwrap_or(usize::MAX)))
+    }
+}
+
 /// An open shard and what it cost to get it.
 pub struct LoadedShard {
     pub shard: Shard,
@@ -598,10 +611,12 @@ impl Store {
             .get(i)
             .ok_or_else(|| StoreError::Unavailable(format!("no shard number {i}")))?;
         let size = usize::try_from(entry.bytes).unwrap_or(usize::MAX);
-        if size > self.budget.cache_bytes {
+        let slot = pinned.shard_slot_bytes();
+        if slot > self.budget.cache_bytes {
             return Err(StoreError::Unavailable(format!(
-                "shard {} of {}/{} is {} bytes, more than this isolate's shard budget (CACHE_BYTES = {})",
-                entry.name, pinned.index, pinned.version, entry.bytes, self.budget.cache_bytes
+                "shard {} of {}/{} takes {} bytes ({} of its own, in a buffer the size of the \
+                 version's largest shard), more than this isolate's shard budget (CACHE_BYTES = {})",
+                entry.name, pinned.index, pinned.version, slot, entry.bytes, self.budget.cache_bytes
             )));
         }
         let key = blob_key(&pinned.index, &pinned.version, &entry.file);
@@ -613,7 +628,7 @@ impl Store {
             let started = clock.now_ms();
             let mut problems = Vec::new();
             for region in &order {
-                let buffer = AlignedVec::with_capacity(size);
+                let buffer = AlignedVec::with_capacity(slot);
                 let bytes = match source.get(region, &key2, size, buffer).await {
                     Ok(Some(bytes)) => bytes,
                     Ok(None) => continue,
@@ -630,7 +645,6 @@ impl Store {
                     continue;
                 }
                 let fetched = clock.now_ms();
-                let len = bytes.len();
                 let opened = Shard::open(bytes)
                     .map_err(|e| e.to_string())
                     .and_then(|shard| {
@@ -654,7 +668,7 @@ impl Store {
                     fetch_ms: fetched - started,
                     validate_ms,
                 };
-                return Ok((loaded, len));
+                return Ok((loaded, slot));
             }
             if problems.is_empty() {
                 problems.push("missing in every region".into());
@@ -666,7 +680,7 @@ impl Store {
         };
         let room_wait_ms = self.budget.room_wait_ms;
         self.shards
-            .get_or_load(&key, size, |_| true, load, clock, room_wait_ms)
+            .get_or_load(&key, slot, |_| true, load, clock, room_wait_ms)
             .await
     }
 }

@@ -9,8 +9,8 @@ use std::cell::RefCell;
 use serde_json::{json, Value};
 use worker::{console_error, console_log, console_warn, js_sys, Date};
 
+use super::heap::{heap_use, wasm_memory_bytes};
 use super::origins::Origins;
-use super::routes::wasm_memory_bytes;
 use crate::metrics::{self, Registry};
 use crate::store::Store;
 
@@ -65,6 +65,7 @@ pub fn render(store: &Store, origins: Option<&Origins>) -> String {
             held.reserved_bytes as f64,
         );
         registry.set(&metrics::WASM_MEMORY_BYTES, &[], wasm_memory_bytes() as f64);
+        registry.set(&metrics::HEAP_LIVE_BYTES, &[], heap_use().live_bytes as f64);
         let reads = store.shard_reads();
         registry.set(&metrics::SHARD_CACHE_HITS, &[], reads.hits as f64);
         registry.set(&metrics::SHARD_CACHE_MISSES, &[], reads.misses as f64);

@@ -7,7 +7,7 @@ use worker::{Context, Env, Response};
 use super::clock::WorkerClock;
 use super::config::{Config, Mode};
 use super::http::{json, Incoming};
-use super::{cache, inference, observe, origins, playground, publish, r2, search};
+use super::{cache, heap, inference, observe, origins, playground, publish, r2, search};
 use crate::api::{ApiError, IndexSummary, Route};
 use crate::auth::Grant;
 use crate::store::{Location, Store};
@@ -123,6 +123,7 @@ async fn index_summary(ctx: &Ctx, name: &str) -> Result<IndexSummary, ApiError> 
 /// has grown to (which never shrinks: its peak is what the isolate costs for its lifetime).
 fn health(ctx: &Ctx) -> serde_json::Value {
     let held = ctx.store.held();
+    let used = heap::heap_use();
     serde_json::json!({
         "status": "ok",
         "serving_mode": if ctx.config.mode == Mode::Local { "local" } else { "durable" },
@@ -130,11 +131,9 @@ fn health(ctx: &Ctx) -> serde_json::Value {
         "cached_bytes": held.shard_bytes,
         "loading_bytes": held.reserved_bytes,
         "cache_budget_bytes": held.budget_bytes,
-        "wasm_memory_bytes": wasm_memory_bytes(),
+        "wasm_memory_bytes": heap::wasm_memory_bytes(),
+        "heap_live_bytes": used.live_bytes,
+        "heap_small_bytes": used.small_bytes,
+        "heap_page_run_bytes": used.page_run_bytes,
     })
-}
-
-/// The size of this isolate's wasm linear memory.
-pub(crate) fn wasm_memory_bytes() -> usize {
-    core::arch::wasm32::memory_size(0) * 65536
 }

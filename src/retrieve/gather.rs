@@ -131,7 +131,8 @@ impl<S: Shards> Gathered<S> {
         }
     }
 
-    /// The exact top-k over the shards that answered; an error only when none did.
+    /// The exact top-k over the shards that answered; an error only when none did (the shards
+    /// and why, as [`failure_reasons`] words them).
     pub fn merge(&self, k: usize) -> Result<Merged<'_, S::Held>, Vec<(usize, String)>> {
         self.merge_without(k, &BTreeMap::new())
     }
@@ -205,4 +206,13 @@ impl<S: Shards> Gathered<S> {
             });
         }
     }
+}
+
+/// Failed shards and why, as one line: `shard 2: …; shard 5: …`.
+pub fn failure_reasons(failed: &[(usize, String)]) -> String {
+    let reasons: Vec<String> = failed
+        .iter()
+        .map(|(i, why)| format!("shard {i}: {why}"))
+        .collect();
+    reasons.join("; ")
 }

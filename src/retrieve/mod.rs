@@ -6,13 +6,13 @@
 //! ([`Gathered::resolve`]).
 //!
 //! Where a shard's answer comes from is a [`Shards`] backend: shards already open in this
-//! process ([`Held`]), shards loaded through the isolate's byte-bounded
+//! process ([`InMemory`]), shards loaded through the isolate's byte-bounded
 //! [`Store`](crate::store::Store) ([`Loaded`]), or shard hosts asked over a transport
 //! ([`Remote`], over [`ShardHosts`]). Time is a [`Clock`], so deadlines, slow shards and
 //! partial answers are tested natively with virtual time.
 
 mod gather;
-mod held;
+mod in_memory;
 mod loaded;
 mod plan;
 mod remote;
@@ -27,8 +27,8 @@ use serde_json::{Map, Value};
 use crate::shard::{DocId, Filter, Hit, Passage, SearchParams};
 use crate::timing::Timing;
 
-pub use gather::{gather, AllFailed, Gathered, Merged, Resolved, Unfinished};
-pub use held::{Held, NoDeadline};
+pub use gather::{failure_reasons, gather, AllFailed, Gathered, Merged, Resolved, Unfinished};
+pub use in_memory::{InMemory, NoDeadline};
 pub use loaded::Loaded;
 pub use plan::{plan, Visit, MAX_IN_FLIGHT};
 pub use remote::{HostAnswer, HostMatch, HostQuery, Remote, ShardHosts};

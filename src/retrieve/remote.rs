@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{
-    gather, passage_of, Answered, Clock, Loaded, Match, Passages, ShardQuery, Shards, Visit,
+    failure_reasons, gather, passage_of, Answered, Clock, Loaded, Match, Passages, ShardQuery,
+    Shards, Visit,
 };
 use crate::shard::{Filter, Hit, ShardHit};
 use crate::store::Source;
@@ -118,13 +119,9 @@ impl HostQuery {
         };
         let gathered = gather(shards, &shards.clock, vec![visit], &query, f64::INFINITY).await;
         let timing = gathered.timing;
-        let merged = gathered.merge(self.k).map_err(|failed| {
-            failed
-                .into_iter()
-                .map(|(_, why)| why)
-                .collect::<Vec<_>>()
-                .join("; ")
-        })?;
+        let merged = gathered
+            .merge(self.k)
+            .map_err(|failed| failure_reasons(&failed))?;
         let matches = merged
             .top
             .into_iter()

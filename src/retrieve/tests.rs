@@ -74,12 +74,15 @@ fn build(dir: &Path, name: &str, shards: usize, seed: u64) -> (Manifest, Vec<Vec
     (manifest, blobs)
 }
 
+/// Objects by (region, key).
+type Objects = HashMap<(String, String), Vec<u8>>;
+
 /// Buckets in memory; each get takes `delay_ms` (per key, else the default) of virtual time and
 /// is counted, with the most ever in flight at once.
 #[derive(Clone)]
 struct Buckets {
     clock: VirtualClock,
-    objects: Rc<RefCell<HashMap<(String, String), Vec<u8>>>>,
+    objects: Rc<RefCell<Objects>>,
     delays: Rc<RefCell<HashMap<String, f64>>>,
     default_delay_ms: f64,
     gets: Rc<Cell<usize>>,
@@ -541,11 +544,11 @@ fn no_more_than_six_subrequests_are_ever_in_flight() {
 fn a_query_over_three_times_the_budget_stays_inside_it_and_exact() {
     let (_dir, manifest, blobs, clock, source) = published(8, 3.0);
     let local = LocalIndex::open(manifest.clone(), &blobs).unwrap();
-    let total: usize = blobs.iter().map(Vec::len).sum();
-    let largest = blobs.iter().map(Vec::len).max().unwrap();
-    let cache_bytes = total / 3;
+    // Every shard is held in a buffer the size of the largest, in whole pages.
+    let slot = crate::pages::page_rounded(blobs.iter().map(Vec::len).max().unwrap());
+    let cache_bytes = blobs.len() * slot / 3;
     assert!(
-        largest * 2 < cache_bytes,
+        slot * 2 < cache_bytes,
         "the test wants several shards per budget"
     );
     let store = Rc::new(Store::new(budget(cache_bytes)));

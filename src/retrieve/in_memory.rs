@@ -10,12 +10,12 @@ use crate::shard::{Shard, ShardHit};
 use crate::timing::Timing;
 
 /// Open shards in manifest order: `shards[i]` is `manifest.shards[i]`.
-pub struct Held<'a> {
+pub struct InMemory<'a> {
     pub manifest: &'a Manifest,
     pub shards: &'a [Shard],
 }
 
-impl Held<'_> {
+impl InMemory<'_> {
     fn shard(&self, i: usize) -> Result<&Shard, String> {
         self.shards
             .get(i)
@@ -23,7 +23,7 @@ impl Held<'_> {
     }
 }
 
-impl Shards for Held<'_> {
+impl Shards for InMemory<'_> {
     type Held = ();
     type Pending = Ready<Result<Answered<()>, String>>;
 
