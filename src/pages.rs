@@ -43,6 +43,8 @@ pub struct PageRuns {
     len: usize,
     /// Pages held by blocks now.
     used_pages: usize,
+    /// Pages memory grew by for runs: what they cost, including pages lost to a full free list.
+    grown_pages: usize,
 }
 
 impl Default for PageRuns {
@@ -57,6 +59,7 @@ impl PageRuns {
             free: [Run { start: 0, pages: 0 }; MAX_FREE_RUNS],
             len: 0,
             used_pages: 0,
+            grown_pages: 0,
         }
     }
 
@@ -65,8 +68,14 @@ impl PageRuns {
         self.used_pages
     }
 
+    /// Pages memory grew by for runs, used or not: what page runs cost.
+    pub fn grown_pages(&self) -> usize {
+        self.grown_pages
+    }
+
     /// Pages free for reuse.
-    pub fn free_pages(&self) -> usize {
+    #[cfg(test)]
+    fn free_pages(&self) -> usize {
         self.free[..self.len].iter().map(|r| r.pages).sum()
     }
 
@@ -102,10 +111,15 @@ impl PageRuns {
                 match last {
                     Some(run) if run.start + run.pages == top => {
                         grow(pages - run.pages)?;
+                        self.grown_pages += pages - run.pages;
                         self.remove(self.len - 1);
                         run.start
                     }
-                    _ => grow(pages)?,
+                    _ => {
+                        let start = grow(pages)?;
+                        self.grown_pages += pages;
+                        start
+                    }
                 }
             }
         };
@@ -230,6 +244,7 @@ mod tests {
         let c = m.take(3);
         assert_eq!(c, b, "grew by one page past the free run");
         assert_eq!(m.top, 10);
+        assert_eq!(m.runs.grown_pages(), 5);
         m.runs.give(a, 2);
         assert_eq!(m.runs.free_pages(), 2);
     }
@@ -250,6 +265,7 @@ mod tests {
             live.push(m.take(7));
         }
         assert_eq!(m.top, 56);
+        assert_eq!(m.runs.grown_pages(), 56);
     }
 
     #[test]

@@ -100,7 +100,7 @@ pub(crate) struct HeapUse {
     pub live_bytes: usize,
     /// Of those, the small blocks (request handling, mostly).
     pub small_bytes: usize,
-    /// Linear memory taken by page runs, in use or freed for reuse: what shard buffers cost.
+    /// Linear memory page runs grew by, in use or freed for reuse: what shard buffers cost.
     pub page_run_bytes: usize,
 }
 
@@ -110,7 +110,7 @@ pub(crate) fn heap_use() -> HeapUse {
     HeapUse {
         live_bytes: HEAP.small_bytes.get() + runs.used_pages() * PAGE,
         small_bytes: HEAP.small_bytes.get(),
-        page_run_bytes: (runs.used_pages() + runs.free_pages()) * PAGE,
+        page_run_bytes: runs.grown_pages() * PAGE,
     }
 }
 

@@ -3,8 +3,8 @@
 //! `Cache-Status`), are counted in the metrics and logged. Everything a request decides is
 //! plain Rust below `edge`; the files here adapt the runtime to it:
 //! `config` (vars, once per isolate), `http` (request plumbing), `routes` (which handler),
-//! `clock` (timers), `heap` (the global allocator, shard buffers in page runs of their own), `r2` (buckets as a blob `Source`), `host` (ShardHost objects),
-//! `origins` (inference subrequests), `access` (keys and the RateLimiter object), `cache` (the
+//! `clock` (timers), `heap` (the global allocator: shard buffers in page runs of their own),
+//! `r2` (buckets as a blob `Source`), `host` (ShardHost objects), `origins` (inference subrequests), `access` (keys and the RateLimiter object), `cache` (the
 //! Cache API), `observe` (metrics and log lines), `search` and `inference` (the handlers).
 mod access;
 mod cache;
