@@ -31,7 +31,11 @@ pub fn access(route: &Route) -> Access {
         Route::Metrics => Access::Operator,
         // And then only on the key's own indexes (`Grant::check_manage`).
         Route::Admin(_) => Access::Admin,
+        // Which index a write grant names is checked where the index is named.
         Route::Indexes
+        | Route::CreateIndex
+        | Route::Upsert(_)
+        | Route::Delete(_)
         | Route::Index(_)
         | Route::Search
         | Route::Embeddings
@@ -56,11 +60,14 @@ pub struct Grant {
     /// `None`: unlimited (and no rate-limiter call).
     pub rate: Option<Rate>,
     pub admin: bool,
+    /// The indexes the key may write to (create, upsert, delete), among those it may read.
+    pub write: Indexes,
 }
 
 /// The same words whether the index is someone else's or does not exist at all.
 const FORBIDDEN_INDEX: &str = "this API key may not read the requested index";
 const FORBIDDEN_MANAGE: &str = "this API key may not manage the requested index";
+const FORBIDDEN_WRITE: &str = "this API key may not write to the requested index";
 
 impl Grant {
     /// A public route's caller: no index, nothing else.
@@ -71,6 +78,7 @@ impl Grant {
             indexes: Indexes::Only(Vec::new()),
             rate: None,
             admin: false,
+            write: Indexes::Only(Vec::new()),
         }
     }
 
@@ -82,14 +90,12 @@ impl Grant {
             indexes: Indexes::All,
             rate: None,
             admin: true,
+            write: Indexes::All,
         }
     }
 
     pub fn may_read(&self, index: &str) -> bool {
-        match &self.indexes {
-            Indexes::All => true,
-            Indexes::Only(names) => names.iter().any(|n| n == index),
-        }
+        reads(&self.indexes, index)
     }
 
     /// Checked before any store lookup, so an unknown index and another tenant's look alike.
@@ -98,6 +104,16 @@ impl Grant {
             Ok(())
         } else {
             Err(ApiError::Forbidden(FORBIDDEN_INDEX.into()))
+        }
+    }
+
+    /// A write to `index` (or its creation): the key's `write` grant names it, or it is an
+    /// admin key that may manage it. Checked before the index is looked up, as reads are.
+    pub fn check_write(&self, index: &str) -> Result<(), ApiError> {
+        if self.may_read(index) && (reads(&self.write, index) || self.admin) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(FORBIDDEN_WRITE.into()))
         }
     }
 
@@ -133,6 +149,13 @@ impl Grant {
     }
 }
 
+fn reads(indexes: &Indexes, name: &str) -> bool {
+    match indexes {
+        Indexes::All => true,
+        Indexes::Only(names) => names.iter().any(|n| n == name),
+    }
+}
+
 /// One `API_KEYS` entry as written.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,6 +167,9 @@ struct KeyEntry {
     rate: Option<Rate>,
     #[serde(default)]
     admin: bool,
+    /// Indexes the key may write to: names among `indexes`, or `["*"]` for all of them.
+    #[serde(default)]
+    write: Vec<String>,
 }
 
 struct Key {
@@ -193,6 +219,21 @@ impl KeyTable {
                 }
                 names => Indexes::Only(names.to_vec()),
             };
+            let write = match entry.write.as_slice() {
+                [all] if all == "*" => Indexes::All,
+                names => {
+                    if let Some(name) = names
+                        .iter()
+                        .find(|n| n.as_str() == "*" || !reads(&indexes, n))
+                    {
+                        return Err(format!(
+                            "{}: {name:?} is not among the key's indexes (\"*\" must stand alone)",
+                            at("write")
+                        ));
+                    }
+                    Indexes::Only(names.to_vec())
+                }
+            };
             if let Some(rate) = &entry.rate {
                 rate.validate()
                     .map_err(|e| format!("{}: {e}", at("rate")))?;
@@ -213,6 +254,7 @@ impl KeyTable {
                 indexes,
                 rate: entry.rate,
                 admin: entry.admin,
+                write,
             };
             keys.push(Key { digest, grant });
         }
@@ -472,6 +514,40 @@ mod tests {
             403
         );
         assert!(grant("acme-secret").check_access(Access::Key).is_ok());
+    }
+
+    #[test]
+    fn write_grants_name_readable_indexes_and_read_keys_may_not_write() {
+        let table = serde_json::json!([
+            {"id": "k-w", "tenant": "acme", "sha256": key_hash("writer"), "indexes": ["docs", "faq"], "write": ["docs"]},
+            {"id": "k-r", "tenant": "acme", "sha256": key_hash("reader"), "indexes": ["docs"]},
+            {"id": "k-all", "tenant": "acme", "sha256": key_hash("all"), "indexes": ["docs", "faq"], "write": ["*"]},
+        ]);
+        let keys = KeyTable::parse(&table.to_string()).unwrap();
+        let grant = |token: &str| {
+            keys.authenticate(Some(&format!("Bearer {token}")))
+                .unwrap()
+                .clone()
+        };
+        assert!(grant("writer").check_write("docs").is_ok());
+        assert_eq!(
+            grant("writer").check_write("faq").unwrap_err().status(),
+            403
+        );
+        assert_eq!(
+            grant("reader").check_write("docs").unwrap_err().status(),
+            403
+        );
+        assert!(grant("all").check_write("faq").is_ok());
+        assert_eq!(grant("all").check_write("other").unwrap_err().status(), 403);
+        let outside = serde_json::json!([
+            {"id": "k", "tenant": "t", "sha256": key_hash("x"), "indexes": ["docs"], "write": ["faq"]}
+        ]);
+        let why = KeyTable::parse(&outside.to_string()).err().unwrap();
+        assert!(
+            why.contains("API_KEYS[0].write") && why.contains("faq"),
+            "{why}"
+        );
     }
 
     #[test]

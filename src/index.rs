@@ -70,6 +70,7 @@ impl LocalIndex {
             vector: query.to_vec(),
             k: params.k,
             filter: params.filter.clone(),
+            exclude: params.exclude.clone(),
         });
         // Every visit of held shards is answered at once, so the engine never waits.
         let gathered = retrieve::gather(
@@ -97,7 +98,7 @@ impl LocalIndex {
         let per_shard = self
             .shards
             .iter()
-            .map(|shard| shard.search_exact(query, params.k, params.filter.as_ref()))
+            .map(|shard| shard.search_exact(query, params))
             .collect::<Result<Vec<_>, ShardError>>()?;
         Ok(merge_top_k(
             per_shard.iter().map(Vec::as_slice).enumerate(),

@@ -9,6 +9,8 @@
 //! - [`pages`]: the free list of whole wasm pages that large blocks (shard buffers) take, apart
 //!   from the general heap (pure bookkeeping; `edge::heap` is the allocator over it).
 //! - [`store`]: region choice, version pinning, and the byte-budgeted single-flight shard cache (pure).
+//! - [`write`]: live writes: the writer's log decisions and wire types, and the isolate's view
+//!   of the writes not yet compacted into shards (exact search, excluded ids) (pure).
 //! - [`retrieve`]: the one retrieval engine — plan, bounded gather within a deadline, exact merge,
 //!   resolve — over shards held in memory, loaded through the store, or asked of shard hosts (pure).
 //! - [`index`]: an index held whole in memory, searched through [`retrieve`] (`shardc`, tests, the wasm probe).
@@ -44,6 +46,7 @@ pub mod shard;
 pub mod store;
 pub mod timing;
 pub mod trace;
+pub mod write;
 
 #[cfg(test)]
 mod testing;

@@ -172,6 +172,32 @@ impl Manifest {
     }
 
     /// The content hash a manifest's `version` must equal: the checksum of its JSON with `version` empty.
+    /// The manifest of an index with no shards yet (created through the API, filled by writes),
+    /// held in `regions`.
+    pub fn empty(
+        name: &str,
+        dims: usize,
+        metric: Metric,
+        quant: Quant,
+        regions: Vec<String>,
+    ) -> Result<Manifest, ManifestError> {
+        let mut manifest = Manifest {
+            format_version: MANIFEST_FORMAT_VERSION,
+            name: name.to_string(),
+            version: String::new(),
+            dims,
+            metric,
+            quant,
+            count: 0,
+            shards: Vec::new(),
+            regions,
+            placement: Some(Placement::Replicate),
+        };
+        manifest.version = manifest.content_version();
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
     pub fn content_version(&self) -> String {
         let unversioned = Manifest {
             version: String::new(),
@@ -196,8 +222,9 @@ impl Manifest {
         if self.dims == 0 {
             return invalid("dims is 0".into());
         }
-        if self.shards.is_empty() {
-            return invalid("no shards".into());
+        // An index created through the API starts with no shards; its writes serve it.
+        if self.shards.is_empty() && self.regions.is_empty() {
+            return invalid("no shards and no regions".into());
         }
         let mut names = std::collections::HashSet::new();
         for shard in &self.shards {

@@ -3,11 +3,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use edgerag::build::{build_index, BuildConfig, BuildError, IndexDir, DEFAULT_DEGREE};
 use edgerag::manifest::{checksum_hex, Manifest, Placement, MANIFEST_FILE};
 use edgerag::shard::format::{encode_blob, Header, ShardData, HEADER_LEN};
-use edgerag::shard::{DocId, Filter, Metric, Quant, SearchParams, Shard, ShardError};
+use edgerag::shard::{DocId, Exclusions, Filter, Metric, Quant, SearchParams, Shard, ShardError};
 use rand::{Rng, SeedableRng};
 
 fn pydocs_dir() -> PathBuf {
@@ -122,6 +123,7 @@ fn recall_at_10(index: &IndexDir, queries: &[Vec<f32>], truth: &[Vec<i32>], ef: 
                     k: 10,
                     ef,
                     filter: None,
+                    exclude: None,
                 },
             )
             .unwrap()
@@ -231,6 +233,7 @@ fn filters_string_ids_and_passages_survive_the_round_trip() {
                 k: 1,
                 ef: 64,
                 filter: None,
+                exclude: None,
             },
         )
         .unwrap();
@@ -249,6 +252,7 @@ fn filters_string_ids_and_passages_survive_the_round_trip() {
             k: 10,
             ef: 128,
             filter: Some(filter.clone()),
+            exclude: None,
         };
         let approximate = index.search(&rows[7], &params).unwrap();
         let exact = index.search_exact(&rows[7], &params).unwrap();
@@ -277,7 +281,8 @@ fn filters_string_ids_and_passages_survive_the_round_trip() {
             &SearchParams {
                 k: 5,
                 ef: 32,
-                filter: Some(nobody)
+                filter: Some(nobody),
+                exclude: None,
             }
         )
         .unwrap()
@@ -291,7 +296,8 @@ fn filters_string_ids_and_passages_survive_the_round_trip() {
             &SearchParams {
                 k: 1,
                 ef: 8,
-                filter: None
+                filter: None,
+                exclude: None,
             }
         ),
         Err(ShardError::DimensionMismatch {
@@ -303,6 +309,82 @@ fn filters_string_ids_and_passages_survive_the_round_trip() {
         shard.passage(10_000),
         Err(ShardError::OrdinalOutOfRange { .. })
     ));
+}
+
+#[test]
+fn excluded_ids_are_never_returned_by_graph_or_exact_search_with_or_without_a_filter() {
+    let work = tempfile::tempdir().unwrap();
+    for string_ids in [false, true] {
+        let dir = work.path().join(format!("ids-{string_ids}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (passages, vectors, rows) = synthetic_corpus(&dir, 600, 16, string_ids);
+        let out = dir.join("index");
+        build_index(&config(&passages, Some(&vectors), 16, Quant::F16, 1, &out)).unwrap();
+        let index = IndexDir::open(&out).unwrap();
+        let id = |row: usize| {
+            if string_ids {
+                DocId::Str(format!("doc-{row}"))
+            } else {
+                DocId::Int(row as i64)
+            }
+        };
+        let search = |row: usize, exclude: Option<Arc<Exclusions>>, filter: Option<Filter>| {
+            let params = SearchParams {
+                k: 10,
+                ef: 64,
+                filter,
+                exclude,
+            };
+            let found = index.search(&rows[row], &params).unwrap();
+            found
+                .iter()
+                .map(|h| index.shards[h.shard].passage(h.ord).unwrap().id)
+                .collect::<Vec<_>>()
+        };
+        let plain = search(40, None, None);
+        assert_eq!(plain[0], id(40));
+        // Exclude the query's own passage and half of its neighbours: the rest still come, in
+        // order, and the excluded never do, through the graph and through the filtered scan.
+        let excluded: Vec<DocId> = plain.iter().step_by(2).cloned().collect();
+        let set = Arc::new(Exclusions::new(1, &excluded));
+        let kept = search(40, Some(set.clone()), None);
+        assert_eq!(kept.len(), 10);
+        let exact = index
+            .search_exact(
+                &rows[40],
+                &SearchParams {
+                    k: 10,
+                    exclude: Some(set.clone()),
+                    ..SearchParams::default()
+                },
+            )
+            .unwrap();
+        assert!(exact
+            .iter()
+            .all(|h| !excluded.contains(&index.shards[h.shard].passage(h.ord).unwrap().id)));
+        assert!(kept.iter().all(|d| !excluded.contains(d)), "{kept:?}");
+        let survivors: Vec<&DocId> = plain.iter().filter(|d| !excluded.contains(d)).collect();
+        assert_eq!(
+            kept.iter().take(survivors.len()).collect::<Vec<_>>(),
+            survivors
+        );
+        let selective: Filter = serde_json::from_str(r#"{"lang": "en", "group": 1}"#).unwrap();
+        let filtered = search(40, Some(set.clone()), Some(selective.clone()));
+        assert!(!filtered.is_empty());
+        assert!(filtered.iter().all(|d| !excluded.contains(d)));
+        assert_eq!(
+            filtered,
+            search(40, None, Some(selective))
+                .into_iter()
+                .filter(|d| !excluded.contains(d))
+                .take(filtered.len())
+                .collect::<Vec<_>>()
+        );
+        // A new set under the same generation would be a caller's bug; a new generation is
+        // resolved afresh.
+        let none = Arc::new(Exclusions::new(2, &[]));
+        assert_eq!(search(40, Some(none), None), plain);
+    }
 }
 
 #[test]
@@ -383,10 +465,18 @@ fn corrupted_blobs_and_manifests_give_clear_errors_never_panics() {
                     k: 5,
                     ef: 16,
                     filter: None,
+                    exclude: None,
                 },
             );
             let lang: Filter = serde_json::from_str(r#"{"lang": "en"}"#).unwrap();
-            let _ = shard.search_exact(&rows[0], 5, Some(&lang));
+            let _ = shard.search_exact(
+                &rows[0],
+                &SearchParams {
+                    k: 5,
+                    filter: Some(lang.clone()),
+                    ..SearchParams::default()
+                },
+            );
             (0..shard.meta().count).for_each(|ord| drop(shard.passage(ord)));
         }
     };
@@ -505,6 +595,7 @@ fn a_corrupt_link_is_an_error_from_the_search_not_a_panic() {
         k: 5,
         ef: 16,
         filter: None,
+        exclude: None,
     };
 
     let mut bad_layer0 = sound.clone();
@@ -526,7 +617,11 @@ fn a_corrupt_link_is_an_error_from_the_search_not_a_panic() {
             other => panic!("expected a link error, got {other:?}"),
         }
         // What does not follow links still works.
-        assert_eq!(shard.search_exact(&rows[3], 5, None).unwrap().len(), 5);
+        let five = SearchParams {
+            k: 5,
+            ..SearchParams::default()
+        };
+        assert_eq!(shard.search_exact(&rows[3], &five).unwrap().len(), 5);
         assert!(shard.passage(count - 1).is_ok());
     }
 }

@@ -27,6 +27,9 @@ pub enum AdminRoute {
     DeleteIndex { index: String },
     /// `POST {index}/gc`: delete all but the newest N versions (and the live one).
     Gc { index: String },
+    /// `GET {index}/export`: every live passage (the base version's, less those written over,
+    /// plus the written ones) as NDJSON, for `shardc compact`.
+    Export { index: String },
 }
 
 pub const ADMIN_PREFIX: &str = "/v1/admin/indexes/";
@@ -47,6 +50,7 @@ impl AdminRoute {
             [_, "versions"] => (AdminRoute::Versions { index: owned(0) }, "GET"),
             [_, "current"] => (AdminRoute::SetCurrent { index: owned(0) }, "PUT"),
             [_, "gc"] => (AdminRoute::Gc { index: owned(0) }, "POST"),
+            [_, "export"] => (AdminRoute::Export { index: owned(0) }, "GET"),
             [_, "versions", _] => {
                 let (index, version) = (owned(0), owned(2));
                 match method {
@@ -89,7 +93,8 @@ impl AdminRoute {
             | AdminRoute::DeleteVersion { index, .. }
             | AdminRoute::SetCurrent { index }
             | AdminRoute::DeleteIndex { index }
-            | AdminRoute::Gc { index } => index,
+            | AdminRoute::Gc { index }
+            | AdminRoute::Export { index } => index,
         }
     }
 
@@ -104,6 +109,7 @@ impl AdminRoute {
             AdminRoute::SetCurrent { .. } => "admin_set_current",
             AdminRoute::DeleteIndex { .. } => "admin_delete_index",
             AdminRoute::Gc { .. } => "admin_gc",
+            AdminRoute::Export { .. } => "admin_export",
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct RagRequest {
     #[serde(default)]
     pub stream: bool,
     pub max_tokens: Option<u32>,
+    /// Retrieve from a view that includes every write up to this seq.
+    pub min_seq: Option<u64>,
 }
 
 pub fn parse_rag(content_type: Option<&str>, body: &[u8]) -> Result<RagRequest, ApiError> {

@@ -4,6 +4,7 @@ pub mod admin;
 mod inference;
 mod problem;
 mod search;
+pub mod write;
 
 use std::future::Future;
 
@@ -29,7 +30,13 @@ pub use search::{
 pub enum Route {
     Health,
     Indexes,
+    /// `POST /v1/indexes`: a new, empty index.
+    CreateIndex,
     Index(String),
+    /// `POST /v1/indexes/{name}/upsert`.
+    Upsert(String),
+    /// `POST /v1/indexes/{name}/delete`.
+    Delete(String),
     Search,
     Embeddings,
     Rag,
@@ -60,6 +67,7 @@ impl Route {
         let path = path.trim_end_matches('/');
         let (route, allowed) = match path {
             "/healthz" => (Route::Health, "GET"),
+            "/v1/indexes" if method == "POST" => (Route::CreateIndex, "POST"),
             "/v1/indexes" => (Route::Indexes, "GET"),
             "/v1/search" => (Route::Search, "POST"),
             "/v1/embeddings" => (Route::Embeddings, "POST"),
@@ -73,6 +81,19 @@ impl Route {
             _ => match path.strip_prefix("/v1/indexes/") {
                 Some(name) if !name.is_empty() && !name.contains('/') => {
                     (Route::Index(name.to_string()), "GET")
+                }
+                Some(rest) if rest.ends_with("/upsert") || rest.ends_with("/delete") => {
+                    let (name, action) = rest.rsplit_once('/').unwrap_or_default();
+                    if name.is_empty() || name.contains('/') {
+                        return Err(ApiError::NotFound(path.to_string()));
+                    }
+                    let name = name.to_string();
+                    let route = if action == "upsert" {
+                        Route::Upsert(name)
+                    } else {
+                        Route::Delete(name)
+                    };
+                    (route, "POST")
                 }
                 _ => match playground::asset(path) {
                     Some(asset) => (Route::Playground(asset), "GET"),
@@ -96,7 +117,10 @@ impl Route {
         match self {
             Route::Health => "health",
             Route::Indexes => "indexes",
+            Route::CreateIndex => "create_index",
             Route::Index(_) => "index",
+            Route::Upsert(_) => "upsert",
+            Route::Delete(_) => "delete",
             Route::Search => "search",
             Route::Embeddings => "embeddings",
             Route::Rag => "rag",

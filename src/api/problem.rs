@@ -52,6 +52,19 @@ pub enum ApiError {
     UnknownModel(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A read asked for writes up to `min_seq` that the index's view does not hold within the wait.
+    #[error(
+        "the index has writes up to seq {seq}, not yet {min_seq}; retry after {retry_after_s} s"
+    )]
+    NotYetVisible {
+        min_seq: u64,
+        seq: u64,
+        retry_after_s: u64,
+    },
+    /// The index's writer cannot take the write now (it is unreachable, or the uncompacted
+    /// writes are at their limit).
+    #[error("{0}")]
+    WritesUnavailable(String),
     #[error("{0}")]
     OriginsUnavailable(String),
     #[error("{0}")]
@@ -87,7 +100,10 @@ impl ApiError {
             ApiError::Invalid(_) => 422,
             ApiError::Misconfigured(_) => 500,
             ApiError::BadGateway(_) => 502,
-            ApiError::Unavailable(_) | ApiError::OriginsUnavailable(_) => 503,
+            ApiError::Unavailable(_)
+            | ApiError::NotYetVisible { .. }
+            | ApiError::WritesUnavailable(_)
+            | ApiError::OriginsUnavailable(_) => 503,
         }
     }
 
@@ -111,6 +127,8 @@ impl ApiError {
             ApiError::UnknownIndex(_) => ("unknown-index", "Unknown index"),
             ApiError::UnknownModel(_) => ("unknown-model", "Unknown model"),
             ApiError::Unavailable(_) => ("shard-unavailable", "Shard unavailable"),
+            ApiError::NotYetVisible { .. } => ("write-not-visible", "Write not yet visible"),
+            ApiError::WritesUnavailable(_) => ("writes-unavailable", "Writes unavailable"),
             ApiError::OriginsUnavailable(_) => {
                 ("origins-unavailable", "Inference origins unavailable")
             }
@@ -123,7 +141,8 @@ impl ApiError {
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         match self {
             ApiError::Unauthorized => vec![("www-authenticate", "Bearer".into())],
-            ApiError::RateLimited { retry_after_s } => {
+            ApiError::RateLimited { retry_after_s }
+            | ApiError::NotYetVisible { retry_after_s, .. } => {
                 vec![("retry-after", retry_after_s.to_string())]
             }
             _ => Vec::new(),

@@ -36,6 +36,8 @@ pub struct SearchRequest {
     pub probe: Option<usize>,
     /// Metadata equality: every key must equal the given JSON value.
     pub filter: Option<Map<String, Value>>,
+    /// The answer must include every write up to this seq (a write's acknowledgement).
+    pub min_seq: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -49,6 +51,7 @@ struct SearchBody {
     ef: Option<usize>,
     probe: Option<usize>,
     filter: Option<Map<String, Value>>,
+    min_seq: Option<u64>,
 }
 
 /// Checks the media type and size, then parses and validates the body.
@@ -86,6 +89,7 @@ pub fn parse_search(content_type: Option<&str>, body: &[u8]) -> Result<SearchReq
         ef: body.ef,
         probe: body.probe,
         filter: body.filter,
+        min_seq: body.min_seq,
     })
 }
 
@@ -130,6 +134,7 @@ impl SearchRequest {
             ef: None,
             probe: None,
             filter: None,
+            min_seq: None,
         }
     }
 
@@ -157,6 +162,10 @@ pub struct SearchResponse {
     pub version: String,
     pub partial: bool,
     pub failed_shards: Vec<String>,
+    /// Every write up to this seq is in the answer.
+    pub seq: u64,
+    /// Writes in the answer's view that are not yet compacted into shards.
+    pub pending_writes: u64,
 }
 
 /// `GET /v1/indexes/{name}`: the live version's shape.
@@ -170,6 +179,8 @@ pub struct IndexSummary {
     pub vectors: u64,
     pub bytes: u64,
     pub regions: Vec<String>,
+    /// The index's live writes.
+    pub writes: crate::write::WriteState,
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use edgerag::build::{build_index, BuildConfig, IndexDir};
+use edgerag::build::{build_index, compact, BuildConfig, IndexDir};
 use edgerag::manifest::{Manifest, MANIFEST_FILE};
 use edgerag::publish::client::{self, AdminClient};
 use edgerag::shard::format::{self, ShardData};
@@ -67,6 +67,21 @@ enum Command {
         /// The worker's base URL, e.g. http://127.0.0.1:8787.
         #[arg(long)]
         url: String,
+    },
+    /// Fold an index's live writes into its shards: export every live passage from the worker
+    /// (admin key in $EDGERAG_ADMIN_KEY), rebuild, publish the new version and let the index's
+    /// write log drop the writes it now holds. Writes made meanwhile stay in the log, on top.
+    Compact {
+        index: String,
+        /// The worker's base URL, e.g. http://127.0.0.1:8787.
+        #[arg(long)]
+        url: String,
+        /// Where the export and the build go (default: a temporary directory, removed after).
+        #[arg(long)]
+        work: Option<PathBuf>,
+        /// Shards of the new version (default: as many as before, more once it outgrows them).
+        #[arg(long)]
+        shards: Option<usize>,
     },
     /// List, roll back, delete and garbage-collect an index's published versions.
     Index {
@@ -178,6 +193,12 @@ fn main() -> ExitCode {
             json,
         } => run_bench_load(&index, &queries, repeat, json),
         Command::Publish { dir, url } => run_publish(&dir, &url),
+        Command::Compact {
+            index,
+            url,
+            work,
+            shards,
+        } => run_compact(&index, &url, work.as_deref(), shards),
         Command::Index { url, action } => run_index(&url, action),
     };
     match result {
@@ -207,7 +228,7 @@ fn run_build(config: &BuildConfig) -> CliResult {
 fn run_publish(dir: &Path, url: &str) -> CliResult {
     let admin = AdminClient::from_env(url)?;
     let started = Instant::now();
-    let published = client::publish(&admin, dir, std::io::stderr().is_terminal())?;
+    let published = client::publish(&admin, dir, std::io::stderr().is_terminal(), None)?;
     eprintln!(
         "published {}@{} ({}): {} blobs uploaded, {} already there, {:.1}s",
         published.index,
@@ -218,6 +239,62 @@ fn run_publish(dir: &Path, url: &str) -> CliResult {
         started.elapsed().as_secs_f64()
     );
     println!("{}", serde_json::to_string(&published)?);
+    Ok(())
+}
+
+fn run_compact(index: &str, url: &str, work: Option<&Path>, shards: Option<usize>) -> CliResult {
+    let admin = AdminClient::from_env(url)?;
+    let started = Instant::now();
+    let progress = std::io::stderr().is_terminal();
+    let temporary = match work {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("shardc-compact-")
+                .tempdir()?,
+        ),
+    };
+    let work = work.unwrap_or_else(|| temporary.as_ref().map_or(Path::new("."), |t| t.path()));
+    let bar = if progress {
+        indicatif::ProgressBar::new_spinner().with_message("exporting passages")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let corpus = compact::corpus_from_export(admin.export(index)?, &work.join("export"), &bar)?;
+    bar.finish_and_clear();
+    let exported = started.elapsed().as_secs_f64();
+    eprintln!(
+        "exported {} passages of {}@{} with every write up to seq {} in {exported:.1}s",
+        corpus.count, corpus.header.index, corpus.header.version, corpus.header.seq
+    );
+    if corpus.count == 0 {
+        return Err(format!("{index} has no live passage to compact into shards").into());
+    }
+    let out = work.join("index");
+    let manifest = build_index(&corpus.build_config(&out, shards, progress))?;
+    let built = started.elapsed().as_secs_f64();
+    let published = client::publish(&admin, &out, progress, Some(corpus.header.seq))?;
+    eprintln!(
+        "compacted {index} into {}@{} ({} passages, {} shards): export {exported:.1}s, build {:.1}s, publish {:.1}s",
+        published.index,
+        published.version,
+        manifest.count,
+        manifest.shards.len(),
+        built - exported,
+        started.elapsed().as_secs_f64() - built
+    );
+    let summary = serde_json::json!({
+        "index": published.index,
+        "version": published.version,
+        "previous": published.previous,
+        "compacted_seq": corpus.header.seq,
+        "passages": manifest.count,
+        "shards": manifest.shards.len(),
+        "export_s": exported,
+        "build_s": built - exported,
+        "publish_s": started.elapsed().as_secs_f64() - built,
+    });
+    println!("{summary}");
     Ok(())
 }
 
@@ -232,7 +309,7 @@ fn run_index(url: &str, action: IndexAction) -> CliResult {
             }
             answer
         }
-        IndexAction::Rollback { name, version } => admin.set_current(&name, &version)?,
+        IndexAction::Rollback { name, version } => admin.set_current(&name, &version, None)?,
         IndexAction::DeleteVersion { name, version } => admin.delete_version(&name, &version)?,
         IndexAction::Delete { name } => admin.delete_index(&name)?,
         IndexAction::Gc { name, keep } => admin.gc(&name, keep)?,
@@ -335,6 +412,7 @@ fn run_query(index: &Path, vector_file: &Path, params: &QueryParams, as_json: bo
         k: params.k,
         ef: params.ef,
         filter,
+        exclude: None,
     };
     let hits = index.search_shards(query, &search, params.probe)?;
     let matches = index.matches(&hits)?;
@@ -401,6 +479,7 @@ fn run_eval(args: &EvalArgs) -> CliResult {
                         k,
                         ef,
                         filter: None,
+                        exclude: None,
                     },
                     args.probe,
                 )?,
@@ -410,6 +489,7 @@ fn run_eval(args: &EvalArgs) -> CliResult {
                         k,
                         ef: k,
                         filter: None,
+                        exclude: None,
                     },
                 )?,
             };
@@ -517,6 +597,7 @@ fn run_bench_load(index_path: &Path, queries: &Path, repeat: usize, as_json: boo
         k: 10,
         ef: 64,
         filter: None,
+        exclude: None,
     };
     let repeat = repeat.max(1);
 

@@ -2,6 +2,7 @@
 //! per-shard HNSW graph (instant-distance) → quantised shard blobs → manifest (written last).
 
 mod assemble;
+pub mod compact;
 pub mod corpus;
 pub mod error;
 mod graph;

@@ -1,18 +1,29 @@
 //! Configuration from vars, read once per isolate: serving mode, regions, deadlines, limits,
-//! and the isolate's shard store (whose budget is `CACHE_BYTES`).
+//! the isolate's shard store (whose budget is `CACHE_BYTES`) and its views of live writes
+//! (`WRITES_CACHE_BYTES`).
 use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 
 use worker::Env;
 
+use crate::api::write::WRITE_BATCH_DEFAULT;
 use crate::api::ApiError;
 use crate::rag::DEFAULT_SYSTEM;
 use crate::store::{Budget, RegionMap, Store};
+use crate::write::Views;
 
 /// Default shard budget per isolate (`CACHE_BYTES` overrides): open shards, shards in use and
-/// loads in flight together. Leaves headroom in the 128 MB isolate for the wasm heap's other
-/// users, the JS side of the transfer in flight and the request itself.
-const CACHE_BYTES_DEFAULT: usize = 96 << 20;
+/// loads in flight together. With the live writes' views (`WRITES_CACHE_BYTES`) it leaves
+/// headroom in the 128 MB isolate for the wasm heap's other users, the JS side of the transfer
+/// in flight and the request itself.
+const CACHE_BYTES_DEFAULT: usize = 80 << 20;
+/// Default bound on the isolate's views of live writes not yet compacted (`WRITES_CACHE_BYTES`).
+const WRITES_CACHE_BYTES_DEFAULT: usize = 16 << 20;
+/// Default bound on an index's uncompacted writes (`WRITE_BACKLOG_MAX`): 10,000 passages of
+/// 384 dimensions take about 8 MB of f16 vectors in each isolate, plus their texts.
+const WRITE_BACKLOG_MAX_DEFAULT: u64 = 10_000;
+/// Default wait for a read's `min_seq` (`MIN_SEQ_WAIT_MS`).
+const MIN_SEQ_WAIT_MS_DEFAULT: u64 = 2000;
 const DEADLINE_MS_DEFAULT: u64 = 5000;
 const CURRENT_TTL_MS_DEFAULT: f64 = 1000.0;
 /// The model the embeddings pool serves for text queries; the shipped indexes use its vectors.
@@ -32,6 +43,8 @@ thread_local! {
     // One store per isolate: shards fetched by one request serve the following ones.
     static STORE: OnceCell<Rc<Store>> = const { OnceCell::new() };
     static CONFIG: RefCell<Option<Rc<Config>>> = const { RefCell::new(None) };
+    // One set of live-write views per isolate, like the store.
+    static VIEWS: OnceCell<Rc<Views>> = const { OnceCell::new() };
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -52,6 +65,14 @@ pub(crate) struct Config {
     pub context_tokens: usize,
     pub result_cache_ttl_s: u32,
     pub body_timeout_ms: u64,
+    /// `WRITE_BATCH_MAX`: vectors or ids per write request.
+    pub write_batch_max: usize,
+    /// `WRITE_BACKLOG_MAX`: uncompacted writes an index may hold.
+    pub write_backlog_max: u64,
+    /// `MIN_SEQ_WAIT_MS`: how long a read waits for its `min_seq`.
+    pub min_seq_wait_ms: u64,
+    /// `CURRENT_TTL_MS`: how long a view of an index (its current version, its writes) is trusted.
+    pub current_ttl_ms: f64,
 }
 
 pub(crate) fn var(env: &Env, name: &str) -> Option<String> {
@@ -108,6 +129,10 @@ impl Config {
             context_tokens: parsed(env, "RAG_CONTEXT_TOKENS", RAG_CONTEXT_TOKENS_DEFAULT)?,
             result_cache_ttl_s: parsed(env, "RESULT_CACHE_TTL_S", RESULT_CACHE_TTL_S_DEFAULT)?,
             body_timeout_ms: parsed(env, "BODY_TIMEOUT_MS", BODY_TIMEOUT_MS_DEFAULT)?,
+            write_batch_max: parsed(env, "WRITE_BATCH_MAX", WRITE_BATCH_DEFAULT)?,
+            write_backlog_max: parsed(env, "WRITE_BACKLOG_MAX", WRITE_BACKLOG_MAX_DEFAULT)?,
+            min_seq_wait_ms: parsed(env, "MIN_SEQ_WAIT_MS", MIN_SEQ_WAIT_MS_DEFAULT)?,
+            current_ttl_ms: parsed(env, "CURRENT_TTL_MS", CURRENT_TTL_MS_DEFAULT)?,
         })
     }
 
@@ -141,4 +166,13 @@ pub(crate) fn store(env: &Env) -> Result<Rc<Store>, ApiError> {
         room_wait_ms: parsed(env, "FANOUT_DEADLINE_MS", DEADLINE_MS_DEFAULT)? as f64,
     };
     Ok(STORE.with(|cell| cell.get_or_init(|| Rc::new(Store::new(budget))).clone()))
+}
+
+/// This isolate's views of live writes; `WRITES_CACHE_BYTES` is read when they are made.
+pub(crate) fn views(env: &Env) -> Result<Rc<Views>, ApiError> {
+    if let Some(views) = VIEWS.with(|cell| cell.get().cloned()) {
+        return Ok(views);
+    }
+    let capacity = parsed(env, "WRITES_CACHE_BYTES", WRITES_CACHE_BYTES_DEFAULT)?;
+    Ok(VIEWS.with(|cell| cell.get_or_init(|| Rc::new(Views::new(capacity))).clone()))
 }

@@ -36,7 +36,10 @@ pub async fn rag(req: &Incoming, ctx: &mut Ctx) -> Result<Response, ApiError> {
     ctx.origins()?.check_model(Kind::Chat, &request.model)?;
     let found = search::run(
         ctx,
-        &SearchRequest::text(&request.index, &request.query, request.k),
+        &SearchRequest {
+            min_seq: request.min_seq,
+            ..SearchRequest::text(&request.index, &request.query, request.k)
+        },
     )
     .await?;
     let completion = ChatCompletionRequest {

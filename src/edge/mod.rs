@@ -4,8 +4,10 @@
 //! plain Rust below `edge`; the files here adapt the runtime to it:
 //! `config` (vars, once per isolate), `http` (request plumbing), `routes` (which handler),
 //! `clock` (timers), `heap` (the global allocator: shard buffers in page runs of their own),
-//! `r2` (buckets as a blob `Source`), `host` (ShardHost objects), `origins` (inference subrequests), `access` (keys and the RateLimiter object), `cache` (the
-//! Cache API), `observe` (metrics and log lines), `search` and `inference` (the handlers).
+//! `r2` (buckets as a blob `Source`), `host` (ShardHost objects), `writer` (the IndexWriter
+//! object holding an index's write log), `origins` (inference subrequests), `access` (keys and
+//! the RateLimiter object), `cache` (the Cache API), `observe` (metrics and log lines),
+//! `search`, `writes`, `publish` and `inference` (the handlers).
 mod access;
 mod cache;
 mod clock;
@@ -21,6 +23,8 @@ mod publish;
 mod r2;
 mod routes;
 mod search;
+mod writer;
+mod writes;
 
 use std::rc::Rc;
 
@@ -128,6 +132,14 @@ async fn handle(
     let config = Config::for_isolate(&env)?;
     let request = Rc::new(context);
     let grant = access::admit(&req, &env, &config, &route).await?;
+    let min_seq = match req.header("x-min-seq") {
+        None => None,
+        Some(text) => Some(text.trim().parse::<u64>().map_err(|_| {
+            ApiError::Invalid(format!(
+                "the x-min-seq header must be a seq (an integer), got {text:?}"
+            ))
+        })?),
+    };
     let mut ctx = Ctx {
         source: r2::R2::new(env.clone(), config.mentioned_regions()),
         store: store(&env)?,
@@ -148,6 +160,7 @@ async fn handle(
         cache_status: Vec::new(),
         index: None,
         grant,
+        min_seq,
     };
     let response = route_to(route, &req, &mut ctx).await;
     // After the handler, whether it failed or not: an error's log line and headers need these too.

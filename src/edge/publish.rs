@@ -12,6 +12,7 @@ use worker::js_sys::{self, Uint8Array};
 use worker::wasm_bindgen::JsCast;
 use worker::{console_log, Bucket, Data, Env, Response};
 
+use super::writer::{Rebase, Writers};
 use super::{parsed, race, read_body, Ctx, Incoming};
 use crate::api::admin::AdminRoute;
 use crate::api::{parse_json, ApiError};
@@ -36,6 +37,10 @@ pub async fn handle(
     ctx: &mut Ctx,
 ) -> Result<Response, ApiError> {
     ctx.index = Some(route.index().to_string());
+    if let AdminRoute::Export { index } = &route {
+        ctx.grant.check_manage(index)?;
+        return super::writes::export(index, ctx).await;
+    }
     let outcome = match ctx.grant.check_manage(route.index()) {
         Ok(()) => act(&route, req, ctx).await,
         Err(e) => Err(e),
@@ -97,7 +102,18 @@ async fn act(route: &AdminRoute, req: &Incoming, ctx: &Ctx) -> Result<Value, Api
         AdminRoute::SetCurrent { index } => {
             let (content_type, body) = read_body(req, ctx, SMALL_BODY_LIMIT).await?;
             let wanted: SetCurrent = parse_json(content_type.as_deref(), &body, SMALL_BODY_LIMIT)?;
-            buckets.set_current(index, &wanted.version).await?
+            let mut flipped = buckets.set_current(index, &wanted.version).await?;
+            // The index's live writes apply on top of the new version from now on (and a
+            // compaction's writes, which that version holds, leave the log).
+            let writes = Writers::new(&ctx.env)?
+                .of(index)
+                .rebase(&Rebase {
+                    version: wanted.version.clone(),
+                    compacted_seq: wanted.compacted_seq,
+                })
+                .await?;
+            flipped["writes"] = serde_json::to_value(writes).unwrap_or_default();
+            flipped
         }
         AdminRoute::DeleteVersion { index, version } => {
             let current = buckets.currents(index).await?;
@@ -111,11 +127,16 @@ async fn act(route: &AdminRoute, req: &Incoming, ctx: &Ctx) -> Result<Value, Api
             json!({ "index": index, "version": version, "deleted_objects": deleted })
         }
         AdminRoute::DeleteIndex { index } => {
+            Writers::new(&ctx.env)?.of(index).drop_log().await?;
             let deleted = buckets.delete_index(index).await?;
             if deleted == 0 {
                 return Err(ApiError::UnknownIndex(index.clone()));
             }
             json!({ "index": index, "deleted_objects": deleted })
+        }
+        // Streamed by `handle` before it gets here.
+        AdminRoute::Export { index } => {
+            return Err(ApiError::NotFound(format!("{index}/export")));
         }
         AdminRoute::Gc { index } => {
             let (content_type, body) = read_body(req, ctx, SMALL_BODY_LIMIT).await?;
@@ -322,13 +343,13 @@ fn fixed_length_stream(bytes: u64) -> Result<worker::worker_sys::FixedLengthStre
 }
 
 /// This worker's shard buckets, one per region (`SHARDS_<REGION>` bindings).
-struct Buckets {
+pub(super) struct Buckets {
     env: Env,
     limit: u64,
 }
 
 impl Buckets {
-    fn new(env: &Env, limit: u64) -> Buckets {
+    pub(super) fn new(env: &Env, limit: u64) -> Buckets {
         Buckets {
             env: env.clone(),
             limit,
@@ -340,7 +361,7 @@ impl Buckets {
     }
 
     /// Every region with a bucket binding, whether or not `REGION_MAP` routes requests to it.
-    fn regions(&self) -> Vec<String> {
+    pub(super) fn regions(&self) -> Vec<String> {
         let keys = js_sys::Object::keys(self.env.unchecked_ref::<js_sys::Object>());
         let mut regions: Vec<String> = keys
             .iter()
@@ -472,6 +493,25 @@ impl Buckets {
             objects.extend(self.list(&region, &index_prefix(index)).await?);
         }
         Ok(versions(index, &objects, &self.currents(index).await?))
+    }
+
+    /// Stages a version with no shards (an index created through the API) in its regions and
+    /// makes it current: the publish path of a compiled version, with nothing to upload.
+    pub(super) async fn publish_empty(&self, manifest: &Manifest) -> Result<(), ApiError> {
+        let body = manifest.to_json_pretty().into_bytes();
+        check_stage(
+            manifest,
+            &manifest.name,
+            &manifest.version,
+            &|r: &str| self.get(r).is_some(),
+            self.limit,
+        )?;
+        let key = blob_key(&manifest.name, &manifest.version, MANIFEST_FILE);
+        for region in &manifest.regions {
+            self.put(region, &key, body.clone()).await?;
+        }
+        self.set_current(&manifest.name, &manifest.version).await?;
+        Ok(())
     }
 
     /// Points `current` at `version` in every region, once the version is complete in every

@@ -7,7 +7,8 @@ use worker::{Context, Env, Response};
 use super::clock::WorkerClock;
 use super::config::{Config, Mode};
 use super::http::{json, Incoming};
-use super::{cache, heap, inference, observe, origins, playground, publish, r2, search};
+use super::writer::Writers;
+use super::{cache, heap, inference, observe, origins, playground, publish, r2, search, writes};
 use crate::api::{ApiError, IndexSummary, Route};
 use crate::auth::Grant;
 use crate::store::{Location, Store};
@@ -33,6 +34,8 @@ pub(crate) struct Ctx {
     pub index: Option<String>,
     /// What the caller's API key allows.
     pub grant: Grant,
+    /// The `x-min-seq` header: reads must include every write up to this seq.
+    pub min_seq: Option<u64>,
     pub origins: Option<Rc<origins::Origins>>,
 }
 
@@ -58,6 +61,20 @@ impl Ctx {
             .await?)
     }
 
+    /// A named version of an index the caller may read (the one its live writes apply on top of).
+    pub async fn pin_version(
+        &self,
+        index: &str,
+        version: &str,
+    ) -> Result<crate::store::Pinned, ApiError> {
+        self.grant.check_index(index)?;
+        let home = self.home(&[]);
+        Ok(self
+            .store
+            .pin_version(&self.source, &WorkerClock, index, version, &home)
+            .await?)
+    }
+
     /// The region serving this request, among `available` (a manifest's regions).
     pub fn home(&self, available: &[String]) -> String {
         self.config
@@ -78,10 +95,13 @@ pub(crate) async fn route_to(
             let names = ctx.store.indexes(&ctx.source, &home).await?;
             json(&serde_json::json!({ "indexes": ctx.grant.visible(names) }))
         }
+        Route::CreateIndex => json(&writes::create(req, ctx).await?),
         Route::Index(name) => {
             ctx.index = Some(name.clone());
             json(&index_summary(ctx, &name).await?)
         }
+        Route::Upsert(name) => json(&writes::upsert(&name, req, ctx).await?),
+        Route::Delete(name) => json(&writes::delete(&name, req, ctx).await?),
         Route::Search => json(&search::handle(req, ctx).await?),
         Route::Embeddings => inference::embeddings(req, ctx).await,
         Route::Rag => inference::rag(req, ctx).await,
@@ -116,6 +136,7 @@ async fn index_summary(ctx: &Ctx, name: &str) -> Result<IndexSummary, ApiError> 
         vectors: m.count,
         bytes: m.shards.iter().map(|s| s.bytes).sum(),
         regions: m.regions.clone(),
+        writes: Writers::new(&ctx.env)?.of(name).state().await?,
     })
 }
 
@@ -135,5 +156,7 @@ fn health(ctx: &Ctx) -> serde_json::Value {
         "heap_live_bytes": used.live_bytes,
         "heap_small_bytes": used.small_bytes,
         "heap_page_run_bytes": used.page_run_bytes,
+        "writes_bytes": super::config::views(&ctx.env).map_or(0, |v| v.bytes()),
+        "writes_budget_bytes": super::config::views(&ctx.env).map_or(0, |v| v.capacity()),
     })
 }

@@ -1,21 +1,25 @@
-//! `POST /v1/search`: parse, pin one version, answer from the response cache (`cache`) or embed
-//! a text query (its embedding cached too) and run the retrieval engine (`crate::retrieve`)
-//! over the shards this isolate loads or over their ShardHost objects. `run` is also the
-//! retrieval step of `/v1/rag` and `/v1/chat/completions`.
+//! `POST /v1/search`: parse, pin one version and one view of its live writes (`writes`), answer
+//! from the response cache (`cache`) or embed a text query (its embedding cached too) and run
+//! the retrieval engine (`crate::retrieve`) over the shards this isolate loads or over their
+//! ShardHost objects, then merge in the written passages. `run` is also the retrieval step of
+//! `/v1/rag` and `/v1/chat/completions`.
 use std::rc::Rc;
 
 use futures::StreamExt;
 
 use super::cache::{Outcome, Which};
 use super::clock::WorkerClock;
-use super::{host, now_ms, observe, read_body, Ctx, Incoming, Mode};
+use super::{host, now_ms, observe, read_body, writes, Ctx, Incoming, Mode};
 use crate::api::{parse_search, ApiError, Query, SearchRequest, SearchResponse, BODY_LIMIT};
 use crate::cache_key::{embedding_key, normalise_text, search_key};
 use crate::metrics::{EMBEDDING_DURATION, SEARCH_DURATION};
 use crate::rag::{EmbeddingInput, EmbeddingsRequest, EmbeddingsResponse};
-use crate::retrieve::{self, Gathered, Loaded, Remote, Resolved, ShardQuery, Shards};
+use crate::retrieve::{
+    self, with_writes, Gathered, Loaded, Remote, Resolved, ShardQuery, Shards, WRITES_SHARD,
+};
 use crate::shard::{Filter, Metric};
 use crate::store::Pinned;
+use crate::write::Delta;
 
 pub async fn handle(req: &Incoming, ctx: &mut Ctx) -> Result<SearchResponse, ApiError> {
     let (content_type, body) = read_body(req, ctx, BODY_LIMIT).await?;
@@ -28,17 +32,32 @@ pub async fn handle(req: &Incoming, ctx: &mut Ctx) -> Result<SearchResponse, Api
 /// are not cached: the next request should get the whole one.
 pub async fn run(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchResponse, ApiError> {
     ctx.index = Some(request.index.clone());
-    let pinned = Rc::new(ctx.pin(&request.index).await?);
+    let current = ctx.pin(&request.index).await?;
+    let min_seq = request.min_seq.max(ctx.min_seq);
+    let writes = writes::view(ctx, &current.manifest, min_seq).await?;
+    // Writes apply on top of the version their writer names (a compaction's, or the last one
+    // published), which `current` may not show yet within its TTL.
+    let pinned = match writes.as_ref().and_then(|w| w.base_version.clone()) {
+        Some(base) if base != current.version => {
+            Rc::new(ctx.pin_version(&request.index, &base).await?)
+        }
+        _ => Rc::new(current),
+    };
     // A bad vector is refused before the cache is consulted (a text query's, once it is embedded).
     if let Query::Vector(vector) = &request.query {
         check_vector(vector, &pinned)?;
     }
-    let key = search_key(request, &pinned.version, &ctx.config.embedding_model);
+    // Answers are cached per version and per view of the writes.
+    let view_name = match &writes {
+        Some(w) => format!("{}+{}", pinned.version, w.seq),
+        None => format!("{}+unseen", pinned.version),
+    };
+    let key = search_key(request, &view_name, &ctx.config.embedding_model);
     if let Some(cached) = ctx.cache.get::<SearchResponse>(Which::Search, &key).await {
         ctx.cache_status.push(Outcome::Hit.member(Which::Search));
         return Ok(cached);
     }
-    let found = search(ctx, request, pinned).await?;
+    let found = search(ctx, request, pinned, writes).await?;
     let outcome = if found.partial {
         ctx.cache.skip("partial")
     } else {
@@ -56,6 +75,7 @@ async fn search(
     ctx: &mut Ctx,
     request: &SearchRequest,
     pinned: Rc<Pinned>,
+    writes: Option<Rc<Delta>>,
 ) -> Result<SearchResponse, ApiError> {
     let vector = match &request.query {
         // Checked by `run` before the cache lookup.
@@ -72,6 +92,7 @@ async fn search(
         vector,
         k: request.k,
         filter: request.filter.clone().map(|equals| Filter { equals }),
+        exclude: writes.as_ref().and_then(|w| w.exclusions()),
     });
     let visits = retrieve::plan(
         &pinned.manifest,
@@ -109,14 +130,29 @@ async fn search(
             finish(ctx, &gathered, &shards, &pinned, request.k)
         }
     }?;
+    let mut failed_shards: Vec<String> =
+        resolved.failed.into_iter().map(|(name, _)| name).collect();
+    let merging = now_ms();
+    let written = match &writes {
+        Some(w) => w
+            .search(&query.vector, request.k, query.filter.as_ref())
+            .map_err(ApiError::Invalid)?,
+        None => {
+            failed_shards.push(WRITES_SHARD.to_string());
+            Vec::new()
+        }
+    };
+    let matches = with_writes(resolved.found, written, pinned.manifest.metric, request.k);
+    ctx.timing.merge += now_ms() - merging;
     observe::record(|m| m.observe(&SEARCH_DURATION, &[], observe::seconds(now_ms() - started)));
-    let failed_shards: Vec<String> = resolved.failed.into_iter().map(|(name, _)| name).collect();
     Ok(SearchResponse {
-        matches: resolved.found.into_iter().map(|(_, m)| m).collect(),
+        matches,
         index: pinned.index.clone(),
         version: pinned.version.clone(),
         partial: !failed_shards.is_empty(),
         failed_shards,
+        seq: writes.as_ref().map_or(0, |w| w.seq),
+        pending_writes: writes.as_ref().map_or(0, |w| w.pending_writes() as u64),
     })
 }
 

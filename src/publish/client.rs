@@ -170,6 +170,39 @@ impl AdminClient {
         )
     }
 
+    /// `GET .../export`: the index's live passages as NDJSON, read as it arrives.
+    pub fn export(&self, index: &str) -> Result<Box<dyn std::io::BufRead>, ClientError> {
+        let path = Self::path(index, &["export"]);
+        let transport = |e: ureq::Error| ClientError::Transport {
+            method: "GET",
+            path: path.clone(),
+            error: e.to_string(),
+        };
+        let response = self
+            .agent
+            .get(&format!("{}{path}", self.base))
+            .header("authorization", &format!("Bearer {}", self.key))
+            .call()
+            .map_err(transport)?;
+        let status = response.status().as_u16();
+        if status >= 300 {
+            let text = response.into_body().read_to_string().unwrap_or_default();
+            let detail = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("detail").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or(text);
+            return Err(ClientError::Refused {
+                method: "GET",
+                path,
+                status,
+                detail,
+            });
+        }
+        Ok(Box::new(std::io::BufReader::new(
+            response.into_body().into_reader(),
+        )))
+    }
+
     fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
         serde_json::to_vec(value).unwrap_or_default()
     }
@@ -203,8 +236,16 @@ impl AdminClient {
         )
     }
 
-    pub fn set_current(&self, index: &str, version: &str) -> Result<Value, ClientError> {
+    /// Makes `version` live; `compacted_seq`: the version holds every write up to that seq (a
+    /// compaction's), which the index's write log may then drop.
+    pub fn set_current(
+        &self,
+        index: &str,
+        version: &str,
+        compacted_seq: Option<u64>,
+    ) -> Result<Value, ClientError> {
         let body = Self::to_json(&SetCurrent {
+            compacted_seq,
             version: version.to_string(),
         });
         self.send_json("PUT", &Self::path(index, &["current"]), &body)
@@ -246,7 +287,12 @@ pub struct Published {
 /// no bucket for, or a blob over its upload limit, before anything is uploaded), uploads every
 /// blob not yet verified everywhere its placement names, then flips `current`. Any failure leaves
 /// `current` where it was and names what is missing; running again resumes.
-pub fn publish(client: &AdminClient, dir: &Path, progress: bool) -> Result<Published, ClientError> {
+pub fn publish(
+    client: &AdminClient,
+    dir: &Path,
+    progress: bool,
+    compacted_seq: Option<u64>,
+) -> Result<Published, ClientError> {
     let manifest_path = dir.join(MANIFEST_FILE);
     let json = std::fs::read(&manifest_path)
         .map_err(|e| ClientError::Local(format!("{}: {e}", manifest_path.display())))?;
@@ -338,7 +384,7 @@ pub fn publish(client: &AdminClient, dir: &Path, progress: bool) -> Result<Publi
                 .unwrap_or_default()
         )));
     }
-    let flipped = client.set_current(&manifest.name, &manifest.version)?;
+    let flipped = client.set_current(&manifest.name, &manifest.version, compacted_seq)?;
     Ok(Published {
         index: manifest.name.clone(),
         version: manifest.version.clone(),

@@ -503,6 +503,10 @@ pub fn gc_victims(versions: &[VersionInfo], current: &[String], keep: usize) -> 
 #[serde(deny_unknown_fields)]
 pub struct SetCurrent {
     pub version: String,
+    /// Set by a compaction: the version holds every write up to this seq, so the index's write
+    /// log may drop them.
+    #[serde(default)]
+    pub compacted_seq: Option<u64>,
 }
 
 /// The body of `POST /v1/admin/indexes/{index}/gc`.

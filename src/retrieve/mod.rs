@@ -20,11 +20,12 @@ mod remote;
 mod tests;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::shard::{DocId, Filter, Hit, Passage, SearchParams};
+use crate::shard::{DocId, Exclusions, Filter, Hit, Passage, SearchParams};
 use crate::timing::Timing;
 
 pub use gather::{failure_reasons, gather, AllFailed, Gathered, Merged, Resolved, Unfinished};
@@ -42,13 +43,14 @@ pub trait Clock: Clone + 'static {
     async fn sleep(&self, ms: f64);
 }
 
-/// What every visited shard is asked: the query vector, `k` and the filter. The beam width is
-/// the visit's ([`Visit::ef`]).
+/// What every visited shard is asked: the query vector, `k`, the filter and the ids live writes
+/// replaced or deleted (never returned from a shard). The beam width is the visit's ([`Visit::ef`]).
 #[derive(Debug, Clone)]
 pub struct ShardQuery {
     pub vector: Vec<f32>,
     pub k: usize,
     pub filter: Option<Filter>,
+    pub exclude: Option<Arc<Exclusions>>,
 }
 
 impl ShardQuery {
@@ -57,6 +59,7 @@ impl ShardQuery {
             k: self.k,
             ef,
             filter: self.filter.clone(),
+            exclude: self.exclude.clone(),
         }
     }
 }
@@ -107,6 +110,35 @@ impl Match {
             shard: shard.to_string(),
         }
     }
+}
+
+/// The shard this API names for a passage found among the live writes.
+pub const WRITES_SHARD: &str = "writes";
+
+/// The exact top-k over the compiled shards' merged answer (`found`, which already left out the
+/// written ids) and the written passages' hits: a write is found exactly where it ranks.
+pub fn with_writes(
+    found: Vec<(crate::shard::ShardHit, Match)>,
+    written: Vec<crate::write::delta::WrittenHit>,
+    metric: crate::shard::Metric,
+    k: usize,
+) -> Vec<Match> {
+    let compiled = found.into_iter().map(|(hit, m)| (hit.distance, m));
+    let written = written.into_iter().map(|hit| {
+        let passage = Passage {
+            id: hit.id,
+            text: hit.text,
+            metadata: hit.metadata,
+        };
+        (
+            hit.distance,
+            Match::new(passage, metric.score(hit.distance), WRITES_SHARD),
+        )
+    });
+    let mut all: Vec<(f32, Match)> = compiled.chain(written).collect();
+    // Stable: equal distances keep the shards' order, then the writes'.
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    all.into_iter().take(k).map(|(_, m)| m).collect()
 }
 
 /// A shard's hits with their passages read at once, so that the shard itself can be released

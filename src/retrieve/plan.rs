@@ -90,6 +90,7 @@ mod tests {
             k: 10,
             ef: 64,
             filter: None,
+            exclude: None,
         };
         let visits = |probe, params: &SearchParams| -> Vec<(usize, usize)> {
             plan(&manifest, &query, probe, params)

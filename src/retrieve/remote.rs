@@ -12,7 +12,7 @@ use super::{
     failure_reasons, gather, passage_of, Answered, Clock, Loaded, Match, Passages, ShardQuery,
     Shards, Visit,
 };
-use crate::shard::{Filter, Hit, ShardHit};
+use crate::shard::{DocId, Exclusions, Filter, Hit, ShardHit};
 use crate::store::Source;
 use crate::timing::Timing;
 
@@ -28,6 +28,11 @@ pub struct HostQuery {
     pub k: usize,
     pub ef: usize,
     pub filter: Option<Map<String, Value>>,
+    /// Ids live writes replaced or deleted, and the generation naming that set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<DocId>,
+    #[serde(default)]
+    pub exclude_generation: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,6 +77,8 @@ impl<H: ShardHosts> Shards for Remote<H> {
             k: query.k,
             ef: visit.ef,
             filter: query.filter.as_ref().map(|f| f.equals.clone()),
+            exclude: query.exclude.as_ref().map(|e| e.ids()).unwrap_or_default(),
+            exclude_generation: query.exclude.as_ref().map_or(0, |e| e.generation),
         };
         Box::pin(async move {
             let answer = hosts.ask(question).await?;
@@ -112,6 +119,9 @@ impl HostQuery {
             vector: self.vector,
             k: self.k,
             filter: self.filter.map(|equals| Filter { equals }),
+            exclude: (!self.exclude.is_empty()).then(|| {
+                std::sync::Arc::new(Exclusions::new(self.exclude_generation, &self.exclude))
+            }),
         });
         let visit = Visit {
             shard: self.shard,

@@ -226,6 +226,7 @@ fn query(vector: &[f32], k: usize) -> Rc<ShardQuery> {
         vector: vector.to_vec(),
         k,
         filter: None,
+        exclude: None,
     })
 }
 
@@ -234,6 +235,7 @@ fn params(k: usize) -> crate::shard::SearchParams {
         k,
         ef: 64,
         filter: None,
+        exclude: None,
     }
 }
 
@@ -622,4 +624,40 @@ fn a_shard_larger_than_the_budget_is_refused_naming_it() {
         2,
         "only the pointer and the manifest were read"
     );
+}
+
+#[test]
+fn written_passages_rank_among_the_shards_hits_by_distance() {
+    use crate::shard::{DocId, ShardHit};
+    use crate::write::delta::WrittenHit;
+    let compiled = |shard: usize, distance: f32, id: i64| {
+        let hit = ShardHit {
+            shard,
+            ord: 0,
+            distance,
+        };
+        let passage = Passage {
+            id: DocId::Int(id),
+            text: format!("compiled {id}"),
+            metadata: Map::new(),
+        };
+        (
+            hit,
+            Match::new(passage, Metric::Cosine.score(distance), "s"),
+        )
+    };
+    let written = WrittenHit {
+        distance: 0.2,
+        id: DocId::Str("w".into()),
+        text: "written".into(),
+        metadata: Map::new(),
+    };
+    let found = vec![compiled(0, 0.1, 1), compiled(1, 0.3, 2)];
+    let merged = with_writes(found.clone(), vec![written.clone()], Metric::Cosine, 2);
+    let ids: Vec<Value> = merged.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(ids, vec![Value::from(1), Value::from("w")]);
+    assert_eq!(merged[1].shard, WRITES_SHARD);
+    assert!((merged[1].score - 0.8).abs() < 1e-6);
+    let all = with_writes(found, vec![written], Metric::Cosine, 10);
+    assert_eq!(all.len(), 3, "k bounds the answer, not the parts");
 }

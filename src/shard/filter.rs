@@ -48,6 +48,31 @@ pub(crate) struct PassMask {
 }
 
 impl PassMask {
+    /// The ordinals below `count` for which `passes` holds.
+    pub(crate) fn from_fn(count: usize, mut passes: impl FnMut(usize) -> bool) -> PassMask {
+        let mut words = vec![0u64; count.div_ceil(64)];
+        let mut passing = 0;
+        for ord in 0..count {
+            if passes(ord) {
+                words[ord / 64] |= 1 << (ord % 64);
+                passing += 1;
+            }
+        }
+        PassMask { words, passing }
+    }
+
+    /// The ordinals both masks pass.
+    pub(crate) fn and(&self, other: &PassMask) -> PassMask {
+        let words: Vec<u64> = self
+            .words
+            .iter()
+            .zip(&other.words)
+            .map(|(a, b)| a & b)
+            .collect();
+        let passing = words.iter().map(|w| w.count_ones() as usize).sum();
+        PassMask { words, passing }
+    }
+
     pub(crate) fn allows(&self, ord: u32) -> bool {
         self.words[ord as usize / 64] & (1 << (ord % 64)) != 0
     }
@@ -78,18 +103,11 @@ impl PassMask {
                 }
             }
         }
-        let mut words = vec![0u64; count.div_ceil(64)];
-        let mut passing = 0;
-        for ord in 0..count {
-            if conditions
+        Ok(PassMask::from_fn(count, |ord| {
+            conditions
                 .iter()
                 .all(|(doc_values, value_id)| doc_values[ord] == *value_id)
-            {
-                words[ord / 64] |= 1 << (ord % 64);
-                passing += 1;
-            }
-        }
-        Ok(PassMask { words, passing })
+        }))
     }
 }
 

@@ -5,6 +5,7 @@
 //! `metric` (metric and quantisation names), `error` (the one error type).
 
 mod error;
+mod exclude;
 mod filter;
 pub mod format;
 mod merge;
@@ -12,17 +13,19 @@ mod metric;
 pub mod quant;
 mod search;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rkyv::util::AlignedVec;
 use serde::{Deserialize, Serialize};
 
 pub use error::ShardError;
+pub use exclude::Exclusions;
 pub use filter::{canonical_json, Filter};
 pub use merge::{merge_top_k, ShardHit};
 pub use metric::{Metric, Quant};
 pub use search::Hit;
 
+use exclude::MaskCache;
 use filter::PassMask;
 use format::{
     native_f32, native_u16, native_u32, ArchivedShardData, ArchivedStoredIds,
@@ -30,12 +33,14 @@ use format::{
 };
 use search::{Scratch, SearchIndex, VectorView};
 
-/// What a search asks for: `k` results, beam width `ef` (raised to `k` if smaller), optional filter.
+/// What a search asks for: `k` results, beam width `ef` (raised to `k` if smaller), optional
+/// filter, and ids never to return (passages live writes replaced or deleted).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SearchParams {
     pub k: usize,
     pub ef: usize,
     pub filter: Option<Filter>,
+    pub exclude: Option<Arc<Exclusions>>,
 }
 
 /// Descriptive facts about a shard, read from its archive.
@@ -83,6 +88,8 @@ pub struct Shard {
     meta: ShardMeta,
     /// Reused search memory; a search that finds it busy uses a fresh one instead of waiting.
     scratch: Mutex<Scratch>,
+    /// The ordinals left by the last exclusion set searched with.
+    excluded: Mutex<MaskCache>,
 }
 
 impl Shard {
@@ -127,6 +134,7 @@ impl Shard {
             bytes,
             meta,
             scratch: Mutex::new(Scratch::default()),
+            excluded: Mutex::new(MaskCache::default()),
         })
     }
 
@@ -187,42 +195,66 @@ impl Shard {
         Ok(prepared)
     }
 
-    fn pass_mask(&self, filter: Option<&Filter>) -> Result<Option<PassMask>, ShardError> {
-        filter
+    /// The ordinals a search may return: those passing the filter and not excluded.
+    fn pass_mask(
+        &self,
+        filter: Option<&Filter>,
+        exclude: Option<&Exclusions>,
+    ) -> Result<Option<Arc<PassMask>>, ShardError> {
+        let filtered = filter
             .map(|f| PassMask::resolve(f, &self.data().metadata, self.meta.count as usize))
-            .transpose()
+            .transpose()?;
+        let kept = match exclude.filter(|e| !e.is_empty()) {
+            Some(exclude) => Some(self.kept(exclude)?),
+            None => None,
+        };
+        Ok(match (filtered, kept) {
+            (Some(f), Some(k)) => Some(Arc::new(f.and(&k))),
+            (Some(f), None) => Some(Arc::new(f)),
+            (None, kept) => kept,
+        })
+    }
+
+    /// The ordinals `exclude` leaves, resolved once per exclusion generation.
+    fn kept(&self, exclude: &Exclusions) -> Result<Arc<PassMask>, ShardError> {
+        if let Some(mask) = self
+            .excluded
+            .lock()
+            .ok()
+            .and_then(|c| c.get(exclude.generation))
+        {
+            return Ok(mask);
+        }
+        let mask = Arc::new(exclude.mask(&self.data().ids)?);
+        if let Ok(mut cache) = self.excluded.lock() {
+            cache.put(exclude.generation, mask.clone());
+        }
+        Ok(mask)
     }
 
     /// Approximate nearest passages by the graph, best first. A link to a node that does not
     /// exist (only a corrupt archive has one) is an [`ShardError::Inconsistent`] error.
     pub fn search(&self, query: &[f32], params: &SearchParams) -> Result<Vec<Hit>, ShardError> {
         let query = self.prepare_query(query)?;
-        let mask = self.pass_mask(params.filter.as_ref())?;
+        let mask = self.pass_mask(params.filter.as_ref(), params.exclude.as_deref())?;
+        let mask = mask.as_deref();
         let index = self.index();
         match self.scratch.try_lock() {
-            Ok(mut scratch) => {
-                index.search(&query, params.k, params.ef, mask.as_ref(), &mut scratch)
-            }
-            Err(_) => index.search(
-                &query,
-                params.k,
-                params.ef,
-                mask.as_ref(),
-                &mut Scratch::default(),
-            ),
+            Ok(mut scratch) => index.search(&query, params.k, params.ef, mask, &mut scratch),
+            Err(_) => index.search(&query, params.k, params.ef, mask, &mut Scratch::default()),
         }
     }
 
-    /// Exact nearest passages by scanning every stored (quantised) vector, best first.
+    /// Exact nearest passages by scanning every stored (quantised) vector, best first; `k`, the
+    /// filter and the excluded ids as in `params` (its beam width unused).
     pub fn search_exact(
         &self,
         query: &[f32],
-        k: usize,
-        filter: Option<&Filter>,
+        params: &SearchParams,
     ) -> Result<Vec<Hit>, ShardError> {
         let query = self.prepare_query(query)?;
-        let mask = self.pass_mask(filter)?;
-        Ok(self.index().exact(&query, k, mask.as_ref()))
+        let mask = self.pass_mask(params.filter.as_ref(), params.exclude.as_deref())?;
+        Ok(self.index().exact(&query, params.k, mask.as_deref()))
     }
 
     /// The id of the passage with ordinal `ord` (as found in a [`Hit`]).
@@ -237,6 +269,32 @@ impl Shard {
         Ok(match &self.data().ids {
             ArchivedStoredIds::Int(ids) => DocId::Int(ids[index].to_native()),
             ArchivedStoredIds::Str(ids) => DocId::Str(ids.get(index)?.to_owned()),
+        })
+    }
+
+    /// The stored vector of ordinal `ord`, decoded to f32 (normalised, for cosine): what a
+    /// rebuild of the shard starts from.
+    pub fn vector(&self, ord: u32) -> Result<Vec<f32>, ShardError> {
+        if ord >= self.meta.count {
+            return Err(ShardError::OrdinalOutOfRange {
+                ord,
+                count: self.meta.count,
+            });
+        }
+        let dims = self.meta.dims;
+        let start = ord as usize * dims;
+        Ok(match self.index().vectors {
+            VectorView::F16 { bits } => bits[start..start + dims]
+                .iter()
+                .map(|&b| quant::f16_bits_to_f32(b))
+                .collect(),
+            VectorView::I8 { codes, scales } => {
+                let scale = scales[ord as usize];
+                codes[start..start + dims]
+                    .iter()
+                    .map(|&c| f32::from(c) * scale)
+                    .collect()
+            }
         })
     }
 

@@ -1,0 +1,429 @@
+//! Live-write bindings: the `IndexWriter` Durable Object (one per index, SQLite-backed storage)
+//! that keeps the index's write log, and the entry worker's stub calls to it ([`Writers`]).
+//!
+//! The log is a table of the newest row per id written since the base version, plus one meta
+//! record (`crate::write::LogMeta`). A batch's rows and the new meta are written by statements
+//! with no `await` between them, which the runtime commits as one transaction; the answer (and
+//! so the acknowledged seq) leaves the object only once that transaction is durable (the
+//! object's output gate). The object handles one request at a time between awaits, so seqs
+//! have no gaps and no duplicates.
+use std::cell::Cell;
+
+use serde::{Deserialize, Serialize};
+use worker::*;
+
+use crate::api::ApiError;
+use crate::write::log::IdKind;
+use crate::write::{id_key, Applied, LogMeta, Refused, Since, WriteBatch, WriteState};
+
+pub const BINDING: &str = "INDEX_WRITER";
+
+/// Rows per `since` page (a page always ends at a whole write, so it may hold a batch more).
+const SINCE_PAGE_ROWS: usize = 2000;
+const META_KEY: &str = "log";
+
+/// `POST /rebase`: the compiled version writes now apply on top of, and (after a compaction)
+/// the seq up to which that version holds them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rebase {
+    pub version: String,
+    pub compacted_seq: Option<u64>,
+}
+
+/// The object's answer when it refuses: the status and why.
+#[derive(Serialize, Deserialize)]
+struct Refusal {
+    status: u16,
+    detail: String,
+}
+
+#[durable_object]
+pub struct IndexWriter {
+    state: State,
+    schema_ready: Cell<bool>,
+}
+
+impl DurableObject for IndexWriter {
+    fn new(state: State, _env: Env) -> Self {
+        IndexWriter {
+            state,
+            schema_ready: Cell::new(false),
+        }
+    }
+
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        let path = req.path();
+        let outcome = match (req.method(), path.as_str()) {
+            (Method::Post, "/write") => match req.json::<WriteBatch>().await {
+                Ok(batch) => self.write(batch).and_then(|a| to_value(&a)),
+                Err(e) => Err(refusal(400, format!("write batch: {e}"))),
+            },
+            (Method::Get, "/since") => {
+                let url = req.url()?;
+                let query: std::collections::HashMap<String, String> =
+                    url.query_pairs().into_owned().collect();
+                let after = query.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
+                self.since(after, query.get("base").map(String::as_str))
+                    .and_then(|s| to_value(&s))
+            }
+            (Method::Get, "/state") => self.meta().and_then(|m| to_value(&m.state())),
+            (Method::Post, "/drop") => self.drop_log().and_then(|m| to_value(&m.state())),
+            (Method::Post, "/rebase") => match req.json::<Rebase>().await {
+                Ok(rebase) => self.rebase(rebase).and_then(|s| to_value(&s)),
+                Err(e) => Err(refusal(400, format!("rebase: {e}"))),
+            },
+            _ => Err(refusal(404, format!("no writer route {path}"))),
+        };
+        match outcome {
+            Ok(value) => Response::from_json(&value),
+            Err(refusal) => Ok(Response::from_json(&refusal)?.with_status(refusal.status)),
+        }
+    }
+}
+
+fn refusal(status: u16, detail: String) -> Refusal {
+    Refusal { status, detail }
+}
+
+fn storage_error(e: Error) -> Refusal {
+    refusal(500, format!("the write log's storage: {e}"))
+}
+
+fn to_value<T: Serialize>(value: &T) -> std::result::Result<serde_json::Value, Refusal> {
+    serde_json::to_value(value).map_err(|e| refusal(500, e.to_string()))
+}
+
+#[derive(Deserialize)]
+struct MetaRow {
+    value: String,
+}
+
+#[derive(Deserialize)]
+struct Count {
+    n: u64,
+}
+
+#[derive(Deserialize)]
+struct StoredRow {
+    seq: u64,
+    change: String,
+}
+
+#[derive(Deserialize)]
+struct SeqRow {
+    seq: u64,
+}
+
+type Refusable<T> = std::result::Result<T, Refusal>;
+
+impl IndexWriter {
+    fn sql(&self) -> Refusable<SqlStorage> {
+        let sql = self.state.storage().sql();
+        if !self.schema_ready.get() {
+            for statement in [
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS rows (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, change TEXT NOT NULL)",
+                "CREATE INDEX IF NOT EXISTS rows_by_seq ON rows (seq, id)",
+            ] {
+                sql.exec(statement, None).map_err(storage_error)?;
+            }
+            self.schema_ready.set(true);
+        }
+        Ok(sql)
+    }
+
+    fn meta(&self) -> Refusable<LogMeta> {
+        let rows: Vec<MetaRow> = self
+            .sql()?
+            .exec(
+                "SELECT value FROM meta WHERE key = ?",
+                vec![META_KEY.into()],
+            )
+            .and_then(|c| c.to_array())
+            .map_err(storage_error)?;
+        match rows.first() {
+            Some(row) => serde_json::from_str(&row.value)
+                .map_err(|e| refusal(500, format!("the write log's meta record: {e}"))),
+            None => Ok(LogMeta::default()),
+        }
+    }
+
+    fn put_meta(&self, sql: &SqlStorage, meta: &LogMeta) -> Refusable<()> {
+        let value = serde_json::to_string(meta).map_err(|e| refusal(500, e.to_string()))?;
+        sql.exec(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            vec![META_KEY.into(), value.into()],
+        )
+        .map_err(storage_error)?;
+        Ok(())
+    }
+
+    /// Appends a batch under the next seq: every statement runs before the next await, so the
+    /// batch and the meta commit together or not at all.
+    fn write(&self, batch: WriteBatch) -> Refusable<Applied> {
+        let sql = self.sql()?;
+        let mut meta = self.meta()?;
+        let mut keys = Vec::with_capacity(batch.changes.len());
+        let mut new_rows = 0;
+        for change in &batch.changes {
+            let key = id_key(&change.id);
+            let held: Vec<Count> = sql
+                .exec(
+                    "SELECT COUNT(*) AS n FROM rows WHERE id = ?",
+                    vec![key.clone().into()],
+                )
+                .and_then(|c| c.to_array())
+                .map_err(storage_error)?;
+            if held.first().is_none_or(|c| c.n == 0) {
+                new_rows += 1;
+            }
+            keys.push(key);
+        }
+        let seq = meta
+            .admit(&batch, new_rows)
+            .map_err(|refused| match refused {
+                Refused::Invalid(why) => refusal(422, why),
+                Refused::Backlog(why) => refusal(503, why),
+            })?;
+        for (key, change) in keys.into_iter().zip(&batch.changes) {
+            let change = serde_json::to_string(change).map_err(|e| refusal(500, e.to_string()))?;
+            sql.exec(
+                "INSERT OR REPLACE INTO rows (id, seq, change) VALUES (?, ?, ?)",
+                vec![key.into(), (seq as i64).into(), change.into()],
+            )
+            .map_err(storage_error)?;
+        }
+        meta.last_seq = seq;
+        meta.rows += new_rows;
+        if meta.id_kind.is_none() {
+            meta.id_kind = batch.changes.first().map(|c| IdKind::of(&c.id));
+        }
+        self.put_meta(&sql, &meta)?;
+        Ok(Applied {
+            seq,
+            pending_writes: meta.rows,
+        })
+    }
+
+    /// The rows above `after` (every row, when `base` is not the log's base any more), a page
+    /// of whole writes at a time.
+    fn since(&self, after: u64, base: Option<&str>) -> Refusable<Since> {
+        let sql = self.sql()?;
+        let meta = self.meta()?;
+        let (reset, from) = meta.plan_since(after, base);
+        // The seq of the page's last row, if the rows above `from` fill more than a page.
+        let cut: Vec<SeqRow> = sql
+            .exec(
+                "SELECT seq FROM rows WHERE seq > ? ORDER BY seq LIMIT 1 OFFSET ?",
+                vec![(from as i64).into(), (SINCE_PAGE_ROWS as i64).into()],
+            )
+            .and_then(|c| c.to_array())
+            .map_err(storage_error)?;
+        let (rows, upto, more) = match cut.first() {
+            None => (rows_in(&sql, from, meta.last_seq)?, meta.last_seq, false),
+            Some(cut) => {
+                let rows = rows_in(&sql, from, cut.seq - 1)?;
+                if rows.is_empty() {
+                    // One write larger than a page still goes whole.
+                    let whole = rows_in(&sql, cut.seq - 1, cut.seq)?;
+                    (whole, cut.seq, cut.seq < meta.last_seq)
+                } else {
+                    (rows, cut.seq - 1, true)
+                }
+            }
+        };
+        Ok(Since {
+            base_version: meta.base_version,
+            base_seq: meta.base_seq,
+            last_seq: meta.last_seq,
+            reset,
+            rows,
+            upto,
+            more,
+        })
+    }
+
+    /// Forgets every write (the index is being deleted); seqs go on from where they were, so a
+    /// seq once acknowledged never names another write.
+    fn drop_log(&self) -> Refusable<LogMeta> {
+        let sql = self.sql()?;
+        let meta = self.meta()?;
+        sql.exec("DELETE FROM rows", None).map_err(storage_error)?;
+        let left = LogMeta {
+            last_seq: meta.last_seq,
+            base_seq: meta.last_seq,
+            ..LogMeta::default()
+        };
+        self.put_meta(&sql, &left)?;
+        Ok(left)
+    }
+
+    /// Sets the base version; after a compaction, drops the rows that version now holds.
+    fn rebase(&self, rebase: Rebase) -> Refusable<WriteState> {
+        let sql = self.sql()?;
+        let mut meta = self.meta()?;
+        if let Some(compacted) = rebase.compacted_seq {
+            if compacted > meta.last_seq || compacted < meta.base_seq {
+                return Err(refusal(
+                    409,
+                    format!(
+                        "compacted seq {compacted} is outside the log ({}..={})",
+                        meta.base_seq, meta.last_seq
+                    ),
+                ));
+            }
+            sql.exec(
+                "DELETE FROM rows WHERE seq <= ?",
+                vec![(compacted as i64).into()],
+            )
+            .map_err(storage_error)?;
+            let left: Vec<Count> = sql
+                .exec("SELECT COUNT(*) AS n FROM rows", None)
+                .and_then(|c| c.to_array())
+                .map_err(storage_error)?;
+            meta.rows = left.first().map_or(0, |c| c.n);
+            meta.base_seq = compacted;
+        }
+        meta.base_version = Some(rebase.version);
+        self.put_meta(&sql, &meta)?;
+        Ok(meta.state())
+    }
+}
+
+/// The rows with `above < seq <= upto`, in seq order.
+fn rows_in(sql: &SqlStorage, above: u64, upto: u64) -> Refusable<Vec<crate::write::Row>> {
+    let stored: Vec<StoredRow> = sql
+        .exec(
+            "SELECT seq, change FROM rows WHERE seq > ? AND seq <= ? ORDER BY seq, id",
+            vec![(above as i64).into(), (upto as i64).into()],
+        )
+        .and_then(|c| c.to_array())
+        .map_err(storage_error)?;
+    stored
+        .into_iter()
+        .map(|row| {
+            serde_json::from_str(&row.change)
+                .map(|change| crate::write::Row {
+                    seq: row.seq,
+                    change,
+                })
+                .map_err(|e| refusal(500, format!("row at seq {}: {e}", row.seq)))
+        })
+        .collect()
+}
+
+/// The entry worker's calls to an index's writer.
+#[derive(Clone)]
+pub struct Writers {
+    ns: ObjectNamespace,
+}
+
+impl Writers {
+    pub fn new(env: &Env) -> std::result::Result<Writers, ApiError> {
+        let ns = env
+            .durable_object(BINDING)
+            .map_err(|e| ApiError::Misconfigured(format!("{BINDING}: {e}")))?;
+        Ok(Writers { ns })
+    }
+
+    /// The writer of `index`.
+    pub fn of(&self, index: &str) -> IndexWriterStub {
+        IndexWriterStub {
+            ns: self.ns.clone(),
+            index: index.to_string(),
+        }
+    }
+}
+
+/// One index's writer, as the entry worker calls it.
+pub struct IndexWriterStub {
+    ns: ObjectNamespace,
+    index: String,
+}
+
+impl IndexWriterStub {
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> std::result::Result<T, ApiError> {
+        let unreachable = |e: Error| {
+            ApiError::WritesUnavailable(format!("the writer of {} did not answer: {e}", self.index))
+        };
+        let stub = self
+            .ns
+            .id_from_name(&self.index)
+            .and_then(|id| id.get_stub())
+            .map_err(unreachable)?;
+        let mut init = RequestInit::new();
+        init.with_method(method);
+        if let Some(body) = body {
+            init.with_body(Some(body.into()));
+        }
+        let request = Request::new_with_init(&format!("https://index-writer{path}"), &init)
+            .map_err(unreachable)?;
+        let mut response = stub
+            .fetch_with_request(request)
+            .await
+            .map_err(unreachable)?;
+        if response.status_code() != 200 {
+            let refusal: Refusal = response.json().await.map_err(unreachable)?;
+            return Err(match refusal.status {
+                422 => ApiError::Invalid(refusal.detail),
+                409 => ApiError::Conflict(refusal.detail),
+                503 => ApiError::WritesUnavailable(refusal.detail),
+                _ => ApiError::WritesUnavailable(format!(
+                    "the writer of {}: {}",
+                    self.index, refusal.detail
+                )),
+            });
+        }
+        response.json().await.map_err(unreachable)
+    }
+
+    pub async fn write(&self, batch: &WriteBatch) -> std::result::Result<Applied, ApiError> {
+        let body = serde_json::to_string(batch)
+            .map_err(|e| ApiError::Misconfigured(format!("encoding a write batch: {e}")))?;
+        self.call(Method::Post, "/write", Some(body)).await
+    }
+
+    pub async fn state(&self) -> std::result::Result<WriteState, ApiError> {
+        self.call(Method::Get, "/state", None).await
+    }
+
+    pub async fn drop_log(&self) -> std::result::Result<WriteState, ApiError> {
+        self.call(Method::Post, "/drop", Some(String::new())).await
+    }
+
+    pub async fn rebase(&self, rebase: &Rebase) -> std::result::Result<WriteState, ApiError> {
+        let body = serde_json::to_string(rebase)
+            .map_err(|e| ApiError::Misconfigured(format!("encoding a rebase: {e}")))?;
+        self.call(Method::Post, "/rebase", Some(body)).await
+    }
+}
+
+impl crate::write::Writer for IndexWriterStub {
+    async fn since(&self, after: u64, base: Option<&str>) -> std::result::Result<Since, String> {
+        let mut path = format!("/since?after={after}");
+        if let Some(base) = base {
+            path.push_str("&base=");
+            path.push_str(&url_encode(base));
+        }
+        self.call(Method::Get, &path, None)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Versions are hex digests; anything else is escaped byte by byte.
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

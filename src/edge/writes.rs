@@ -1,0 +1,214 @@
+//! The write routes: `POST /v1/indexes` (an empty index, published like a compiled one with no
+//! shards), `/v1/indexes/{name}/upsert` and `/delete` (checked here, made durable by the index's
+//! writer, answered with the write's seq), and the view of an index's writes that every read
+//! of it serves beside the shards.
+use std::rc::Rc;
+
+use serde_json::{json, Value};
+
+use super::clock::WorkerClock;
+use super::config::views;
+use super::publish::Buckets;
+use super::writer::{Rebase, Writers};
+use super::{read_body, Ctx, Incoming};
+use crate::api::write::{parse_create, parse_delete, parse_upsert, WRITE_BODY_LIMIT};
+use crate::api::ApiError;
+use crate::manifest::Manifest;
+use crate::write::export::{shard_lines, written_chunks, ExportHeader, EXPORT_CHUNK};
+use crate::write::{Applied, Change, Delta, ViewError, Wanted, WriteBatch};
+
+/// `POST /v1/indexes`: publishes an empty version of a new index in its regions and points the
+/// index's writer at it. An index that exists already is a 409.
+pub async fn create(req: &Incoming, ctx: &mut Ctx) -> Result<Value, ApiError> {
+    let (content_type, body) = read_body(req, ctx, 64 * 1024).await?;
+    let create = parse_create(content_type.as_deref(), &body)?;
+    ctx.index = Some(create.name.clone());
+    ctx.grant.check_write(&create.name)?;
+    match ctx.pin(&create.name).await {
+        Ok(_) => {
+            return Err(ApiError::Conflict(format!(
+                "an index named {} exists; upsert into it, or delete it first",
+                create.name
+            )))
+        }
+        Err(ApiError::UnknownIndex(_)) => {}
+        Err(other) => return Err(other),
+    }
+    let buckets = Buckets::new(&ctx.env, 0);
+    let regions = match create.regions {
+        Some(regions) => regions,
+        None => buckets.regions(),
+    };
+    let manifest = Manifest::empty(
+        &create.name,
+        create.dims,
+        create.metric,
+        create.quant,
+        regions,
+    )
+    .map_err(|e| ApiError::Invalid(e.to_string()))?;
+    buckets.publish_empty(&manifest).await?;
+    let writes = Writers::new(&ctx.env)?
+        .of(&manifest.name)
+        .rebase(&Rebase {
+            version: manifest.version.clone(),
+            compacted_seq: None,
+        })
+        .await?;
+    Ok(json!({
+        "name": manifest.name,
+        "version": manifest.version,
+        "dims": manifest.dims,
+        "metric": manifest.metric.as_str(),
+        "quant": manifest.quant.as_str(),
+        "regions": manifest.regions,
+        "writes": writes,
+    }))
+}
+
+/// `POST /v1/indexes/{name}/upsert`.
+pub async fn upsert(name: &str, req: &Incoming, ctx: &mut Ctx) -> Result<Applied, ApiError> {
+    write(name, req, ctx, |content_type, body, dims, batch_max| {
+        parse_upsert(content_type, body, dims, batch_max)
+    })
+    .await
+}
+
+/// `POST /v1/indexes/{name}/delete`.
+pub async fn delete(name: &str, req: &Incoming, ctx: &mut Ctx) -> Result<Applied, ApiError> {
+    write(name, req, ctx, |content_type, body, _, batch_max| {
+        parse_delete(content_type, body, batch_max)
+    })
+    .await
+}
+
+/// A write: the key's grant, the index (its dims), the whole batch checked, then the writer's
+/// durable answer.
+async fn write(
+    name: &str,
+    req: &Incoming,
+    ctx: &mut Ctx,
+    parse: impl FnOnce(Option<&str>, &[u8], usize, usize) -> Result<Vec<Change>, ApiError>,
+) -> Result<Applied, ApiError> {
+    ctx.index = Some(name.to_string());
+    ctx.grant.check_write(name)?;
+    let pinned = ctx.pin(name).await?;
+    let (content_type, body) = read_body(req, ctx, WRITE_BODY_LIMIT).await?;
+    let changes = parse(
+        content_type.as_deref(),
+        &body,
+        pinned.manifest.dims,
+        ctx.config.write_batch_max,
+    )?;
+    let batch = WriteBatch {
+        changes,
+        max_rows: ctx.config.write_backlog_max,
+    };
+    Writers::new(&ctx.env)?.of(name).write(&batch).await
+}
+
+/// The view of `manifest`'s index's writes that includes `min_seq`. Without a `min_seq`, a
+/// writer that cannot be asked (or views over their budget) leave the read to the shards alone:
+/// `None`, which the answer reports as partial.
+pub async fn view(
+    ctx: &Ctx,
+    manifest: &Manifest,
+    min_seq: Option<u64>,
+) -> Result<Option<Rc<Delta>>, ApiError> {
+    let wanted = Wanted {
+        dims: manifest.dims,
+        metric: manifest.metric,
+        min_seq,
+        ttl_ms: ctx.config.current_ttl_ms,
+        wait_ms: ctx.config.min_seq_wait_ms as f64,
+    };
+    let writer = Writers::new(&ctx.env)?.of(&manifest.name);
+    match views(&ctx.env)?
+        .view(&manifest.name, &writer, &WorkerClock, wanted)
+        .await
+    {
+        Ok(view) => Ok(Some(view)),
+        Err(ViewError::NotYetVisible { min_seq, seq }) => Err(ApiError::NotYetVisible {
+            min_seq,
+            seq,
+            retry_after_s: 1,
+        }),
+        Err(other) if min_seq.is_some() => Err(ApiError::WritesUnavailable(other.to_string())),
+        Err(other) => {
+            worker::console_warn!("{}: serving without live writes: {other}", manifest.name);
+            Ok(None)
+        }
+    }
+}
+
+/// `GET /v1/admin/indexes/{name}/export` (an admin key that manages the index): the header
+/// line of the view the export is of (every write the writer has acknowledged), then every live
+/// passage, read shard by shard through the store (so within `CACHE_BYTES`) and streamed.
+pub async fn export(index: &str, ctx: &Ctx) -> Result<worker::Response, ApiError> {
+    let current = ctx.pin(index).await?;
+    let last = Writers::new(&ctx.env)?.of(index).state().await?.seq;
+    let writes = view(ctx, &current.manifest, Some(last))
+        .await?
+        .ok_or_else(|| ApiError::WritesUnavailable(format!("the writes of {index}")))?;
+    let pinned = match &writes.base_version {
+        Some(base) if *base != current.version => Rc::new(ctx.pin_version(index, base).await?),
+        _ => Rc::new(current),
+    };
+    let header = ExportHeader::new(&pinned.manifest, writes.seq);
+    let (store, source, home) = (ctx.store.clone(), ctx.source.clone(), ctx.home(&[]));
+    // (shard, next ordinal); past the last shard, the written passages.
+    let start = (
+        0usize,
+        0u32,
+        Some(header.line()),
+        None::<std::vec::IntoIter<String>>,
+    );
+    let body = futures::stream::unfold(start, move |(shard, ord, header, written)| {
+        let (store, source, home) = (store.clone(), source.clone(), home.clone());
+        let (pinned, writes) = (pinned.clone(), writes.clone());
+        async move {
+            if let Some(line) = header {
+                return Some((Ok(line.into_bytes()), (shard, ord, None, written)));
+            }
+            if shard < pinned.manifest.shards.len() {
+                let count = pinned.manifest.shards[shard].count;
+                let got = store
+                    .shard(&source, &WorkerClock, &pinned, shard, &home)
+                    .await;
+                let lines = got.map_err(|e| e.to_string()).and_then(|got| {
+                    let end = (ord + EXPORT_CHUNK as u32).min(count);
+                    shard_lines(&got.value.shard, ord..end, &writes)
+                        .map(|lines| (lines, end))
+                        .map_err(|e| e.to_string())
+                });
+                return Some(match lines {
+                    Ok((lines, end)) if end < count => {
+                        (Ok(lines.into_bytes()), (shard, end, None, None))
+                    }
+                    Ok((lines, _)) => (Ok(lines.into_bytes()), (shard + 1, 0, None, None)),
+                    // The body has begun: a failure can only cut it short, which the reader sees
+                    // as a last line that is not a passage.
+                    Err(why) => (
+                        Err(worker::Error::RustError(format!(
+                            "export of shard {shard}: {why}"
+                        ))),
+                        (usize::MAX, 0, None, None),
+                    ),
+                });
+            }
+            if shard == usize::MAX {
+                return None;
+            }
+            let mut written = written.unwrap_or_else(|| written_chunks(&writes).into_iter());
+            let chunk = written.next()?;
+            Some((Ok(chunk.into_bytes()), (shard, ord, None, Some(written))))
+        }
+    });
+    let mut response = worker::Response::from_stream(body)
+        .map_err(|e| ApiError::Misconfigured(format!("streaming the export: {e}")))?;
+    response
+        .headers_mut()
+        .set("content-type", crate::api::write::NDJSON)
+        .map_err(|e| ApiError::Misconfigured(format!("streaming the export: {e}")))?;
+    Ok(response)
+}

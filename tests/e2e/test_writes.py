@@ -1,0 +1,334 @@
+"""Live writes against the real worker under `wrangler dev`: indexes created through the API and
+compiled ones take upserts (JSON and NDJSON) and deletes; every acknowledged write is durable in
+the index's IndexWriter object (SQLite-backed storage) and seen by reads that carry its seq; seqs
+have no gaps or duplicates; bad batches are refused whole, naming the item; a SIGKILLed
+`wrangler dev` restarted on the same state keeps every acknowledged write and no half batch."""
+import json
+import os
+import random
+import shutil
+import signal
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import (CHAT_MODEL, DIMS, EMBEDDING_MODEL, KEYS, Origin, bearer, build_binary, build_index,
+                      corpus, log, publish, quoted_opening, shardc, start_worker, stop, DEVORIGIN, SHARDC)
+
+SMALL_DIMS = 32
+NDJSON = {"content-type": "application/x-ndjson"}
+
+
+def unit(rng, dims=SMALL_DIMS):
+    v = [rng.gauss(0, 1) for _ in range(dims)]
+    n = sum(x * x for x in v) ** 0.5
+    return [x / n for x in v]
+
+
+def create(worker, name, dims=SMALL_DIMS, **extra):
+    status, _, body = worker.call("POST", "/v1/indexes", dict(name=name, dims=dims, **extra))
+    assert status == 200, body
+    return body
+
+
+def upsert(worker, name, items, ndjson=False, headers=None):
+    if ndjson:
+        raw = "\n".join(json.dumps(item) for item in items).encode()
+        return worker.call("POST", f"/v1/indexes/{name}/upsert", raw=raw, headers=dict(NDJSON, **(headers or {})))
+    return worker.call("POST", f"/v1/indexes/{name}/upsert", dict(vectors=items), headers=headers)
+
+
+def delete(worker, name, ids, headers=None):
+    return worker.call("POST", f"/v1/indexes/{name}/delete", dict(ids=ids), headers=headers)
+
+
+def write_state(worker, name):
+    status, _, body = worker.call("GET", f"/v1/indexes/{name}")
+    assert status == 200, body
+    return body["writes"]
+
+
+def item(i, vector, version=1):
+    return dict(id=f"doc-{i}", values=vector, text=f"passage {i} version {version}",
+                metadata=dict(n=i, version=version))
+
+
+@pytest.fixture(scope="module")
+def live():
+    """A local-mode worker with one devorigin (chat + embeddings), for indexes made by writes."""
+    build_binary(SHARDC, "shardc")
+    build_binary(DEVORIGIN, "devorigin")
+    tmp = tempfile.mkdtemp(prefix="edgerag-e2e-writes-")
+    origin = Origin("w0", ["--ttft-ms", "5", "--tokens-per-sec", "1000"], open(os.path.join(tmp, "devorigin.log"), "w"))
+    origin.wait_ready()
+    origins = json.dumps([dict(name="w0", url=origin.url, models=[CHAT_MODEL], kind="chat"),
+                          dict(name="w0-embed", url=origin.url, models=[EMBEDDING_MODEL], kind="embeddings")])
+    logfile = open(os.path.join(tmp, "wrangler-writes.log"), "w")
+    log(f"starting wrangler dev (writes); log {logfile.name}")
+    worker = start_worker(os.path.join(tmp, "state"), "local", logfile, dict(ORIGINS=origins))
+    yield dict(tmp=tmp, worker=worker)
+    stop(worker)
+    origin.kill()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_four_clients_5000_upserts_and_500_deletes_every_acknowledged_write_is_found_and_no_deleted_id_returned(live):
+    worker = live["worker"]
+    create(worker, "load")
+    clients, per_client, batch = 4, 1250, 25
+    vectors = {}
+    latest = {}  # id -> (text, metadata) of the acknowledged newest version
+    deleted = set()
+    seqs = []
+    lock = threading.Lock()
+    failures = []
+
+    def client(c):
+        rng = random.Random(c)
+        ids = list(range(c * per_client, (c + 1) * per_client))
+        written = []
+        for b in range(0, per_client, batch):
+            items = []
+            for i in ids[b:b + batch]:
+                vectors[i] = unit(rng)
+                items.append(item(i, vectors[i]))
+            status, _, body = upsert(worker, "load", items, ndjson=(b // batch) % 2 == 1)
+            if status != 200:
+                failures.append(("upsert", status, body))
+                return
+            with lock:
+                seqs.append(body["seq"])
+                for it in items:
+                    latest[it["id"]] = (it["text"], it["metadata"])
+            written.extend(i for i in ids[b:b + batch])
+            # Read your write: one of this batch by its own vector, at the batch's seq.
+            probe = rng.choice(ids[b:b + batch])
+            status, _, found = worker.search(index="load", vector=vectors[probe], k=1, min_seq=body["seq"])
+            if status != 200 or found["matches"][0]["id"] != f"doc-{probe}" or found["seq"] < body["seq"]:
+                failures.append(("read-your-write", probe, body["seq"], status, found))
+            # Every other batch: delete 5 ids and replace 3 of those written before.
+            if (b // batch) % 2 == 1:
+                doomed = rng.sample([i for i in written if f"doc-{i}" not in deleted], 5)
+                status, _, body = delete(worker, "load", [f"doc-{i}" for i in doomed])
+                if status != 200:
+                    failures.append(("delete", status, body))
+                    return
+                with lock:
+                    seqs.append(body["seq"])
+                    deleted.update(f"doc-{i}" for i in doomed)
+                alive = [i for i in written if f"doc-{i}" not in deleted]
+                again = [item(i, vectors[i], version=2) for i in rng.sample(alive, 3)]
+                status, _, body = upsert(worker, "load", again)
+                if status != 200:
+                    failures.append(("replace", status, body))
+                    return
+                with lock:
+                    seqs.append(body["seq"])
+                    for it in again:
+                        latest[it["id"]] = (it["text"], it["metadata"])
+
+    started = time.time()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    log(f"writes: {len(seqs)} acknowledged writes from {clients} clients in {time.time() - started:.1f} s")
+    assert not failures, failures[:5]
+    assert len(deleted) == 500
+    # One seq per acknowledged write, no gaps, no duplicates.
+    assert sorted(seqs) == list(range(1, len(seqs) + 1))
+    state = write_state(worker, "load")
+    assert state["seq"] == len(seqs)
+    assert state["pending_writes"] == clients * per_client
+    last = max(seqs)
+
+    def check(i):
+        doc = f"doc-{i}"
+        status, _, found = worker.search(index="load", vector=vectors[i], k=1 if doc not in deleted else 10, min_seq=last)
+        assert status == 200, found
+        ids = [m["id"] for m in found["matches"]]
+        if doc in deleted:
+            assert doc not in ids, (doc, ids)
+            return
+        top = found["matches"][0]
+        assert top["id"] == doc, (doc, ids)
+        assert (top["text"], top["metadata"]) == latest[doc], (doc, top)
+        assert top["shard"] == "writes"
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(check, range(clients * per_client)))
+    replaced = sum(1 for text, _ in latest.values() if text.endswith("version 2"))
+    assert replaced > 0
+
+
+def test_a_created_empty_index_filled_only_through_the_api_serves_rag(live):
+    worker = live["worker"]
+    created = create(worker, "notes", dims=DIMS)
+    assert created["writes"]["seq"] == 0
+    status, _, summary = worker.call("GET", "/v1/indexes/notes")
+    assert status == 200 and summary["shards"] == 0 and summary["vectors"] == 0, summary
+    assert worker.call("POST", "/v1/indexes", dict(name="notes", dims=DIMS))[0] == 409
+    tmp = tempfile.mkdtemp(prefix="edgerag-notes-", dir=live["tmp"])
+    passages, vectors, _ = corpus(tmp)
+    with open(passages) as f:
+        rows = [json.loads(line) for _, line in zip(range(200), f)]
+    with open(vectors, "rb") as f:
+        data = f.read(len(rows) * DIMS * 4)
+    items = [dict(id=row["id"], values=list(struct.unpack_from(f"<{DIMS}f", data, i * DIMS * 4)),
+                  text=row["text"], metadata=row.get("metadata", {})) for i, row in enumerate(rows)]
+    seq = 0
+    for b in range(0, len(items), 50):
+        status, _, body = upsert(worker, "notes", items[b:b + 50])
+        assert status == 200, body
+        seq = body["seq"]
+    question = rows[7]["text"][:200]
+    status, _, found = worker.search(index="notes", text=question, k=3, min_seq=seq)
+    assert status == 200, found
+    assert found["seq"] == seq and found["pending_writes"] == len(items)
+    status, _, answer = worker.call("POST", "/v1/rag", dict(index="notes", query=question, k=3, model=CHAT_MODEL, min_seq=seq))
+    assert status == 200, answer
+    sources = [s["id"] for s in answer["sources"]]
+    assert sources == [m["id"] for m in found["matches"]]
+    assert set(sources) <= {row["id"] for row in rows}
+    assert quoted_opening(found["matches"][0]["text"]) in answer["choices"][0]["message"]["content"]
+
+
+def test_bad_writes_are_problems_naming_the_item_and_write_nothing(live):
+    worker = live["worker"]
+    create(worker, "strict")
+    rng = random.Random(7)
+    status, _, body = upsert(worker, "strict", [item(1, unit(rng))])
+    assert status == 200 and body["seq"] == 1
+    cases = [
+        ([item(2, unit(rng)), item(3, unit(rng, SMALL_DIMS - 1))], "vectors[1]", "dimensions"),
+        ([item(2, unit(rng)), item(2, unit(rng))], "vectors[1]", "repeats"),
+        ([dict(item(2, unit(rng)), text="x" * 40000)], "vectors[0]", "`text`"),
+        ([dict(item(2, unit(rng)), id=5)], "item 0", "strings"),
+        ([dict(item(2, unit(rng)), values=[1e39] * SMALL_DIMS)], "values[0]", "finite"),
+    ]
+    for items, where, what in cases:
+        status, headers, problem = upsert(worker, "strict", items)
+        assert status == 422, (where, problem)
+        assert headers["Content-Type"] == "application/problem+json"
+        assert where in problem["detail"] and what in problem["detail"], problem
+    raw = (json.dumps(item(2, unit(rng))) + "\n{\"id\": \"doc-3\", \"values\": [NaN").encode()
+    status, _, problem = worker.call("POST", "/v1/indexes/strict/upsert", raw=raw, headers=NDJSON)
+    assert status == 400 and "line 2" in problem["detail"], problem
+    status, _, problem = worker.call("POST", "/v1/indexes/strict/upsert", raw=b"{\"vectors\": [", headers=None)
+    assert status == 400, problem
+    assert delete(worker, "strict", ["doc-1", "doc-1"])[0] == 422
+    assert upsert(worker, "nowhere", [item(1, unit(rng))])[0] == 404
+    # A key that may read but not write, and one that may not read: 403 alike.
+    assert upsert(worker, "strict", [item(2, unit(rng))], headers=bearer(KEYS["a"]))[0] == 403
+    assert delete(worker, "strict", ["doc-1"], headers=bearer(KEYS["a"]))[0] == 403
+    assert worker.call("POST", "/v1/indexes", dict(name="mine", dims=4), headers=bearer(KEYS["a"]))[0] == 403
+    # Nothing of the refused batches was written.
+    assert write_state(worker, "strict")["seq"] == 1
+    status, _, found = worker.search(index="strict", vector=unit(rng), k=10, min_seq=1)
+    assert [m["id"] for m in found["matches"]] == ["doc-1"]
+    # A seq no write has: 503 with Retry-After once the wait is over.
+    status, headers, problem = worker.search(index="strict", vector=unit(rng), k=1, min_seq=99)
+    assert status == 503 and headers["Retry-After"] == "1", problem
+    assert problem["type"].endswith("write-not-visible"), problem
+    status, _, problem = worker.call("POST", "/v1/search", dict(index="strict", vector=unit(rng), k=1),
+                                     headers={"x-min-seq": "soon"})
+    assert status == 422, problem
+
+
+@pytest.mark.parametrize("mode", ["local", "durable"])
+def test_a_compiled_index_takes_writes_and_replaced_or_deleted_passages_never_come_from_its_shards(env, mode):
+    worker = env[mode]
+    name = f"wdocs-{mode}"
+    built = build_index(env["tmp"], name, 2, env["passages"], env["vectors"])
+    publish(worker, built)
+    with open(env["passages"]) as f:
+        rows = [json.loads(line) for _, line in zip(range(40), f)]
+    with open(env["vectors"], "rb") as f:
+        data = f.read(len(rows) * DIMS * 4)
+    vector = lambda i: list(struct.unpack_from(f"<{DIMS}f", data, i * DIMS * 4))
+    before = {i: worker.search(index=name, vector=vector(i), k=1)[2]["matches"][0]["id"] for i in (3, 5, 8, 13, 21)}
+    assert before == {i: rows[i]["id"] for i in before}, "each passage is its own nearest"
+    status, _, gone = delete(worker, name, [rows[3]["id"], rows[5]["id"]])
+    assert status == 200, gone
+    status, _, put = upsert(worker, name, [dict(id=rows[i]["id"], values=vector(i), text=f"rewritten {i}",
+                                                metadata=dict(rewritten=True)) for i in (8, 13, 21)])
+    assert status == 200 and put["seq"] == gone["seq"] + 1, put
+    for i in (3, 5):
+        status, _, found = worker.search(index=name, vector=vector(i), k=10, min_seq=put["seq"])
+        assert status == 200, found
+        assert rows[i]["id"] not in [m["id"] for m in found["matches"]], found
+        assert len(found["matches"]) == 10 and not found["partial"], found
+    for i in (8, 13, 21):
+        status, _, found = worker.search(index=name, vector=vector(i), k=10, min_seq=put["seq"])
+        assert status == 200, found
+        same = [m for m in found["matches"] if m["id"] == rows[i]["id"]]
+        assert len(same) == 1, found
+        assert same[0] == found["matches"][0]
+        assert (same[0]["text"], same[0]["metadata"], same[0]["shard"]) == (f"rewritten {i}", dict(rewritten=True), "writes")
+        assert found["pending_writes"] == 5
+    status, _, problem = upsert(worker, name, [dict(id="one", values=vector(0))])
+    assert status == 422, problem
+    assert worker.call("DELETE", f"/v1/admin/indexes/{name}")[0] == 200
+
+
+def test_sigkill_mid_write_load_keeps_every_acknowledged_write_and_no_half_batch_and_seqs_continue():
+    build_binary(SHARDC, "shardc")
+    tmp = tempfile.mkdtemp(prefix="edgerag-e2e-crash-")
+    persist = os.path.join(tmp, "state")
+    worker = start_worker(persist, "local", open(os.path.join(tmp, "wrangler-1.log"), "w"))
+    create(worker, "crash")
+    acked, sent = [], []  # (seq, items) and items of every batch sent
+    lock = threading.Lock()
+    stop_at = time.time() + 4
+
+    def writer(c):
+        rng = random.Random(100 + c)
+        n = 0
+        while time.time() < stop_at:
+            items = [dict(item(c * 100000 + n + j, unit(rng)), text=f"client {c} batch {n}") for j in range(20)]
+            n += 20
+            with lock:
+                sent.append(items)
+            try:
+                status, _, body = upsert(worker, "crash", items)
+            except OSError:
+                return
+            if status == 200:
+                with lock:
+                    acked.append((body["seq"], items))
+
+    threads = [threading.Thread(target=writer, args=(c,)) for c in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(2.5)
+    os.killpg(worker.proc.pid, signal.SIGKILL)
+    worker.proc.wait(timeout=30)
+    for t in threads:
+        t.join(timeout=70)
+    assert acked, "no write was acknowledged before the kill"
+    log(f"crash: {len(acked)} batches acknowledged of {len(sent)} sent before SIGKILL")
+    worker = start_worker(persist, "local", open(os.path.join(tmp, "wrangler-2.log"), "w"))
+    try:
+        state = write_state(worker, "crash")
+        assert state["seq"] >= max(seq for seq, _ in acked)
+        acked_ids = {it["id"] for _, items in acked for it in items}
+
+        def present(it):
+            found = worker.search(index="crash", vector=it["values"], k=1, min_seq=state["seq"])[2]
+            top = found["matches"][0] if found["matches"] else None
+            return top is not None and top["id"] == it["id"] and top["text"] == it["text"]
+
+        for items in sent:
+            seen = [present(it) for it in items]
+            if items[0]["id"] in acked_ids:
+                assert all(seen), items[0]["text"]
+            else:
+                assert all(seen) or not any(seen), f"half of {items[0]['text']} is applied"
+        status, _, body = upsert(worker, "crash", [item(999999, unit(random.Random(1)))])
+        assert status == 200 and body["seq"] == state["seq"] + 1, (state, body)
+    finally:
+        stop(worker)
+        shutil.rmtree(tmp, ignore_errors=True)
