@@ -1,6 +1,8 @@
 //! edgerag: retrieval at the edge.
 //!
 //! Layering (imports flow downwards only):
+//! - [`clock`]: the one clock trait, a monotonic reading and a timer, that every layer which
+//!   waits is given, so deadlines and backoff run natively in virtual time (pure).
 //! - [`shard`]: the versioned zero-copy shard format and the search over it (pure Rust, wasm-safe).
 //! - [`manifest`]: the index manifest that names versions, shards, centroids, regions and checksums.
 //! - [`api`]: HTTP request parsing/validation and RFC 9457 problem documents (pure).
@@ -33,6 +35,7 @@ pub mod api;
 pub mod auth;
 pub mod balancer;
 pub mod cache_key;
+pub mod clock;
 pub mod index;
 pub mod manifest;
 pub mod metrics;

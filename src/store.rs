@@ -14,9 +14,9 @@ use std::rc::Rc;
 use rkyv::util::AlignedVec;
 use serde::Deserialize;
 
+use crate::clock::Clock;
 use crate::manifest::{is_index_name, Manifest, MANIFEST_FILE};
 use crate::pages::page_rounded;
-use crate::retrieve::Clock;
 use crate::shard::{format, Shard};
 
 /// `<index>/current` holds the live version; everything else is immutable under its version.
@@ -329,7 +329,7 @@ impl<V: 'static> Cache<V> {
                 }
             }
             waited = true;
-            clock.sleep(ROOM_POLL_MS).await;
+            clock.sleep_ms(ROOM_POLL_MS).await;
         };
         let _guard = LoadingGuard {
             cache: self,
@@ -731,7 +731,7 @@ mod tests {
         let (clock, calls) = (clock.clone(), calls.clone());
         async move {
             calls.set(calls.get() + 1);
-            clock.sleep(ms).await;
+            clock.sleep_ms(ms).await;
             Ok((value.to_string(), bytes))
         }
     }
@@ -841,7 +841,7 @@ mod tests {
             );
             pool.spawner()
                 .spawn_local(async move {
-                    clock.sleep(start_ms).await;
+                    clock.sleep_ms(start_ms).await;
                     let load = timed_load(&clock, &calls, key, 60, 5.0);
                     let got = cache
                         .get_or_load(key, 60, always, load, &clock, 100.0)
@@ -849,7 +849,7 @@ mod tests {
                     let got = got.expect("room frees up within the wait");
                     log.borrow_mut().push((key, clock.now_ms()));
                     peak.set(peak.get().max(cache.bytes() + cache.reserved()));
-                    clock.sleep(hold_ms).await;
+                    clock.sleep_ms(hold_ms).await;
                     drop(got);
                 })
                 .expect("spawns");
@@ -859,7 +859,7 @@ mod tests {
             async move {
                 for _ in 0..100 {
                     peak.set(peak.get().max(cache.bytes() + cache.reserved()));
-                    clock.sleep(1.0).await;
+                    clock.sleep_ms(1.0).await;
                 }
             }
         };
@@ -946,7 +946,7 @@ mod tests {
                 (cache.clone(), calls.clone(), clock.clone(), seen.clone());
             pool.spawner()
                 .spawn_local(async move {
-                    clock.sleep(start).await;
+                    clock.sleep_ms(start).await;
                     let now = clock.now_ms();
                     let value = if start == 0.0 { "v1" } else { "v2" };
                     let load = timed_load(&clock, &calls, value, 2, 10.0);

@@ -6,7 +6,9 @@
 //!
 //! Plain Rust over two small traits, so that it runs natively in virtual time as it does in the
 //! worker: a [`Transport`] makes one attempt at one origin (the worker's is `fetch`), and a
-//! [`Clock`] tells the time and sleeps (the worker's is `Date.now()` and a timer). Single-threaded
+//! [`Clock`] tells the time and sleeps (the worker's is `performance.now()` and the request's own
+//! timer; the balancer only compares its readings with one another, and a `Retry-After` date
+//! reaches it as a wait, which the transport worked out against wall time). Single-threaded
 //! like the isolate it serves: nothing here is `Send`, and the balancer is borrowed only between
 //! awaits, never across one, because requests interleave on the one thread.
 use std::cell::RefCell;
@@ -15,15 +17,7 @@ use std::time::Duration;
 
 use super::{Balancer, BalancerError, FailureKind, GiveUpReason, Kind, OriginId, RetryDecision};
 use super::{OriginConfig, Target};
-
-/// The dispatcher's time: `now` since any fixed epoch (the worker's is the Unix epoch, which
-/// also dates `Retry-After`), and a wait on the calling request's own timer.
-// Single-threaded wasm: the futures never cross threads, so no Send bound is wanted.
-#[allow(async_fn_in_trait)]
-pub trait Clock {
-    fn now(&self) -> Duration;
-    async fn sleep(&self, wait: Duration);
-}
+use crate::clock::Clock;
 
 /// Stops the origin's work on one attempt's request (the worker's is an `AbortController`).
 pub trait Abort {
@@ -406,56 +400,12 @@ mod tests {
     use std::cell::Cell;
     use std::collections::VecDeque;
 
-    use futures::executor::block_on;
-
     use super::*;
     use crate::balancer::{Policy, Routing};
+    use crate::testing::VirtualClock;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
-    }
-
-    /// Virtual time: `sleep` (the backoff) moves it on at once and is logged; the transport moves
-    /// it on by each attempt's latency.
-    #[derive(Clone)]
-    struct FakeClock(Rc<RefCell<ClockState>>);
-
-    struct ClockState {
-        now: Duration,
-        sleeps: Vec<Duration>,
-    }
-
-    impl FakeClock {
-        fn new() -> FakeClock {
-            FakeClock(Rc::new(RefCell::new(ClockState {
-                now: Duration::from_secs(1_000),
-                sleeps: Vec::new(),
-            })))
-        }
-
-        fn set(&self, now: Duration) {
-            self.0.borrow_mut().now = now;
-        }
-
-        fn advance(&self, by: Duration) {
-            self.0.borrow_mut().now += by;
-        }
-
-        fn sleeps(&self) -> Vec<Duration> {
-            self.0.borrow().sleeps.clone()
-        }
-    }
-
-    impl Clock for FakeClock {
-        fn now(&self) -> Duration {
-            self.0.borrow().now
-        }
-
-        async fn sleep(&self, wait: Duration) {
-            let mut state = self.0.borrow_mut();
-            state.now += wait;
-            state.sleeps.push(wait);
-        }
     }
 
     /// What the next attempt meets, whichever origin it goes to.
@@ -497,9 +447,10 @@ mod tests {
         }
     }
 
-    /// A transport scripted attempt by attempt, on the fake clock.
+    /// A transport scripted attempt by attempt, on the virtual clock: each attempt moves time on
+    /// by its latency at once, so the clock's only sleeps are the dispatcher's backoffs.
     struct Script {
-        clock: FakeClock,
+        clock: VirtualClock,
         steps: RefCell<VecDeque<Step>>,
         sent: RefCell<Vec<Sent>>,
         /// The attempts (by index) whose request was aborted.
@@ -507,7 +458,7 @@ mod tests {
     }
 
     impl Script {
-        fn new(clock: &FakeClock, steps: Vec<Step>) -> Script {
+        fn new(clock: &VirtualClock, steps: Vec<Step>) -> Script {
             Script {
                 clock: clock.clone(),
                 steps: RefCell::new(steps.into()),
@@ -558,21 +509,21 @@ mod tests {
             let step = self.steps.borrow_mut().pop_front();
             match step.expect("the script has a step for every attempt") {
                 Step::Answer(after) => {
-                    self.clock.advance(after);
+                    self.clock.set(self.clock.now() + after);
                     Attempted {
                         head_after: Some(after),
                         result: Ok(format!("answer from {}", request.url)),
                     }
                 }
                 Step::Head(after, failure) => {
-                    self.clock.advance(after);
+                    self.clock.set(self.clock.now() + after);
                     Attempted {
                         head_after: Some(after),
                         result: Err(failure),
                     }
                 }
                 Step::Hang => {
-                    self.clock.advance(request.timeout);
+                    self.clock.set(self.clock.now() + request.timeout);
                     Attempted {
                         head_after: None,
                         result: Err(Failure::Failed(
@@ -602,7 +553,7 @@ mod tests {
     }
 
     /// `n` chat origins `o0`… serving model `m`, round robin; `o0` has an API key.
-    fn dispatcher(n: usize, policy: Policy, clock: &FakeClock) -> Rc<Dispatcher<FakeClock>> {
+    fn dispatcher(n: usize, policy: Policy, clock: &VirtualClock) -> Rc<Dispatcher<VirtualClock>> {
         dispatcher_with(n, 4, policy, clock)
     }
 
@@ -610,8 +561,8 @@ mod tests {
         n: usize,
         max_inflight: u32,
         policy: Policy,
-        clock: &FakeClock,
-    ) -> Rc<Dispatcher<FakeClock>> {
+        clock: &VirtualClock,
+    ) -> Rc<Dispatcher<VirtualClock>> {
         let configs = (0..n)
             .map(|i| OriginConfig {
                 name: format!("o{i}"),
@@ -648,13 +599,15 @@ mod tests {
         }
     }
 
-    type Sending = Result<(Reply<String>, Lease<FakeClock, FakeAbort>), BalancerError>;
+    type Sending = Result<(Reply<String>, Lease<VirtualClock, FakeAbort>), BalancerError>;
 
-    fn send(d: &Rc<Dispatcher<FakeClock>>, script: &Script, hooks: &Recorder) -> Sending {
-        block_on(d.send(script, &call("m", &OUTBOUND), hooks))
+    fn send(d: &Rc<Dispatcher<VirtualClock>>, script: &Script, hooks: &Recorder) -> Sending {
+        script
+            .clock
+            .block_on(d.send(script, &call("m", &OUTBOUND), hooks))
     }
 
-    fn inflight(d: &Dispatcher<FakeClock>) -> Vec<u32> {
+    fn inflight(d: &Dispatcher<VirtualClock>) -> Vec<u32> {
         let balancer = d.balancer.borrow();
         (0..balancer.origins().len())
             .map(|i| balancer.inflight(OriginId(i)))
@@ -670,7 +623,7 @@ mod tests {
 
     #[test]
     fn a_503_is_retried_on_another_origin_after_the_backoff() {
-        let clock = FakeClock::new();
+        let clock = VirtualClock::default();
         let d = dispatcher(2, Policy::default(), &clock);
         let script = Script::new(&clock, vec![status(503), Step::Answer(ms(7))]);
         let hooks = Recorder::default();
@@ -708,7 +661,7 @@ mod tests {
 
     #[test]
     fn a_timeout_aborts_its_attempt_and_the_retry_answers() {
-        let clock = FakeClock::new();
+        let clock = VirtualClock::default();
         let policy = Policy {
             per_try_timeout: Duration::from_secs(2),
             deadline: Duration::from_secs(10),
@@ -744,7 +697,7 @@ mod tests {
 
     #[test]
     fn a_refusal_is_passed_on_and_not_retried() {
-        let clock = FakeClock::new();
+        let clock = VirtualClock::default();
         let d = dispatcher(2, Policy::default(), &clock);
         let body = br#"{"error":{"message":"bad temperature"}}"#.to_vec();
         let refused = Failure::Refused {
@@ -773,7 +726,7 @@ mod tests {
 
     #[test]
     fn a_spent_retry_budget_stops_after_the_first_failure() {
-        let clock = FakeClock::new();
+        let clock = VirtualClock::default();
         let policy = Policy {
             retry_ratio: 0.0,
             retry_floor_per_sec: 0.0,
@@ -798,7 +751,7 @@ mod tests {
 
     #[test]
     fn the_attempt_cap_stops_the_loop() {
-        let clock = FakeClock::new();
+        let clock = VirtualClock::default();
         let policy = Policy {
             max_attempts: 2,
             ..Policy::default()
@@ -824,7 +777,7 @@ mod tests {
 
     #[test]
     fn the_deadline_cuts_the_last_try_short_and_then_stops_the_loop() {
-        let clock = FakeClock::new();
+        let clock = VirtualClock::default();
         let policy = Policy {
             per_try_timeout: ms(600),
             deadline: ms(1_000),
@@ -858,7 +811,7 @@ mod tests {
 
     #[test]
     fn a_dropped_lease_frees_the_slot_without_judging_the_origin_and_aborts() {
-        let clock = FakeClock::new();
+        let clock = VirtualClock::default();
         // One failure would eject the origin: a cancellation must not count as one.
         let policy = Policy {
             eject_after: 1,
@@ -886,7 +839,7 @@ mod tests {
 
     #[test]
     fn retry_after_keeps_the_origin_out_until_then() {
-        let clock = FakeClock::new();
+        let clock = VirtualClock::default();
         let d = dispatcher(1, Policy::default(), &clock);
         let limited = Failure::Failed(
             FailureKind::RateLimited {
@@ -926,7 +879,7 @@ mod tests {
 
     #[test]
     fn the_first_byte_commits_the_attempt() {
-        let clock = FakeClock::new();
+        let clock = VirtualClock::default();
         let policy = Policy {
             eject_after: 1,
             ..Policy::default()
@@ -959,14 +912,15 @@ mod tests {
 
     #[test]
     fn attempts_send_only_the_allow_listed_headers_and_the_origins_own_key() {
-        let clock = FakeClock::new();
+        let clock = VirtualClock::default();
         let d = dispatcher(1, Policy::default(), &clock);
         let script = Script::new(&clock, vec![Step::Answer(ms(5))]);
         let outbound = Outbound {
             request_id: "req-1".into(),
             traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
         };
-        let (_, lease) = block_on(d.send(&script, &call("m", &outbound), &Recorder::default()))
+        let (_, lease) = clock
+            .block_on(d.send(&script, &call("m", &outbound), &Recorder::default()))
             .expect("answers");
         lease.succeed();
         let sent = script.sent.borrow();
@@ -990,10 +944,11 @@ mod tests {
 
     #[test]
     fn an_unserved_model_is_refused_before_any_attempt() {
-        let clock = FakeClock::new();
+        let clock = VirtualClock::default();
         let d = dispatcher(2, Policy::default(), &clock);
         let script = Script::new(&clock, Vec::new());
-        let err = block_on(d.send(&script, &call("other", &OUTBOUND), &Recorder::default()))
+        let err = clock
+            .block_on(d.send(&script, &call("other", &OUTBOUND), &Recorder::default()))
             .err()
             .expect("refused");
         assert_eq!(err, BalancerError::UnknownModel("other".into()));

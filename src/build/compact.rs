@@ -175,9 +175,10 @@ mod tests {
         let corpus = corpus_from_export(export.as_bytes(), dir.path(), &bar).unwrap();
         assert_eq!((corpus.count, corpus.header.seq), (2, 7));
         let text = std::fs::read_to_string(&corpus.passages).unwrap();
+        let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
         assert_eq!(
-            text.lines().next().unwrap(),
-            r#"{"id":1,"text":"t","source":"a"}"#
+            first,
+            serde_json::json!({"id": 1, "text": "t", "source": "a"})
         );
         assert_eq!(std::fs::read(&corpus.vectors).unwrap().len(), 2 * 2 * 4);
         let config = corpus.build_config(dir.path(), None, false);

@@ -1,10 +1,10 @@
 //! The bindings of the inference origins for this isolate: their configuration from env, the
 //! `fetch`-based transport that makes one attempt (`AbortController`, the `Whole` and
-//! `FirstChunk` readers), the worker's clock (`Date.now()`, timers) and the metrics hooks.
-//! The retry/lease loop itself is plain Rust, `balancer::dispatch`.
+//! `FirstChunk` readers) and the metrics hooks. The retry/lease loop itself is plain Rust,
+//! `balancer::dispatch`, on the worker's clock (`edge::clock`).
 //!
 //! The dispatcher lives per isolate so that the latency, health and Retry-After state one request
-//! learns steers the next. Its clock is `Date.now()`: wall time, which also dates `Retry-After`.
+//! learns steers the next. A `Retry-After` date is turned into a wait here, against wall time.
 use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::rc::Rc;
@@ -14,14 +14,13 @@ use futures::StreamExt;
 use worker::js_sys;
 use worker::js_sys::futures::JsFuture;
 use worker::wasm_bindgen::{JsCast, JsValue};
-use worker::{
-    web_sys, ByteStream, Date, Delay, Env, Headers, Method, Request, RequestInit, Response,
-};
+use worker::{web_sys, ByteStream, Env, Headers, Method, Request, RequestInit, Response};
 
+use super::clock::{unix_time, WorkerClock};
 use super::{now_ms, observe, parsed, race, var};
 use crate::api::{judge_origin, ApiError, Verdict};
 use crate::balancer::dispatch::{
-    self, Abort, Attempted, Clock, Dispatcher, Failure, Hooks, OriginRequest, Transport,
+    self, Abort, Attempted, Dispatcher, Failure, Hooks, OriginRequest, Transport,
 };
 pub use crate::balancer::dispatch::{Call, Health, Outbound, Reply};
 use crate::balancer::{
@@ -101,23 +100,6 @@ pub fn for_isolate(env: &Env) -> Result<Option<Rc<Origins>>, ApiError> {
     ))));
     ORIGINS.with(|cell| *cell.borrow_mut() = Some(origins.clone()));
     Ok(Some(origins))
-}
-
-/// The balancer's clock: `Date.now()`, and the request's own timers.
-pub struct WorkerClock;
-
-impl Clock for WorkerClock {
-    fn now(&self) -> Duration {
-        now()
-    }
-
-    async fn sleep(&self, wait: Duration) {
-        Delay::from(wait).await
-    }
-}
-
-fn now() -> Duration {
-    Duration::from_millis(Date::now().as_millis())
 }
 
 /// Aborts one attempt's `fetch`. `None` if the runtime could not make a controller: the attempt
@@ -296,7 +278,7 @@ impl<R: Read> Transport for Fetch<R> {
         let status = response.status();
         let retry_after = response.headers().get("retry-after").ok().flatten();
         let left = Duration::from_secs_f64(((until - now_ms()) / 1000.0).max(0.0));
-        let result = match judge_origin(status, retry_after.as_deref(), now()) {
+        let result = match judge_origin(status, retry_after.as_deref(), unix_time()) {
             Verdict::Answered => R::read(response, left).await,
             Verdict::Failed(kind) => Err(Failure::Failed(kind, format!("answered {status}"))),
             Verdict::Refused => {

@@ -9,7 +9,8 @@ use std::task::{Context, Poll};
 use futures::future::{select, Either};
 use futures::stream::{FuturesUnordered, StreamExt};
 
-use super::{Answered, Clock, Match, ShardQuery, Shards, Visit, MAX_IN_FLIGHT};
+use super::{Answered, Match, ShardQuery, Shards, Visit, MAX_IN_FLIGHT};
+use crate::clock::Clock;
 use crate::manifest::Manifest;
 use crate::shard::{merge_top_k, ShardHit};
 use crate::timing::Timing;
@@ -99,7 +100,7 @@ pub async fn gather<S: Shards, C: Clock>(
     start_next(&mut in_flight);
     let deadline = async {
         if deadline_ms.is_finite() {
-            clock.sleep(deadline_ms).await
+            clock.sleep_ms(deadline_ms).await
         } else {
             futures::future::pending().await
         }

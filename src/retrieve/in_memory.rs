@@ -1,10 +1,12 @@
 //! The backend for shards already open in this process ([`LocalIndex`](crate::index::LocalIndex)):
 //! each visit is searched at once, and hits are resolved after the merge straight from the shard.
 use std::rc::Rc;
+use std::time::Duration;
 
 use futures::future::{ready, Ready};
 
-use super::{Answered, Clock, Match, ShardQuery, Shards, Visit};
+use super::{Answered, Match, ShardQuery, Shards, Visit};
+use crate::clock::Clock;
 use crate::manifest::Manifest;
 use crate::shard::{Shard, ShardHit};
 use crate::timing::Timing;
@@ -63,11 +65,11 @@ impl Shards for InMemory<'_> {
 pub struct NoDeadline;
 
 impl Clock for NoDeadline {
-    fn now_ms(&self) -> f64 {
-        0.0
+    fn now(&self) -> Duration {
+        Duration::ZERO
     }
 
-    async fn sleep(&self, _ms: f64) {
+    async fn sleep(&self, _wait: Duration) {
         futures::future::pending::<()>().await
     }
 }

@@ -5,7 +5,8 @@ use std::rc::Rc;
 
 use futures::future::LocalBoxFuture;
 
-use super::{passage_of, Answered, Clock, Match, Passages, ShardQuery, Shards, Visit};
+use super::{passage_of, Answered, Match, Passages, ShardQuery, Shards, Visit};
+use crate::clock::Clock;
 use crate::shard::ShardHit;
 use crate::store::{Pinned, Source, Store};
 use crate::timing::Timing;

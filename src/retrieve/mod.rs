@@ -8,8 +8,8 @@
 //! Where a shard's answer comes from is a [`Shards`] backend: shards already open in this
 //! process ([`InMemory`]), shards loaded through the isolate's byte-bounded
 //! [`Store`](crate::store::Store) ([`Loaded`]), or shard hosts asked over a transport
-//! ([`Remote`], over [`ShardHosts`]). Time is a [`Clock`], so deadlines, slow shards and
-//! partial answers are tested natively with virtual time.
+//! ([`Remote`], over [`ShardHosts`]). Time is a [`Clock`](crate::clock::Clock), so deadlines, slow
+//! shards and partial answers are tested natively with virtual time.
 
 mod gather;
 mod in_memory;
@@ -33,15 +33,6 @@ pub use in_memory::{InMemory, NoDeadline};
 pub use loaded::Loaded;
 pub use plan::{plan, Visit, MAX_IN_FLIGHT};
 pub use remote::{HostAnswer, HostMatch, HostQuery, Remote, ShardHosts};
-
-/// Time as the engine sees it: the worker's clock and timers, or virtual time in tests.
-// Single-threaded wasm: the futures never cross threads, so no Send bound is wanted.
-#[allow(async_fn_in_trait)]
-pub trait Clock: Clone + 'static {
-    fn now_ms(&self) -> f64;
-    /// Resolves `ms` milliseconds from now (on the calling request's own timer, in the worker).
-    async fn sleep(&self, ms: f64);
-}
 
 /// What every visited shard is asked: the query vector, `k`, the filter and the ids live writes
 /// replaced or deleted (never returned from a shard). The beam width is the visit's ([`Visit::ef`]).

@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{
-    failure_reasons, gather, passage_of, Answered, Clock, Loaded, Match, Passages, ShardQuery,
-    Shards, Visit,
+    failure_reasons, gather, passage_of, Answered, Loaded, Match, Passages, ShardQuery, Shards,
+    Visit,
 };
+use crate::clock::Clock;
 use crate::shard::{DocId, Exclusions, Filter, Hit, ShardHit};
 use crate::store::Source;
 use crate::timing::Timing;

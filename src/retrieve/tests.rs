@@ -11,6 +11,7 @@ use rkyv::util::AlignedVec;
 
 use super::*;
 use crate::build::{build_index, BuildConfig, DEFAULT_DEGREE};
+use crate::clock::Clock;
 use crate::index::LocalIndex;
 use crate::manifest::{Manifest, Placement, MANIFEST_FILE};
 use crate::shard::{Metric, Quant};
@@ -156,7 +157,7 @@ impl Source for Buckets {
             .get(key)
             .copied()
             .unwrap_or(self.default_delay_ms);
-        self.clock.sleep(delay).await;
+        self.clock.sleep_ms(delay).await;
         self.in_flight.set(self.in_flight.get() - 1);
         let objects = self.objects.borrow();
         let Some(bytes) = objects.get(&(region.to_string(), key.to_string())) else {
@@ -577,7 +578,7 @@ fn a_query_over_three_times_the_budget_stays_inside_it_and_exact() {
             for _ in 0..20_000 {
                 let held = store.held();
                 peak.set(peak.get().max(held.shard_bytes + held.reserved_bytes));
-                clock.sleep(0.5).await;
+                clock.sleep_ms(0.5).await;
             }
         }
     };

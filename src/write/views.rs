@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use super::{Delta, Since};
-use crate::retrieve::Clock;
+use crate::clock::Clock;
 use crate::shard::Metric;
 
 /// How often a request waiting for `min_seq` asks the writer again.
@@ -103,7 +103,7 @@ impl Views {
                     seq: view.seq,
                 });
             }
-            clock.sleep(MIN_SEQ_POLL_MS).await;
+            clock.sleep_ms(MIN_SEQ_POLL_MS).await;
         }
     }
 
