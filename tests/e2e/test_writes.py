@@ -332,3 +332,106 @@ def test_sigkill_mid_write_load_keeps_every_acknowledged_write_and_no_half_batch
     finally:
         stop(worker)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_rows(passages, vectors, start, count):
+    """Rows `start..start+count` of a corpus: (passage dict, vector) pairs."""
+    with open(passages) as f:
+        lines = f.readlines()[start:start + count]
+    with open(vectors, "rb") as f:
+        f.seek(start * DIMS * 4)
+        data = f.read(len(lines) * DIMS * 4)
+    return [(json.loads(line), list(struct.unpack_from(f"<{DIMS}f", data, i * DIMS * 4)))
+            for i, line in enumerate(lines)]
+
+
+def normalised(v):
+    n = sum(x * x for x in v) ** 0.5
+    return [x / n for x in v]
+
+
+def exact_top10(live, query):
+    q = normalised(query)
+    scored = sorted(((sum(a * b for a, b in zip(q, v)), pid) for pid, v in live.items()), reverse=True)
+    return [pid for _, pid in scored[:10]]
+
+
+def test_compaction_under_query_load_keeps_recall_and_no_query_fails_or_mixes_versions(live):
+    worker = live["worker"]
+    tmp = tempfile.mkdtemp(prefix="edgerag-compact-", dir=live["tmp"])
+    passages, vectors, queries = corpus(tmp)
+    with open(passages) as f:
+        n = sum(1 for _ in f)
+    compiled_n, written_n, during_n = n // 2, n // 3, 20
+    compiled = read_rows(passages, vectors, 0, compiled_n)
+    written = read_rows(passages, vectors, compiled_n, written_n)
+    during = read_rows(passages, vectors, compiled_n + written_n, during_n)
+    # The compiled part, published as index `grow` (2 shards), then writes on top of it.
+    part = os.path.join(tmp, "part.jsonl")
+    with open(part, "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row, _ in compiled)
+    part_vectors = os.path.join(tmp, "part.f32")
+    with open(part_vectors, "wb") as f:
+        f.write(b"".join(struct.pack(f"<{DIMS}f", *v) for _, v in compiled))
+    publish(worker, build_index(tmp, "grow", 2, part, part_vectors, regions="weur,enam"))
+    deleted = [row["id"] for row, _ in compiled[::30]]
+    assert delete(worker, "grow", deleted)[0] == 200
+    seq = 0
+    for b in range(0, len(written), 100):
+        status, _, body = upsert(worker, "grow", [dict(id=row["id"], values=v, text=row["text"])
+                                                  for row, v in written[b:b + 100]])
+        assert status == 200, body
+        seq = body["seq"]
+    live_vectors = {row["id"]: v for row, v in compiled + written if row["id"] not in set(deleted)}
+    with open(queries, "rb") as f:
+        data = f.read(30 * DIMS * 4)
+    qs = [list(struct.unpack_from(f"<{DIMS}f", data, i * DIMS * 4)) for i in range(len(data) // (DIMS * 4))]
+    truth = [exact_top10(live_vectors, q) for q in qs]
+
+    def recall_round(min_seq):
+        hits, versions = 0, set()
+        for q, want in zip(qs, truth):
+            status, _, found = worker.search(index="grow", vector=q, k=10, min_seq=min_seq)
+            assert status == 200, found
+            assert not found["partial"], found
+            ids = [m["id"] for m in found["matches"]]
+            assert len(ids) == len(set(ids)) == 10, ids
+            assert not set(ids) & set(deleted), "a deleted passage came back"
+            hits += len(set(ids) & set(want))
+            versions.add(found["version"])
+        return hits / (10 * len(qs)), versions
+
+    before, old_versions = recall_round(seq)
+    # Compaction in a subprocess, with queries and new writes running until it ends.
+    env = dict(os.environ, EDGERAG_ADMIN_KEY=KEYS["admin"])
+    compaction = subprocess.Popen([SHARDC, "compact", "grow", "--url", worker.base], env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    during_recalls, during_versions, during_seqs = [], set(), []
+    for row, v in during:
+        status, _, body = upsert(worker, "grow", [dict(id=row["id"], values=v, text=row["text"])])
+        assert status == 200, body
+        during_seqs.append(body["seq"])
+    while compaction.poll() is None:
+        recall, versions = recall_round(seq)
+        during_recalls.append(recall)
+        during_versions |= versions
+    out, err = compaction.communicate()
+    assert compaction.returncode == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    log(f"compaction: {summary}")
+    after, new_versions = recall_round(max(during_seqs))
+    log(f"compaction: recall@10 before {before:.3f}, during {during_recalls}, after {after:.3f}")
+    assert before >= 0.95 and after >= 0.95 and all(r >= 0.95 for r in during_recalls), (before, during_recalls, after)
+    assert new_versions == {summary["version"]} and summary["version"] not in old_versions
+    assert during_versions <= old_versions | new_versions
+    # The writer dropped what the new version holds, and kept the writes made meanwhile.
+    state = write_state(worker, "grow")
+    assert state["base_version"] == summary["version"] and state["base_seq"] == summary["compacted_seq"]
+    assert state["seq"] == max(during_seqs)
+    kept = [s for s in during_seqs if s > summary["compacted_seq"]]
+    assert state["pending_writes"] == len(kept)
+    status, _, index = worker.call("GET", "/v1/indexes/grow")
+    assert index["vectors"] == len(live_vectors) + during_n - len(kept)
+    for row, v in during:
+        found = worker.search(index="grow", vector=v, k=1, min_seq=state["seq"])[2]
+        assert found["matches"][0]["id"] == row["id"], found
