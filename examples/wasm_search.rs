@@ -60,6 +60,7 @@ impl Probe {
             k,
             ef,
             filter: None,
+            exclude: None,
         };
         self.last = self.index.search(query, &params)?;
         Ok(self.last.len())

@@ -114,6 +114,19 @@ impl AdminRoute {
     }
 }
 
+/// `%XX` for everything but unreserved characters (RFC 3986), so any text survives a path
+/// segment or a query value.
+pub fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// `%XX` escapes decoded; `None` for a bad escape or bytes that are not UTF-8.
 pub fn percent_decode(segment: &str) -> Option<String> {
     let bytes = segment.as_bytes();

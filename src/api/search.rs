@@ -108,7 +108,12 @@ fn finite_f32(vector: &[f64]) -> Result<Vec<f32>, ApiError> {
     if vector.is_empty() {
         return Err(ApiError::Invalid("`vector` is empty".into()));
     }
-    vector
+    finite("vector", vector).map_err(ApiError::Invalid)
+}
+
+/// The components as f32, or which one is not a finite f32 (named as `field[i]`).
+pub(crate) fn finite(field: &str, values: &[f64]) -> Result<Vec<f32>, String> {
+    values
         .iter()
         .enumerate()
         .map(|(i, &x)| {
@@ -116,9 +121,7 @@ fn finite_f32(vector: &[f64]) -> Result<Vec<f32>, ApiError> {
             if v.is_finite() {
                 Ok(v)
             } else {
-                Err(ApiError::Invalid(format!(
-                    "`vector[{i}]` = {x} is not a finite f32"
-                )))
+                Err(format!("`{field}[{i}]` = {x} is not a finite f32"))
             }
         })
         .collect()

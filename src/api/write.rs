@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::search::finite;
 use super::{parse_json, ApiError};
 use crate::shard::{DocId, Metric, Quant};
 use crate::write::{Change, Put};
@@ -125,8 +126,8 @@ pub fn parse_upsert(
                 item.values.len()
             )));
         }
-        let vector =
-            finite(&item.values).map_err(|why| ApiError::Invalid(format!("{}: {why}", at())))?;
+        let vector = finite("values", &item.values)
+            .map_err(|why| ApiError::Invalid(format!("{}: {why}", at())))?;
         let chars = item.text.chars().count();
         if chars > TEXT_CHARS_MAX {
             return Err(ApiError::Invalid(format!(
@@ -240,21 +241,6 @@ fn doc_id(id: &Value) -> Result<DocId, String> {
             "the id must be a string or an integer, got {other}"
         )),
     }
-}
-
-fn finite(values: &[f64]) -> Result<Vec<f32>, String> {
-    values
-        .iter()
-        .enumerate()
-        .map(|(j, &x)| {
-            let v = x as f32;
-            if v.is_finite() {
-                Ok(v)
-            } else {
-                Err(format!("`values[{j}]` = {x} is not a finite f32"))
-            }
-        })
-        .collect()
 }
 
 fn no_duplicates(changes: &[Change], field: &str) -> Result<(), ApiError> {

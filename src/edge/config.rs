@@ -16,11 +16,11 @@ use crate::write::Views;
 /// loads in flight together. With the live writes' views (`WRITES_CACHE_BYTES`) it leaves
 /// headroom in the 128 MB isolate for the wasm heap's other users, the JS side of the transfer
 /// in flight and the request itself.
-const CACHE_BYTES_DEFAULT: usize = 80 << 20;
+const CACHE_BYTES_DEFAULT: usize = 72 << 20;
 /// Default bound on the isolate's views of live writes not yet compacted (`WRITES_CACHE_BYTES`).
-const WRITES_CACHE_BYTES_DEFAULT: usize = 16 << 20;
+const WRITES_CACHE_BYTES_DEFAULT: usize = 24 << 20;
 /// Default bound on an index's uncompacted writes (`WRITE_BACKLOG_MAX`): 10,000 passages of
-/// 384 dimensions take about 8 MB of f16 vectors in each isolate, plus their texts.
+/// 384 dimensions take about 15 MB of f32 vectors in each isolate, plus their texts.
 const WRITE_BACKLOG_MAX_DEFAULT: u64 = 10_000;
 /// Default wait for a read's `min_seq` (`MIN_SEQ_WAIT_MS`).
 const MIN_SEQ_WAIT_MS_DEFAULT: u64 = 2000;

@@ -32,7 +32,7 @@ static HEAP: EdgeHeap = EdgeHeap {
 
 fn is_large(layout: Layout) -> bool {
     let size = layout.size();
-    layout.align() <= PAGE && (size >= LARGE_BYTES || (size >= PAGE && size % PAGE == 0))
+    layout.align() <= PAGE && (size >= LARGE_BYTES || (size >= PAGE && size.is_multiple_of(PAGE)))
 }
 
 unsafe impl GlobalAlloc for EdgeHeap {

@@ -12,14 +12,16 @@ use std::cell::Cell;
 use serde::{Deserialize, Serialize};
 use worker::*;
 
+use crate::api::admin::percent_encode;
 use crate::api::ApiError;
 use crate::write::log::IdKind;
 use crate::write::{id_key, Applied, LogMeta, Refused, Since, WriteBatch, WriteState};
 
 pub const BINDING: &str = "INDEX_WRITER";
 
-/// Rows per `since` page (a page always ends at a whole write, so it may hold a batch more).
-const SINCE_PAGE_ROWS: usize = 2000;
+/// Rows per `since` page (a page always ends at a whole write, so it may hold a batch more):
+/// small, so that an isolate catching up holds little beside its view.
+const SINCE_PAGE_ROWS: usize = 500;
 const META_KEY: &str = "log";
 
 /// `POST /rebase`: the compiled version writes now apply on top of, and (after a compaction)
@@ -54,8 +56,15 @@ impl DurableObject for IndexWriter {
     async fn fetch(&self, mut req: Request) -> Result<Response> {
         let path = req.path();
         let outcome = match (req.method(), path.as_str()) {
-            (Method::Post, "/write") => match req.json::<WriteBatch>().await {
-                Ok(batch) => self.write(batch).and_then(|a| to_value(&a)),
+            // Parsed by serde_json from the text: a batch of a thousand vectors is too many
+            // small JS values for a JSON.parse and a walk across the boundary.
+            (Method::Post, "/write") => match req
+                .text()
+                .await
+                .map(|t| serde_json::from_str::<WriteBatch>(&t))
+            {
+                Ok(Ok(batch)) => self.write(batch).and_then(|a| to_value(&a)),
+                Ok(Err(e)) => Err(refusal(400, format!("write batch: {e}"))),
                 Err(e) => Err(refusal(400, format!("write batch: {e}"))),
             },
             (Method::Get, "/since") => {
@@ -163,21 +172,24 @@ impl IndexWriter {
     fn write(&self, batch: WriteBatch) -> Refusable<Applied> {
         let sql = self.sql()?;
         let mut meta = self.meta()?;
-        let mut keys = Vec::with_capacity(batch.changes.len());
-        let mut new_rows = 0;
-        for change in &batch.changes {
-            let key = id_key(&change.id);
-            let held: Vec<Count> = sql
-                .exec(
-                    "SELECT COUNT(*) AS n FROM rows WHERE id = ?",
-                    vec![key.clone().into()],
-                )
-                .and_then(|c| c.to_array())
-                .map_err(storage_error)?;
-            if held.first().is_none_or(|c| c.n == 0) {
-                new_rows += 1;
+        let keys: Vec<String> = batch.changes.iter().map(|c| id_key(&c.id)).collect();
+        // Every id new is the most the batch can add; only near the limit are the ids the log
+        // already holds looked up one by one.
+        let mut new_rows = keys.len() as u64;
+        if meta.rows + new_rows > batch.max_rows {
+            new_rows = 0;
+            for key in &keys {
+                let held: Vec<Count> = sql
+                    .exec(
+                        "SELECT COUNT(*) AS n FROM rows WHERE id = ?",
+                        vec![key.clone().into()],
+                    )
+                    .and_then(|c| c.to_array())
+                    .map_err(storage_error)?;
+                if held.first().is_none_or(|c| c.n == 0) {
+                    new_rows += 1;
+                }
             }
-            keys.push(key);
         }
         let seq = meta
             .admit(&batch, new_rows)
@@ -194,7 +206,7 @@ impl IndexWriter {
             .map_err(storage_error)?;
         }
         meta.last_seq = seq;
-        meta.rows += new_rows;
+        meta.rows = count_rows(&sql)?;
         if meta.id_kind.is_none() {
             meta.id_kind = batch.changes.first().map(|c| IdKind::of(&c.id));
         }
@@ -290,6 +302,14 @@ impl IndexWriter {
     }
 }
 
+fn count_rows(sql: &SqlStorage) -> Refusable<u64> {
+    let counted: Vec<Count> = sql
+        .exec("SELECT COUNT(*) AS n FROM rows", None)
+        .and_then(|c| c.to_array())
+        .map_err(storage_error)?;
+    Ok(counted.first().map_or(0, |c| c.n))
+}
+
 /// The rows with `above < seq <= upto`, in seq order.
 fn rows_in(sql: &SqlStorage, above: u64, upto: u64) -> Refusable<Vec<crate::write::Row>> {
     let stored: Vec<StoredRow> = sql
@@ -379,7 +399,11 @@ impl IndexWriterStub {
                 )),
             });
         }
-        response.json().await.map_err(unreachable)
+        // serde_json over the text: a page of rows is too many small JS values for `json()`.
+        let text = response.text().await.map_err(unreachable)?;
+        serde_json::from_str(&text).map_err(|e| {
+            ApiError::WritesUnavailable(format!("the writer of {} answered: {e}", self.index))
+        })
     }
 
     pub async fn write(&self, batch: &WriteBatch) -> std::result::Result<Applied, ApiError> {
@@ -408,22 +432,10 @@ impl crate::write::Writer for IndexWriterStub {
         let mut path = format!("/since?after={after}");
         if let Some(base) = base {
             path.push_str("&base=");
-            path.push_str(&url_encode(base));
+            path.push_str(&percent_encode(base));
         }
         self.call(Method::Get, &path, None)
             .await
             .map_err(|e| e.to_string())
     }
-}
-
-/// Versions are hex digests; anything else is escaped byte by byte.
-fn url_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

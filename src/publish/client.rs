@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{SetCurrent, VersionStatus};
+use crate::api::admin::percent_encode;
 use crate::manifest::{Manifest, MANIFEST_FILE};
 
 /// The environment variable `shardc` reads the admin API key from.
@@ -46,18 +47,6 @@ pub struct AdminClient {
     agent: ureq::Agent,
 }
 
-/// `%XX` for everything but unreserved characters, so any index name survives a path segment.
-fn segment(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 impl AdminClient {
     /// `url` is the worker's base URL; the key comes from [`ADMIN_KEY_VAR`].
     pub fn from_env(url: &str) -> Result<AdminClient, ClientError> {
@@ -82,10 +71,10 @@ impl AdminClient {
     }
 
     fn path(index: &str, rest: &[&str]) -> String {
-        let mut path = format!("/v1/admin/indexes/{}", segment(index));
+        let mut path = format!("/v1/admin/indexes/{}", percent_encode(index));
         for part in rest {
             path.push('/');
-            path.push_str(&segment(part));
+            path.push_str(&percent_encode(part));
         }
         path
     }
@@ -420,7 +409,7 @@ mod tests {
             "/v1/admin/indexes/my%20docs%2Fx/versions/v1"
         );
         assert_eq!(
-            crate::api::admin::percent_decode(&segment("é?#%")).as_deref(),
+            crate::api::admin::percent_decode(&percent_encode("é?#%")).as_deref(),
             Some("é?#%")
         );
     }

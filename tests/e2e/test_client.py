@@ -12,13 +12,13 @@ import zipfile
 
 import pytest
 
-from conftest import CHAT_MODEL, KEYS, ROOT, SLOW_MODEL, quoted_opening
+from conftest import CHAT_MODEL, EMBEDDING_MODEL, KEYS, ROOT, SLOW_MODEL, quoted_opening
 
 CLIENT_SRC = os.path.join(ROOT, "clients", "python", "src")
 sys.path.insert(0, CLIENT_SRC)  # the client as in this checkout, not an installed copy
 
 from edgerag import AsyncClient, Client, EdgeragError  # noqa: E402
-from edgerag.langchain import NO_WRITE_API, EdgeragRetriever, EdgeragVectorStore  # noqa: E402
+from edgerag.langchain import NO_EMBEDDING, EdgeragRetriever, EdgeragVectorStore  # noqa: E402
 
 QUESTION = "How do I read a file line by line?"
 KEY = KEYS["a"]  # tenant acme: index docs only
@@ -162,15 +162,6 @@ def test_langchain_retriever_documents_equal_search_matches(rag, client):
     assert as_tuples(native) == as_tuples(in_executor) == documents_of(expected)
 
 
-def test_vector_store_refuses_writes_naming_the_missing_api(client):
-    store = EdgeragVectorStore(client, "docs")
-    for write in (lambda: store.add_texts(["a passage"]), lambda: store.delete(["1"]),
-                  lambda: EdgeragVectorStore.from_texts(["a passage"], embedding=None)):
-        with pytest.raises(NotImplementedError, match="no write API"):
-            write()
-    assert "upsert" in NO_WRITE_API
-
-
 def test_the_langchain_example_answers_from_the_retrieved_sources(rag):
     worker = rag["worker"]
     run = subprocess.run(
@@ -200,3 +191,33 @@ def test_the_client_package_builds_as_a_wheel_with_its_langchain_extra():
             metadata = z.read(next(n for n in names if n.endswith("METADATA"))).decode()
     assert {"edgerag/__init__.py", "edgerag/client.py", "edgerag/langchain.py", "edgerag/py.typed"} <= names
     assert "Requires-Dist: httpx" in metadata and 'extra == "langchain"' in metadata
+
+
+def test_client_writes_are_read_back_and_the_vector_store_adds_and_deletes_texts(rag, client):
+    from langchain_openai import OpenAIEmbeddings
+    worker = rag["worker"]
+    writer = Client(worker.base, KEYS["admin"])
+    with pytest.raises(EdgeragError) as refused:
+        client.create_index("clientnotes", 384)
+    assert refused.value.status == 403, "a read key may not create"
+    created = writer.create_index("clientnotes", 384)
+    assert created["writes"]["seq"] == 0
+    # The worker's own embeddings route (the devorigin MiniLM pool), as LangChain's OpenAI embeddings.
+    embeddings = OpenAIEmbeddings(base_url=worker.base + "/v1", api_key=KEYS["admin"], model=EMBEDDING_MODEL,
+                                  check_embedding_ctx_length=False)
+    store = EdgeragVectorStore(writer, "clientnotes", embedding=embeddings)
+    ids = store.add_texts(["The walrus operator assigns a value inside an expression.",
+                           "A list is a mutable sequence of items."], [{"topic": "syntax"}, {"topic": "types"}])
+    first = store.similarity_search("assignment expressions with the walrus operator", k=1)[0]
+    assert (first.id, first.metadata["topic"]) == (ids[0], "syntax")
+    assert store.delete([ids[0]])
+    left = store.similarity_search("assignment expressions with the walrus operator", k=2)
+    assert [d.id for d in left] == [ids[1]]
+    vector = embeddings.embed_query("by vector")
+    written = writer.upsert("clientnotes", [{"id": "v1", "values": vector, "text": "written by vector"}])
+    found = writer.search("clientnotes", vector=vector, k=1, min_seq=written.seq)
+    assert found.matches[0].id == "v1" and found.seq >= written.seq and found.pending_writes == 3
+    assert writer.index("clientnotes").writes["seq"] == written.seq
+    assert "embedding" in NO_EMBEDDING
+    with pytest.raises(ValueError, match="embedding"):
+        EdgeragVectorStore(writer, "clientnotes").add_texts(["no embeddings given"])

@@ -435,3 +435,39 @@ def test_compaction_under_query_load_keeps_recall_and_no_query_fails_or_mixes_ve
     for row, v in during:
         found = worker.search(index="grow", vector=v, k=1, min_seq=state["seq"])[2]
         assert found["matches"][0]["id"] == row["id"], found
+
+
+def test_the_backlog_limit_refuses_writes_whole_and_views_over_the_isolate_budget_are_reported_not_crashed():
+    tmp = tempfile.mkdtemp(prefix="edgerag-e2e-limits-")
+    budget = 40_000
+    worker = start_worker(os.path.join(tmp, "state"), "local", open(os.path.join(tmp, "wrangler.log"), "w"),
+                          dict(WRITE_BACKLOG_MAX="300", WRITES_CACHE_BYTES=str(budget)))
+    try:
+        create(worker, "small")
+        rng = random.Random(3)
+        vectors = {}
+        for b in range(0, 300, 100):
+            items = []
+            for i in range(b, b + 100):
+                vectors[i] = unit(rng)
+                items.append(item(i, vectors[i]))
+            status, _, body = upsert(worker, "small", items)
+            assert status == 200, body
+        status, _, problem = upsert(worker, "small", [item(300, unit(rng)), item(301, unit(rng))])
+        assert status == 503 and "WRITE_BACKLOG_MAX" in problem["detail"], problem
+        assert problem["type"].endswith("writes-unavailable")
+        # Replacing ids the log holds adds no row: still accepted.
+        status, _, body = upsert(worker, "small", [item(5, vectors[5], version=2)])
+        assert status == 200 and body["seq"] == 4, body
+        assert write_state(worker, "small")["pending_writes"] == 300
+        # 300 passages of 32 f32s and their texts are more than this isolate's view budget: a read
+        # that needs them is refused naming the budget, one that does not is answered, partial.
+        status, _, problem = worker.search(index="small", vector=vectors[1], k=1, min_seq=4)
+        assert status == 503 and "WRITES_CACHE_BYTES" in problem["detail"], problem
+        status, _, found = worker.search(index="small", vector=vectors[1], k=1)
+        assert status == 200 and found["partial"] and found["failed_shards"] == ["writes"], found
+        health = worker.call("GET", "/healthz")[2]
+        assert health["writes_budget_bytes"] == budget and health["writes_bytes"] <= budget, health
+    finally:
+        stop(worker)
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -10,7 +10,8 @@ from .types import Source, sources_from_json
 
 
 def search_body(index: str, text: Optional[str], vector: Optional[Sequence[float]], k: Optional[int],
-                ef: Optional[int], probe: Optional[int], filter: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+                ef: Optional[int], probe: Optional[int], filter: Optional[Mapping[str, Any]],
+                min_seq: Optional[int] = None) -> Dict[str, Any]:
     if (text is None) == (vector is None):
         raise ValueError("search takes exactly one of text= or vector=")
     body: Dict[str, Any] = {"index": index}
@@ -18,11 +19,34 @@ def search_body(index: str, text: Optional[str], vector: Optional[Sequence[float
         body["text"] = text
     else:
         body["vector"] = [float(x) for x in vector or ()]
-    for name, value in (("k", k), ("ef", ef), ("probe", probe)):
+    for name, value in (("k", k), ("ef", ef), ("probe", probe), ("min_seq", min_seq)):
         if value is not None:
             body[name] = value
     if filter is not None:
         body["filter"] = dict(filter)
+    return body
+
+
+def upsert_body(vectors: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """`{vectors: [{id, values, text?, metadata?}]}`, values as floats."""
+    items = []
+    for v in vectors:
+        item: Dict[str, Any] = {"id": v["id"], "values": [float(x) for x in v["values"]]}
+        for name in ("text", "metadata"):
+            if v.get(name) is not None:
+                item[name] = v[name]
+        items.append(item)
+    return {"vectors": items}
+
+
+def create_body(name: str, dims: int, metric: Optional[str], quant: Optional[str],
+                regions: Optional[Sequence[str]]) -> Dict[str, Any]:
+    body: Dict[str, Any] = {"name": name, "dims": dims}
+    for key, value in (("metric", metric), ("quant", quant)):
+        if value is not None:
+            body[key] = value
+    if regions is not None:
+        body["regions"] = list(regions)
     return body
 
 

@@ -8,7 +8,7 @@ from urllib.parse import quote
 import httpx
 
 from . import _protocol as wire
-from .types import IndexInfo, RagAnswer, SearchResult, Source
+from .types import IndexInfo, RagAnswer, SearchResult, Source, WriteResult
 
 DEFAULT_TIMEOUT_S = 60.0
 
@@ -147,10 +147,25 @@ class Client:
 
     def search(self, index: str, text: Optional[str] = None, *, vector: Optional[Sequence[float]] = None,
                k: Optional[int] = None, ef: Optional[int] = None, probe: Optional[int] = None,
-               filter: Optional[Mapping[str, Any]] = None) -> SearchResult:
-        """The k nearest passages to `text` (embedded by the worker) or to `vector`."""
+               filter: Optional[Mapping[str, Any]] = None, min_seq: Optional[int] = None) -> SearchResult:
+        """The k nearest passages to `text` (embedded by the worker) or to `vector`; with `min_seq`,
+        from a view that includes every write up to that seq."""
         return SearchResult.from_json(self._call("/v1/search", wire.search_body(index, text, vector, k, ef, probe,
-                                                                                 filter)))
+                                                                                 filter, min_seq)))
+
+    def create_index(self, name: str, dims: int, *, metric: Optional[str] = None, quant: Optional[str] = None,
+                     regions: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+        """A new, empty index, writable at once (needs a write grant on `name`)."""
+        return dict(self._call("/v1/indexes", wire.create_body(name, dims, metric, quant, regions)))
+
+    def upsert(self, index: str, vectors: Sequence[Mapping[str, Any]]) -> WriteResult:
+        """Inserts or replaces passages `{id, values, text?, metadata?}`; answers once durable."""
+        path = f"/v1/indexes/{quote(index, safe='')}/upsert"
+        return WriteResult.from_json(self._call(path, wire.upsert_body(vectors)))
+
+    def delete(self, index: str, ids: Sequence[Any]) -> WriteResult:
+        """Deletes passages by id; answers once durable."""
+        return WriteResult.from_json(self._call(f"/v1/indexes/{quote(index, safe='')}/delete", {"ids": list(ids)}))
 
     def rag(self, index: str, query: str, *, model: str, k: Optional[int] = None,
             max_tokens: Optional[int] = None) -> RagAnswer:
@@ -192,9 +207,21 @@ class AsyncClient:
 
     async def search(self, index: str, text: Optional[str] = None, *, vector: Optional[Sequence[float]] = None,
                      k: Optional[int] = None, ef: Optional[int] = None, probe: Optional[int] = None,
-                     filter: Optional[Mapping[str, Any]] = None) -> SearchResult:
-        body = wire.search_body(index, text, vector, k, ef, probe, filter)
+                     filter: Optional[Mapping[str, Any]] = None, min_seq: Optional[int] = None) -> SearchResult:
+        body = wire.search_body(index, text, vector, k, ef, probe, filter, min_seq)
         return SearchResult.from_json(await self._call("/v1/search", body))
+
+    async def create_index(self, name: str, dims: int, *, metric: Optional[str] = None,
+                           quant: Optional[str] = None, regions: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+        return dict(await self._call("/v1/indexes", wire.create_body(name, dims, metric, quant, regions)))
+
+    async def upsert(self, index: str, vectors: Sequence[Mapping[str, Any]]) -> WriteResult:
+        path = f"/v1/indexes/{quote(index, safe='')}/upsert"
+        return WriteResult.from_json(await self._call(path, wire.upsert_body(vectors)))
+
+    async def delete(self, index: str, ids: Sequence[Any]) -> WriteResult:
+        path = f"/v1/indexes/{quote(index, safe='')}/delete"
+        return WriteResult.from_json(await self._call(path, {"ids": list(ids)}))
 
     async def rag(self, index: str, query: str, *, model: str, k: Optional[int] = None,
                   max_tokens: Optional[int] = None) -> RagAnswer:

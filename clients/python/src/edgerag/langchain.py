@@ -6,6 +6,7 @@ same documents: `page_content` is the passage text, `metadata` the passage's met
 Needs `langchain-core` (`pip install "edgerag[langchain]"`)."""
 from __future__ import annotations
 
+import uuid
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
@@ -19,8 +20,8 @@ from .client import AsyncClient, Client
 from .types import Match, SearchResult
 
 #: Why writes fail: the worker serves immutable index versions built by `shardc build`.
-NO_WRITE_API = ("edgerag has no write API yet (no upsert or delete route): build the corpus into an "
-                "index with `shardc build` and publish it with `scripts/publish`")
+NO_EMBEDDING = ("this store was made without `embedding`: give it the Embeddings that produce the index's "
+                "vectors to add texts (or upsert vectors with `Client.upsert`)")
 
 
 def document(match: Match) -> Document:
@@ -30,29 +31,36 @@ def document(match: Match) -> Document:
 
 
 class EdgeragVectorStore(VectorStore):
-    """A read-only vector store over one index of an edgerag worker.
+    """A vector store over one index of an edgerag worker.
 
     `client` serves the sync methods, `async_client` (optional) the async ones natively; without
-    it they run the sync client in an executor. `ef` and `probe` apply to every search."""
+    it they run the sync client in an executor. `ef` and `probe` apply to every search. Searches
+    by text are embedded by the worker; `embedding` (optional) embeds the texts `add_texts`
+    writes, and must produce the index's vectors. Each write's seq is kept, and later searches
+    ask for it (`min_seq`): this store reads its own writes."""
 
     def __init__(self, client: Client, index: str, *, async_client: Optional[AsyncClient] = None,
-                 ef: Optional[int] = None, probe: Optional[int] = None) -> None:
+                 ef: Optional[int] = None, probe: Optional[int] = None,
+                 embedding: Optional[Embeddings] = None) -> None:
         self.client = client
         self.async_client = async_client
         self.index = index
         self.ef = ef
         self.probe = probe
+        self.embedding = embedding
+        self.last_seq: Optional[int] = None
 
     @property
     def embeddings(self) -> Optional[Embeddings]:
-        """None: the worker embeds queries itself (its embeddings pool)."""
-        return None
+        """The Embeddings `add_texts` uses; queries are embedded by the worker (its embeddings pool)."""
+        return self.embedding
 
     def _search_args(self, k: int, filter: Optional[Mapping[str, Any]], kwargs: Mapping[str, Any]) -> Dict[str, Any]:
         unknown = set(kwargs) - {"ef", "probe"}
         if unknown:
             raise TypeError(f"unsupported search arguments: {sorted(unknown)}")
-        return dict(k=k, ef=kwargs.get("ef", self.ef), probe=kwargs.get("probe", self.probe), filter=filter)
+        return dict(k=k, ef=kwargs.get("ef", self.ef), probe=kwargs.get("probe", self.probe), filter=filter,
+                    min_seq=self.last_seq)
 
     @staticmethod
     def _scored(result: SearchResult) -> List[Tuple[Document, float]]:
@@ -92,16 +100,33 @@ class EdgeragVectorStore(VectorStore):
             return self._euclidean_relevance_score_fn
         return lambda score: score
 
-    def add_texts(self, texts: Iterable[str], metadatas: Optional[List[Dict[str, Any]]] = None, **kwargs: Any) -> List[str]:
-        raise NotImplementedError(NO_WRITE_API)
+    def add_texts(self, texts: Iterable[str], metadatas: Optional[List[Dict[str, Any]]] = None, *,
+                  ids: Optional[List[str]] = None, **kwargs: Any) -> List[str]:
+        """Embeds `texts` with this store's `embedding` and upserts them (new ids are random)."""
+        if self.embedding is None:
+            raise ValueError(NO_EMBEDDING)
+        texts = list(texts)
+        ids = list(ids) if ids is not None else [uuid.uuid4().hex for _ in texts]
+        vectors = self.embedding.embed_documents(texts)
+        items = [{"id": i, "values": v, "text": t, "metadata": (metadatas or [{}] * len(texts))[n] or {}}
+                 for n, (i, v, t) in enumerate(zip(ids, vectors, texts))]
+        self.last_seq = self.client.upsert(self.index, items).seq
+        return ids
 
     def delete(self, ids: Optional[List[str]] = None, **kwargs: Any) -> Optional[bool]:
-        raise NotImplementedError(NO_WRITE_API)
+        """Deletes passages by id (all of them at once is not offered)."""
+        if not ids:
+            raise ValueError("name the ids to delete")
+        self.last_seq = self.client.delete(self.index, ids).seq
+        return True
 
     @classmethod
     def from_texts(cls, texts: List[str], embedding: Embeddings, metadatas: Optional[List[Dict[str, Any]]] = None,
                    **kwargs: Any) -> "EdgeragVectorStore":
-        raise NotImplementedError(NO_WRITE_API)
+        """A store over `kwargs["client"]`'s index `kwargs["index"]` with `texts` added."""
+        store = cls(kwargs.pop("client"), kwargs.pop("index"), embedding=embedding, **kwargs)
+        store.add_texts(texts, metadatas)
+        return store
 
 
 class EdgeragRetriever(BaseRetriever):
@@ -131,4 +156,4 @@ class EdgeragRetriever(BaseRetriever):
         return [document(m) for m in (await self.async_client.search(self.index, query, **self._args())).matches]
 
 
-__all__: Sequence[str] = ["EdgeragRetriever", "EdgeragVectorStore", "NO_WRITE_API", "document"]
+__all__: Sequence[str] = ["EdgeragRetriever", "EdgeragVectorStore", "NO_EMBEDDING", "document"]

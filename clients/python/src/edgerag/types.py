@@ -34,12 +34,29 @@ class SearchResult:
     version: str
     partial: bool
     failed_shards: List[str]
+    #: Every write up to this seq is in the answer; `pending_writes` of them are not yet compacted.
+    seq: int = 0
+    pending_writes: int = 0
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> "SearchResult":
         return cls(matches=[Match.from_json(m) for m in body["matches"]], index=body["index"],
                    version=body["version"], partial=bool(body.get("partial", False)),
-                   failed_shards=list(body.get("failed_shards") or []))
+                   failed_shards=list(body.get("failed_shards") or []), seq=int(body.get("seq", 0)),
+                   pending_writes=int(body.get("pending_writes", 0)))
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """An acknowledged (durable) upsert or delete: its `seq`, which a search's `min_seq` may name to
+    see it, and how many writes of the index are not yet compacted into shards."""
+
+    seq: int
+    pending_writes: int
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> "WriteResult":
+        return cls(seq=int(body["seq"]), pending_writes=int(body["pending_writes"]))
 
 
 @dataclass(frozen=True)
@@ -54,12 +71,14 @@ class IndexInfo:
     vectors: int
     bytes: int
     regions: List[str]
+    #: The live writes: `{seq, base_seq, base_version, pending_writes}`.
+    writes: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> "IndexInfo":
         return cls(name=body["name"], version=body["version"], dims=int(body["dims"]), metric=body["metric"],
                    shards=int(body["shards"]), vectors=int(body["vectors"]), bytes=int(body["bytes"]),
-                   regions=list(body["regions"]))
+                   regions=list(body["regions"]), writes=dict(body.get("writes") or {}))
 
 
 @dataclass(frozen=True)
