@@ -79,6 +79,11 @@ pub struct Manifest {
     /// it from the shards' region lists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
+    /// The model that embedded the passages, which text queries and text upserts must be
+    /// embedded with too. Absent (and left out of the JSON, so older manifests keep their content
+    /// hash) when the build was not told: then the worker's `EMBEDDING_MODEL` is assumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_model: Option<String>,
 }
 
 /// Where a build puts each shard's replicas.
@@ -180,6 +185,7 @@ impl Manifest {
         metric: Metric,
         quant: Quant,
         regions: Vec<String>,
+        embedding_model: Option<String>,
     ) -> Result<Manifest, ManifestError> {
         let mut manifest = Manifest {
             format_version: MANIFEST_FORMAT_VERSION,
@@ -192,6 +198,7 @@ impl Manifest {
             shards: Vec::new(),
             regions,
             placement: Some(Placement::Replicate),
+            embedding_model,
         };
         manifest.version = manifest.content_version();
         manifest.validate()?;
@@ -449,6 +456,7 @@ mod tests {
             ],
             regions: vec!["weur".into(), "enam".into()],
             placement: Some(Placement::Spread),
+            embedding_model: None,
         };
         manifest.version = manifest.content_version();
         manifest

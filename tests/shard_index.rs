@@ -38,6 +38,7 @@ fn config(
         ef_construction: 200,
         degree: DEFAULT_DEGREE,
         threads: None,
+        embedding_model: None,
         progress: false,
     }
 }

@@ -182,6 +182,8 @@ pub struct IndexSummary {
     pub vectors: u64,
     pub bytes: u64,
     pub regions: Vec<String>,
+    /// The model text queries and text upserts of this index are embedded with.
+    pub embedding_model: String,
     /// The index's live writes.
     pub writes: crate::write::WriteState,
 }

@@ -1,7 +1,8 @@
 //! The write routes' bodies: `POST /v1/indexes` (create an empty index), `/upsert` (JSON
 //! `{vectors: [...]}` or NDJSON, one vector per line) and `/delete` (`{ids: [...]}`). Every item is
 //! checked before anything is written, and an error names the item: a rejected batch writes
-//! nothing.
+//! nothing. An upsert item may carry `text` and no `values`: the worker embeds it with the
+//! index's model ([`Upsert::embedded`] fits the vectors back in).
 use std::collections::HashMap;
 
 use serde::Deserialize;
@@ -42,6 +43,9 @@ pub struct CreateIndex {
     pub quant: Quant,
     /// Regions whose buckets hold it; all bound regions when absent.
     pub regions: Option<Vec<String>>,
+    /// The model its vectors come from, which text upserts and text queries are embedded with
+    /// (the worker's `EMBEDDING_MODEL` when absent).
+    pub embedding_model: Option<String>,
 }
 
 fn default_metric() -> Metric {
@@ -78,8 +82,9 @@ pub fn parse_create(content_type: Option<&str>, body: &[u8]) -> Result<CreateInd
 #[serde(deny_unknown_fields)]
 struct UpsertItem {
     id: Value,
-    // f64 first, so a component that overflows f32 is reported instead of becoming inf.
-    values: Vec<f64>,
+    // f64 first, so a component that overflows f32 is reported instead of becoming inf. Absent:
+    // the worker embeds `text`.
+    values: Option<Vec<f64>>,
     #[serde(default)]
     text: String,
     #[serde(default)]
@@ -98,14 +103,69 @@ struct DeleteBody {
     ids: Vec<Value>,
 }
 
+/// A checked upsert: a passage per id, each replacing that id whole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upsert {
+    pub changes: Vec<Change>,
+    /// Which of `changes` came with `text` and no `values`: their vectors are still empty,
+    /// until [`Upsert::embedded`] gives them their text's embedding.
+    pub to_embed: Vec<usize>,
+}
+
+impl Upsert {
+    /// The texts to embed, in the order [`Upsert::embedded`] takes their vectors.
+    pub fn texts_to_embed(&self) -> Vec<&str> {
+        self.to_embed
+            .iter()
+            .filter_map(|&i| self.changes[i].put.as_ref())
+            .map(|put| put.text.as_str())
+            .collect()
+    }
+
+    /// The changes, each text-only item given its vector from `vectors` (the embeddings of
+    /// [`Upsert::texts_to_embed`], by `model`): refused whole when the model does not give
+    /// vectors of the index's `dims`.
+    pub fn embedded(
+        mut self,
+        vectors: Vec<Vec<f32>>,
+        model: &str,
+        dims: usize,
+    ) -> Result<Vec<Change>, ApiError> {
+        if vectors.len() != self.to_embed.len() {
+            return Err(ApiError::BadGateway(format!(
+                "the embeddings origin answered {} vectors for {} texts",
+                vectors.len(),
+                self.to_embed.len()
+            )));
+        }
+        for (&i, vector) in self.to_embed.iter().zip(vectors) {
+            if vector.len() != dims {
+                return Err(ApiError::Invalid(format!(
+                    "vectors[{i}]: the embedding model {model} gives {} dimensions; the index has {dims}: send `values` instead",
+                    vector.len()
+                )));
+            }
+            if vector.iter().any(|x| !x.is_finite()) {
+                return Err(ApiError::BadGateway(format!(
+                    "the embedding of vectors[{i}] by {model} has a value that is not finite"
+                )));
+            }
+            if let Some(put) = self.changes[i].put.as_mut() {
+                put.vector = vector;
+            }
+        }
+        Ok(self.changes)
+    }
+}
+
 /// An upsert body (JSON, or NDJSON when the content type says so), checked item by item against
-/// the index's `dims` and the limits: a passage per id, each replacing that id whole.
+/// the index's `dims` and the limits.
 pub fn parse_upsert(
     content_type: Option<&str>,
     body: &[u8],
     dims: usize,
     batch_max: usize,
-) -> Result<Vec<Change>, ApiError> {
+) -> Result<Upsert, ApiError> {
     let items: Vec<Value> = if is_ndjson(content_type) {
         ndjson_lines(body)?
     } else {
@@ -113,21 +173,34 @@ pub fn parse_upsert(
     };
     check_count(items.len(), batch_max, "vectors")?;
     let mut changes = Vec::with_capacity(items.len());
+    let mut to_embed = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
         let item: UpsertItem = serde_json::from_value(item)
             .map_err(|e| ApiError::Invalid(format!("vectors[{i}]: {e}")))?;
         let id =
             doc_id(&item.id).map_err(|why| ApiError::Invalid(format!("vectors[{i}]: {why}")))?;
         let at = || format!("vectors[{i}] (id {})", crate::write::id_key(&id));
-        if item.values.len() != dims {
-            return Err(ApiError::Invalid(format!(
-                "{}: `values` has {} dimensions; the index has {dims}",
-                at(),
-                item.values.len()
-            )));
-        }
-        let vector = finite("values", &item.values)
-            .map_err(|why| ApiError::Invalid(format!("{}: {why}", at())))?;
+        let vector = match &item.values {
+            Some(values) if values.len() != dims => {
+                return Err(ApiError::Invalid(format!(
+                    "{}: `values` has {} dimensions; the index has {dims}",
+                    at(),
+                    values.len()
+                )))
+            }
+            Some(values) => finite("values", values)
+                .map_err(|why| ApiError::Invalid(format!("{}: {why}", at())))?,
+            None if item.text.trim().is_empty() => {
+                return Err(ApiError::Invalid(format!(
+                    "{}: no `values`, and no `text` to embed",
+                    at()
+                )))
+            }
+            None => {
+                to_embed.push(i);
+                Vec::new()
+            }
+        };
         let chars = item.text.chars().count();
         if chars > TEXT_CHARS_MAX {
             return Err(ApiError::Invalid(format!(
@@ -162,7 +235,7 @@ pub fn parse_upsert(
         });
     }
     no_duplicates(&changes, "vectors")?;
-    Ok(changes)
+    Ok(Upsert { changes, to_embed })
 }
 
 /// A delete body: the ids to remove.
@@ -263,7 +336,7 @@ mod tests {
     const JSON: Option<&str> = Some("application/json");
 
     fn upsert(body: &str) -> Result<Vec<Change>, ApiError> {
-        parse_upsert(JSON, body.as_bytes(), 2, 3)
+        parse_upsert(JSON, body.as_bytes(), 2, 3).map(|u| u.changes)
     }
 
     fn invalid(result: Result<Vec<Change>, ApiError>) -> String {
@@ -284,11 +357,46 @@ mod tests {
             2,
             3,
         )
-        .unwrap();
+        .unwrap()
+        .changes;
         assert_eq!(json, ndjson);
         assert_eq!(json[0].id, DocId::Str("a".into()));
         assert_eq!(json[1].id, DocId::Int(7));
         assert_eq!(json[0].put.as_ref().unwrap().vector, vec![1.0, 2.0]);
+    }
+
+    #[test]
+    fn text_only_items_wait_for_their_embedding_which_must_fit_the_index() {
+        let body = r#"{"vectors":[{"id":1,"values":[1,2]},{"id":2,"text":"embed me"},{"id":3,"text":"me too","metadata":{"s":1}}]}"#;
+        let parsed = parse_upsert(JSON, body.as_bytes(), 2, 3).unwrap();
+        assert_eq!(parsed.to_embed, vec![1, 2]);
+        assert_eq!(parsed.texts_to_embed(), vec!["embed me", "me too"]);
+        let changes = parsed
+            .clone()
+            .embedded(vec![vec![0.5, 0.5], vec![0.0, 1.0]], "m", 2)
+            .unwrap();
+        let vectors: Vec<Vec<f32>> = changes
+            .iter()
+            .map(|c| c.put.as_ref().unwrap().vector.clone())
+            .collect();
+        assert_eq!(
+            vectors,
+            vec![vec![1.0, 2.0], vec![0.5, 0.5], vec![0.0, 1.0]]
+        );
+        assert_eq!(changes[2].put.as_ref().unwrap().metadata["s"], 1);
+        let wrong = parsed
+            .clone()
+            .embedded(vec![vec![0.5; 3], vec![0.5; 3]], "big-model", 2)
+            .unwrap_err();
+        assert_eq!(wrong.status(), 422);
+        assert!(
+            wrong.to_string().contains("big-model") && wrong.to_string().contains("3 dimensions"),
+            "{wrong}"
+        );
+        let short = parsed.embedded(vec![vec![0.5, 0.5]], "m", 2).unwrap_err();
+        assert_eq!(short.status(), 502, "{short}");
+        let why = invalid(upsert(r#"{"vectors":[{"id":1,"text":"  "}]}"#));
+        assert!(why.contains("no `values`"), "{why}");
     }
 
     #[test]

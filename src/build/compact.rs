@@ -121,6 +121,7 @@ impl ExportedCorpus {
             ef_construction: DEFAULT_EF_CONSTRUCTION,
             degree: DEFAULT_DEGREE,
             threads: None,
+            embedding_model: self.header.embedding_model.clone(),
             progress,
         }
     }
@@ -144,6 +145,7 @@ mod tests {
             regions: vec!["weur".into()],
             placement: Placement::Replicate,
             shards: 3,
+            embedding_model: Some("m".into()),
         }
     }
 

@@ -63,6 +63,11 @@ pub struct BuildConfig {
     /// graph and version vary).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// The model that embedded the vectors (e.g. all-MiniLM-L6-v2), recorded in the manifest:
+    /// the worker then embeds text queries and text upserts of this index with it, and refuses
+    /// to if its embeddings pool serves another.
+    #[arg(long)]
+    pub embedding_model: Option<String>,
     /// Show progress bars on stderr (`shardc` turns them on; library callers choose).
     #[arg(skip)]
     pub progress: bool,
@@ -141,6 +146,7 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
         shards: entries,
         regions: config.regions.clone(),
         placement: Some(config.placement),
+        embedding_model: config.embedding_model.clone(),
     };
     manifest.version = manifest.content_version();
     manifest.validate().map_err(|source| BuildError::Manifest {

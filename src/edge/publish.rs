@@ -37,19 +37,24 @@ pub async fn handle(
     ctx: &mut Ctx,
 ) -> Result<Response, ApiError> {
     ctx.index = Some(route.index().to_string());
-    if let AdminRoute::Export { index } = &route {
-        ctx.grant.check_manage(index)?;
-        return super::writes::export(index, ctx).await;
-    }
     let outcome = match ctx.grant.check_manage(route.index()) {
         Ok(()) => act(&route, req, ctx).await,
         Err(e) => Err(e),
     };
     audit(&route, ctx, &outcome);
-    super::json(&outcome?)
+    match outcome? {
+        Acted::Json(value) => super::json(&value),
+        Acted::Streamed(response) => Ok(response),
+    }
 }
 
-async fn act(route: &AdminRoute, req: &Incoming, ctx: &Ctx) -> Result<Value, ApiError> {
+/// What an admin action answers: a JSON object, or a body streamed as it is read (an export).
+enum Acted {
+    Json(Value),
+    Streamed(Response),
+}
+
+async fn act(route: &AdminRoute, req: &Incoming, ctx: &Ctx) -> Result<Acted, ApiError> {
     let buckets = Buckets::new(
         &ctx.env,
         parsed(&ctx.env, "UPLOAD_LIMIT_BYTES", UPLOAD_LIMIT_DEFAULT)?,
@@ -134,9 +139,8 @@ async fn act(route: &AdminRoute, req: &Incoming, ctx: &Ctx) -> Result<Value, Api
             }
             json!({ "index": index, "deleted_objects": deleted })
         }
-        // Streamed by `handle` before it gets here.
         AdminRoute::Export { index } => {
-            return Err(ApiError::NotFound(format!("{index}/export")));
+            return Ok(Acted::Streamed(super::writes::export(index, ctx).await?));
         }
         AdminRoute::Gc { index } => {
             let (content_type, body) = read_body(req, ctx, SMALL_BODY_LIMIT).await?;
@@ -158,11 +162,11 @@ async fn act(route: &AdminRoute, req: &Incoming, ctx: &Ctx) -> Result<Value, Api
             json!({ "index": index, "kept": kept, "deleted": victims })
         }
     };
-    Ok(value)
+    Ok(Acted::Json(value))
 }
 
 /// One JSON line per admin action: who, what, on which index and version, and how it ended.
-fn audit(route: &AdminRoute, ctx: &Ctx, outcome: &Result<Value, ApiError>) {
+fn audit(route: &AdminRoute, ctx: &Ctx, outcome: &Result<Acted, ApiError>) {
     let version = match route {
         AdminRoute::Stage { version, .. }
         | AdminRoute::Blob { version, .. }
@@ -171,13 +175,14 @@ fn audit(route: &AdminRoute, ctx: &Ctx, outcome: &Result<Value, ApiError>) {
         _ => None,
     };
     let (status, detail) = match outcome {
-        Ok(value) => (
+        Ok(Acted::Json(value)) => (
             200,
             value
                 .get("version")
                 .and_then(Value::as_str)
                 .map(str::to_string),
         ),
+        Ok(Acted::Streamed(_)) => (200, None),
         Err(e) => (e.status(), Some(e.to_string())),
     };
     let line = json!({

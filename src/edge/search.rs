@@ -32,17 +32,8 @@ pub async fn handle(req: &Incoming, ctx: &mut Ctx) -> Result<SearchResponse, Api
 /// are not cached: the next request should get the whole one.
 pub async fn run(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchResponse, ApiError> {
     ctx.index = Some(request.index.clone());
-    let current = ctx.pin(&request.index).await?;
     let min_seq = request.min_seq.max(ctx.min_seq);
-    let writes = writes::view(ctx, &current.manifest, min_seq).await?;
-    // Writes apply on top of the version their writer names (a compaction's, or the last one
-    // published), which `current` may not show yet within its TTL.
-    let pinned = match writes.as_ref().and_then(|w| w.base_version.clone()) {
-        Some(base) if base != current.version => {
-            Rc::new(ctx.pin_version(&request.index, &base).await?)
-        }
-        _ => Rc::new(current),
-    };
+    let (pinned, writes) = writes::pin_with_writes(ctx, &request.index, min_seq).await?;
     // A bad vector is refused before the cache is consulted (a text query's, once it is embedded).
     if let Query::Vector(vector) = &request.query {
         check_vector(vector, &pinned)?;
@@ -52,7 +43,7 @@ pub async fn run(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchRespons
         Some(w) => format!("{}+{}", pinned.version, w.seq),
         None => format!("{}+unseen", pinned.version),
     };
-    let key = search_key(request, &view_name, &ctx.config.embedding_model);
+    let key = search_key(request, &view_name, &text_model(ctx, &pinned.manifest));
     if let Some(cached) = ctx.cache.get::<SearchResponse>(Which::Search, &key).await {
         ctx.cache_status.push(Outcome::Hit.member(Which::Search));
         return Ok(cached);
@@ -81,7 +72,8 @@ async fn search(
         // Checked by `run` before the cache lookup.
         Query::Vector(vector) => vector.clone(),
         Query::Text(text) => {
-            let vector = embed(ctx, text).await?;
+            let model = text_model(ctx, &pinned.manifest);
+            let vector = embed(ctx, text, &model).await?;
             check_vector(&vector, &pinned)?;
             vector
         }
@@ -188,25 +180,81 @@ fn check_vector(vector: &[f32], pinned: &Pinned) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The query text's embedding from the `EMBEDDING_MODEL` pool, or from the response cache. The
-/// text embedded is the normalised text the cache key names (see `cache_key::normalise_text`).
-async fn embed(ctx: &mut Ctx, text: &str) -> Result<Vec<f32>, ApiError> {
+/// The model a text of `manifest`'s index is embedded with: the one its vectors came from,
+/// else the worker's `EMBEDDING_MODEL`.
+pub fn text_model(ctx: &Ctx, manifest: &crate::manifest::Manifest) -> String {
+    manifest
+        .embedding_model
+        .clone()
+        .unwrap_or_else(|| ctx.config.embedding_model.clone())
+}
+
+/// The query text's embedding by `model` from the embeddings pool, or from the response cache.
+/// The text embedded is the normalised text the cache key names (see `cache_key::normalise_text`).
+async fn embed(ctx: &mut Ctx, text: &str, model: &str) -> Result<Vec<f32>, ApiError> {
     let text = normalise_text(text);
-    let key = embedding_key(&ctx.config.embedding_model, &text);
+    let key = embedding_key(model, &text);
     if let Some(vector) = ctx.cache.get::<Vec<f32>>(Which::Embedding, &key).await {
         ctx.cache_status.push(Outcome::Hit.member(Which::Embedding));
         return Ok(vector);
     }
+    let vector = embeddings(ctx, model, EmbeddingInput::One(text))
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::BadGateway("the embeddings origin sent no vector".into()))?;
+    ctx.cache_status
+        .push(ctx.cache.store(&key, &vector).member(Which::Embedding));
+    Ok(vector)
+}
+
+/// Texts an embeddings origin is sent at once.
+const EMBED_BATCH: usize = 64;
+
+/// The embeddings of `texts` by `model`, in order: one origin call per [`EMBED_BATCH`] texts.
+pub async fn embed_texts(
+    ctx: &mut Ctx,
+    model: &str,
+    texts: &[&str],
+) -> Result<Vec<Vec<f32>>, ApiError> {
+    let mut vectors = Vec::with_capacity(texts.len());
+    for batch in texts.chunks(EMBED_BATCH) {
+        let input = EmbeddingInput::Many(batch.iter().map(|t| t.to_string()).collect());
+        let got = embeddings(ctx, model, input).await?;
+        if got.len() != batch.len() {
+            return Err(ApiError::BadGateway(format!(
+                "the embeddings origin answered {} vectors for {} texts",
+                got.len(),
+                batch.len()
+            )));
+        }
+        vectors.extend(got);
+    }
+    Ok(vectors)
+}
+
+/// One call to the embeddings pool; its vectors in input order.
+async fn embeddings(
+    ctx: &mut Ctx,
+    model: &str,
+    input: EmbeddingInput,
+) -> Result<Vec<Vec<f32>>, ApiError> {
     let request = EmbeddingsRequest {
-        model: ctx.config.embedding_model.clone(),
-        input: EmbeddingInput::One(text),
+        model: model.to_string(),
+        input,
         extra: serde_json::Map::new(),
     };
     let home = ctx.home(&[]);
     let reply = ctx
         .origins()?
         .embeddings(&request, &home, &ctx.outbound)
-        .await?;
+        .await
+        .map_err(|e| match e {
+            ApiError::UnknownModel(model) => ApiError::Invalid(format!(
+                "the index's texts are embedded with {model}, which no embeddings origin serves: send vectors, or add an origin serving {model}"
+            )),
+            other => other,
+        })?;
     ctx.timing.embed += reply.origin_ms;
     observe::record(|m| m.observe(&EMBEDDING_DURATION, &[], observe::seconds(reply.origin_ms)));
     let answer: EmbeddingsResponse = serde_json::from_slice(&reply.answer).map_err(|e| {
@@ -214,13 +262,7 @@ async fn embed(ctx: &mut Ctx, text: &str) -> Result<Vec<f32>, ApiError> {
             "the embeddings origin's answer is not an embeddings list: {e}"
         ))
     })?;
-    let vector = answer
-        .data
-        .into_iter()
-        .next()
-        .map(|e| e.embedding)
-        .ok_or_else(|| ApiError::BadGateway("the embeddings origin sent no vector".into()))?;
-    ctx.cache_status
-        .push(ctx.cache.store(&key, &vector).member(Which::Embedding));
-    Ok(vector)
+    let mut data = answer.data;
+    data.sort_by_key(|e| e.index);
+    Ok(data.into_iter().map(|e| e.embedding).collect())
 }

@@ -134,7 +134,7 @@ impl IndexWriter {
                 "CREATE TABLE IF NOT EXISTS rows (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, change TEXT NOT NULL)",
                 "CREATE INDEX IF NOT EXISTS rows_by_seq ON rows (seq, id)",
             ] {
-                sql.exec(statement, None).map_err(storage_error)?;
+                execute(&sql, statement, vec![])?;
             }
             self.schema_ready.set(true);
         }
@@ -142,14 +142,11 @@ impl IndexWriter {
     }
 
     fn meta(&self) -> Refusable<LogMeta> {
-        let rows: Vec<MetaRow> = self
-            .sql()?
-            .exec(
-                "SELECT value FROM meta WHERE key = ?",
-                vec![META_KEY.into()],
-            )
-            .and_then(|c| c.to_array())
-            .map_err(storage_error)?;
+        let rows: Vec<MetaRow> = query(
+            &self.sql()?,
+            "SELECT value FROM meta WHERE key = ?",
+            vec![META_KEY.into()],
+        )?;
         match rows.first() {
             Some(row) => serde_json::from_str(&row.value)
                 .map_err(|e| refusal(500, format!("the write log's meta record: {e}"))),
@@ -159,12 +156,11 @@ impl IndexWriter {
 
     fn put_meta(&self, sql: &SqlStorage, meta: &LogMeta) -> Refusable<()> {
         let value = serde_json::to_string(meta).map_err(|e| refusal(500, e.to_string()))?;
-        sql.exec(
+        execute(
+            sql,
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
             vec![META_KEY.into(), value.into()],
         )
-        .map_err(storage_error)?;
-        Ok(())
     }
 
     /// Appends a batch under the next seq: every statement runs before the next await, so the
@@ -179,13 +175,11 @@ impl IndexWriter {
         if meta.rows + new_rows > batch.max_rows {
             new_rows = 0;
             for key in &keys {
-                let held: Vec<Count> = sql
-                    .exec(
-                        "SELECT COUNT(*) AS n FROM rows WHERE id = ?",
-                        vec![key.clone().into()],
-                    )
-                    .and_then(|c| c.to_array())
-                    .map_err(storage_error)?;
+                let held: Vec<Count> = query(
+                    &sql,
+                    "SELECT COUNT(*) AS n FROM rows WHERE id = ?",
+                    vec![key.clone().into()],
+                )?;
                 if held.first().is_none_or(|c| c.n == 0) {
                     new_rows += 1;
                 }
@@ -199,11 +193,11 @@ impl IndexWriter {
             })?;
         for (key, change) in keys.into_iter().zip(&batch.changes) {
             let change = serde_json::to_string(change).map_err(|e| refusal(500, e.to_string()))?;
-            sql.exec(
+            execute(
+                &sql,
                 "INSERT OR REPLACE INTO rows (id, seq, change) VALUES (?, ?, ?)",
                 vec![key.into(), (seq as i64).into(), change.into()],
-            )
-            .map_err(storage_error)?;
+            )?;
         }
         meta.last_seq = seq;
         meta.rows = count_rows(&sql)?;
@@ -224,13 +218,11 @@ impl IndexWriter {
         let meta = self.meta()?;
         let (reset, from) = meta.plan_since(after, base);
         // The seq of the page's last row, if the rows above `from` fill more than a page.
-        let cut: Vec<SeqRow> = sql
-            .exec(
-                "SELECT seq FROM rows WHERE seq > ? ORDER BY seq LIMIT 1 OFFSET ?",
-                vec![(from as i64).into(), (SINCE_PAGE_ROWS as i64).into()],
-            )
-            .and_then(|c| c.to_array())
-            .map_err(storage_error)?;
+        let cut: Vec<SeqRow> = query(
+            &sql,
+            "SELECT seq FROM rows WHERE seq > ? ORDER BY seq LIMIT 1 OFFSET ?",
+            vec![(from as i64).into(), (SINCE_PAGE_ROWS as i64).into()],
+        )?;
         let (rows, upto, more) = match cut.first() {
             None => (rows_in(&sql, from, meta.last_seq)?, meta.last_seq, false),
             Some(cut) => {
@@ -260,7 +252,7 @@ impl IndexWriter {
     fn drop_log(&self) -> Refusable<LogMeta> {
         let sql = self.sql()?;
         let meta = self.meta()?;
-        sql.exec("DELETE FROM rows", None).map_err(storage_error)?;
+        execute(&sql, "DELETE FROM rows", vec![])?;
         let left = LogMeta {
             last_seq: meta.last_seq,
             base_seq: meta.last_seq,
@@ -284,16 +276,12 @@ impl IndexWriter {
                     ),
                 ));
             }
-            sql.exec(
+            execute(
+                &sql,
                 "DELETE FROM rows WHERE seq <= ?",
                 vec![(compacted as i64).into()],
-            )
-            .map_err(storage_error)?;
-            let left: Vec<Count> = sql
-                .exec("SELECT COUNT(*) AS n FROM rows", None)
-                .and_then(|c| c.to_array())
-                .map_err(storage_error)?;
-            meta.rows = left.first().map_or(0, |c| c.n);
+            )?;
+            meta.rows = count_rows(&sql)?;
             meta.base_seq = compacted;
         }
         meta.base_version = Some(rebase.version);
@@ -302,23 +290,35 @@ impl IndexWriter {
     }
 }
 
+/// One statement's rows, each read as a `T`.
+fn query<T: serde::de::DeserializeOwned>(
+    sql: &SqlStorage,
+    statement: &str,
+    bindings: Vec<SqlStorageValue>,
+) -> Refusable<Vec<T>> {
+    sql.exec(statement, Some(bindings))
+        .and_then(|cursor| cursor.to_array())
+        .map_err(storage_error)
+}
+
+/// One statement whose rows, if any, are not read.
+fn execute(sql: &SqlStorage, statement: &str, bindings: Vec<SqlStorageValue>) -> Refusable<()> {
+    sql.exec(statement, Some(bindings)).map_err(storage_error)?;
+    Ok(())
+}
+
 fn count_rows(sql: &SqlStorage) -> Refusable<u64> {
-    let counted: Vec<Count> = sql
-        .exec("SELECT COUNT(*) AS n FROM rows", None)
-        .and_then(|c| c.to_array())
-        .map_err(storage_error)?;
+    let counted: Vec<Count> = query(sql, "SELECT COUNT(*) AS n FROM rows", vec![])?;
     Ok(counted.first().map_or(0, |c| c.n))
 }
 
 /// The rows with `above < seq <= upto`, in seq order.
 fn rows_in(sql: &SqlStorage, above: u64, upto: u64) -> Refusable<Vec<crate::write::Row>> {
-    let stored: Vec<StoredRow> = sql
-        .exec(
-            "SELECT seq, change FROM rows WHERE seq > ? AND seq <= ? ORDER BY seq, id",
-            vec![(above as i64).into(), (upto as i64).into()],
-        )
-        .and_then(|c| c.to_array())
-        .map_err(storage_error)?;
+    let stored: Vec<StoredRow> = query(
+        sql,
+        "SELECT seq, change FROM rows WHERE seq > ? AND seq <= ? ORDER BY seq, id",
+        vec![(above as i64).into(), (upto as i64).into()],
+    )?;
     stored
         .into_iter()
         .map(|row| {

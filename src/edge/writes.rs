@@ -10,10 +10,11 @@ use super::clock::WorkerClock;
 use super::config::views;
 use super::publish::Buckets;
 use super::writer::{Rebase, Writers};
-use super::{read_body, Ctx, Incoming};
+use super::{read_body, search, Ctx, Incoming};
 use crate::api::write::{parse_create, parse_delete, parse_upsert, WRITE_BODY_LIMIT};
 use crate::api::ApiError;
 use crate::manifest::Manifest;
+use crate::store::Pinned;
 use crate::write::export::{shard_lines, written_chunks, ExportHeader, EXPORT_CHUNK};
 use crate::write::{Applied, Change, Delta, ViewError, Wanted, WriteBatch};
 
@@ -45,6 +46,7 @@ pub async fn create(req: &Incoming, ctx: &mut Ctx) -> Result<Value, ApiError> {
         create.metric,
         create.quant,
         regions,
+        create.embedding_model,
     )
     .map_err(|e| ApiError::Invalid(e.to_string()))?;
     buckets.publish_empty(&manifest).await?;
@@ -62,44 +64,54 @@ pub async fn create(req: &Incoming, ctx: &mut Ctx) -> Result<Value, ApiError> {
         "metric": manifest.metric.as_str(),
         "quant": manifest.quant.as_str(),
         "regions": manifest.regions,
+        "embedding_model": manifest.embedding_model,
         "writes": writes,
     }))
 }
 
-/// `POST /v1/indexes/{name}/upsert`.
+/// `POST /v1/indexes/{name}/upsert`: items sent with text and no values are embedded first,
+/// with the index's model.
 pub async fn upsert(name: &str, req: &Incoming, ctx: &mut Ctx) -> Result<Applied, ApiError> {
-    write(name, req, ctx, |content_type, body, dims, batch_max| {
-        parse_upsert(content_type, body, dims, batch_max)
-    })
-    .await
+    let (pinned, content_type, body) = writable(name, req, ctx).await?;
+    let dims = pinned.manifest.dims;
+    let upsert = parse_upsert(
+        content_type.as_deref(),
+        &body,
+        dims,
+        ctx.config.write_batch_max,
+    )?;
+    let changes = if upsert.to_embed.is_empty() {
+        upsert.changes
+    } else {
+        let model = search::text_model(ctx, &pinned.manifest);
+        let vectors = search::embed_texts(ctx, &model, &upsert.texts_to_embed()).await?;
+        upsert.embedded(vectors, &model, dims)?
+    };
+    commit(name, ctx, changes).await
 }
 
 /// `POST /v1/indexes/{name}/delete`.
 pub async fn delete(name: &str, req: &Incoming, ctx: &mut Ctx) -> Result<Applied, ApiError> {
-    write(name, req, ctx, |content_type, body, _, batch_max| {
-        parse_delete(content_type, body, batch_max)
-    })
-    .await
+    let (_, content_type, body) = writable(name, req, ctx).await?;
+    let changes = parse_delete(content_type.as_deref(), &body, ctx.config.write_batch_max)?;
+    commit(name, ctx, changes).await
 }
 
-/// A write: the key's grant, the index (its dims), the whole batch checked, then the writer's
-/// durable answer.
-async fn write(
+/// A write's start: the key's grant, the index (its dims), the body.
+async fn writable(
     name: &str,
     req: &Incoming,
     ctx: &mut Ctx,
-    parse: impl FnOnce(Option<&str>, &[u8], usize, usize) -> Result<Vec<Change>, ApiError>,
-) -> Result<Applied, ApiError> {
+) -> Result<(Pinned, Option<String>, Vec<u8>), ApiError> {
     ctx.index = Some(name.to_string());
     ctx.grant.check_write(name)?;
     let pinned = ctx.pin(name).await?;
     let (content_type, body) = read_body(req, ctx, WRITE_BODY_LIMIT).await?;
-    let changes = parse(
-        content_type.as_deref(),
-        &body,
-        pinned.manifest.dims,
-        ctx.config.write_batch_max,
-    )?;
+    Ok((pinned, content_type, body))
+}
+
+/// The whole batch, checked, to the writer: its answer once durable.
+async fn commit(name: &str, ctx: &Ctx, changes: Vec<Change>) -> Result<Applied, ApiError> {
     let batch = WriteBatch {
         changes,
         max_rows: ctx.config.write_backlog_max,
@@ -141,19 +153,31 @@ pub async fn view(
     }
 }
 
+/// The index's version to serve and the view of its writes (`min_seq`: see [`view`]). Writes
+/// apply on top of the version their writer names (a compaction's, or the last one published),
+/// which `current` may not show yet within its TTL: then that version is pinned instead.
+pub async fn pin_with_writes(
+    ctx: &Ctx,
+    index: &str,
+    min_seq: Option<u64>,
+) -> Result<(Rc<Pinned>, Option<Rc<Delta>>), ApiError> {
+    let current = ctx.pin(index).await?;
+    let writes = view(ctx, &current.manifest, min_seq).await?;
+    let pinned = match writes.as_ref().and_then(|w| w.base_version.as_deref()) {
+        Some(base) if base != current.version => Rc::new(ctx.pin_version(index, base).await?),
+        _ => Rc::new(current),
+    };
+    Ok((pinned, writes))
+}
+
 /// `GET /v1/admin/indexes/{name}/export` (an admin key that manages the index): the header
 /// line of the view the export is of (every write the writer has acknowledged), then every live
 /// passage, read shard by shard through the store (so within `CACHE_BYTES`) and streamed.
 pub async fn export(index: &str, ctx: &Ctx) -> Result<worker::Response, ApiError> {
-    let current = ctx.pin(index).await?;
     let last = Writers::new(&ctx.env)?.of(index).state().await?.seq;
-    let writes = view(ctx, &current.manifest, Some(last))
-        .await?
-        .ok_or_else(|| ApiError::WritesUnavailable(format!("the writes of {index}")))?;
-    let pinned = match &writes.base_version {
-        Some(base) if *base != current.version => Rc::new(ctx.pin_version(index, base).await?),
-        _ => Rc::new(current),
-    };
+    let (pinned, writes) = pin_with_writes(ctx, index, Some(last)).await?;
+    let writes =
+        writes.ok_or_else(|| ApiError::WritesUnavailable(format!("the writes of {index}")))?;
     let header = ExportHeader::new(&pinned.manifest, writes.seq);
     let (store, source, home) = (ctx.store.clone(), ctx.source.clone(), ctx.home(&[]));
     // (shard, next ordinal); past the last shard, the written passages.

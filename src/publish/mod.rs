@@ -557,6 +557,7 @@ mod tests {
             shards,
             regions,
             placement: Some(placement),
+            embedding_model: None,
         };
         m.version = m.content_version();
         (m, blobs)

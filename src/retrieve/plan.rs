@@ -78,6 +78,7 @@ mod tests {
             shards,
             regions: vec!["weur".into()],
             placement: None,
+            embedding_model: None,
         }
     }
 

@@ -64,6 +64,7 @@ fn build(dir: &Path, name: &str, shards: usize, seed: u64) -> (Manifest, Vec<Vec
         ef_construction: 100,
         degree: DEFAULT_DEGREE,
         threads: Some(1),
+        embedding_model: None,
         progress: false,
     })
     .unwrap();

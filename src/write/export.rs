@@ -26,6 +26,8 @@ pub struct ExportHeader {
     pub placement: Placement,
     /// Shards of the base version.
     pub shards: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_model: Option<String>,
 }
 
 impl ExportHeader {
@@ -40,6 +42,7 @@ impl ExportHeader {
             regions: manifest.regions.clone(),
             placement: manifest.placement(),
             shards: manifest.shards.len(),
+            embedding_model: manifest.embedding_model.clone(),
         }
     }
 

@@ -236,23 +236,23 @@ mod tests {
 
     struct Setup {
         clock: VirtualClock,
-        views: Rc<Views>,
-        log: Rc<Log>,
+        views: Views,
+        log: Log,
     }
 
     impl Setup {
         fn new(capacity: usize, page: usize) -> Setup {
             Setup {
                 clock: VirtualClock::default(),
-                views: Rc::new(Views::new(capacity)),
-                log: Rc::new(Log::new(page)),
+                views: Views::new(capacity),
+                log: Log::new(page),
             }
         }
 
         fn view(&self, min_seq: Option<u64>) -> Result<Rc<Delta>, ViewError> {
-            let (views, log, clock) = (self.views.clone(), self.log.clone(), self.clock.clone());
+            let wanted = wanted(min_seq);
             self.clock
-                .block_on(async move { views.view("d", &*log, &clock, wanted(min_seq)).await })
+                .block_on(self.views.view("d", &self.log, &self.clock, wanted))
         }
     }
 

@@ -196,6 +196,48 @@ def test_a_created_empty_index_filled_only_through_the_api_serves_rag(live):
     assert quoted_opening(found["matches"][0]["text"]) in answer["choices"][0]["message"]["content"]
 
 
+def test_text_upserts_are_embedded_with_the_index_model_and_a_model_or_dims_mismatch_is_a_422(live):
+    """Items with text and no values are embedded by the worker through the embeddings pool (the
+    index's model), in batches: 150 such passages, each then found by its own text at rank 1,
+    with the vector devorigin gives that text directly (the same embedding, bit for bit close). An
+    index whose model no origin serves, and one whose dims the model does not give, answer 422
+    naming the model, and write nothing."""
+    worker = live["worker"]
+    created = create(worker, "texts", dims=DIMS, embedding_model=EMBEDDING_MODEL)
+    assert created["embedding_model"] == EMBEDDING_MODEL
+    tmp = tempfile.mkdtemp(prefix="edgerag-texts-", dir=live["tmp"])
+    passages, _, _ = corpus(tmp)
+    with open(passages) as f:
+        rows = [json.loads(line) for _, line in zip(range(150), f)]
+    items = [dict(id=f"t{i}", text=row["text"], metadata=dict(n=i)) for i, row in enumerate(rows)]
+    status, _, body = upsert(worker, "texts", items[:100])
+    assert status == 200, body
+    status, _, body = upsert(worker, "texts", items[100:], ndjson=True)
+    assert status == 200, body
+    seq = body["seq"]
+    for i in (0, 63, 64, 99, 100, 149):  # either side of the worker's batches of 64 texts
+        status, _, found = worker.search(index="texts", text=rows[i]["text"], k=1, min_seq=seq)
+        assert status == 200, found
+        assert found["matches"][0]["id"] == f"t{i}" and found["matches"][0]["metadata"]["n"] == i, (i, found)
+        assert found["matches"][0]["score"] > 0.999, found
+    status, _, emb = worker.call("POST", "/v1/embeddings", dict(model=EMBEDDING_MODEL, input=rows[5]["text"]))
+    assert status == 200, emb
+    status, _, by_vector = worker.search(index="texts", vector=emb["data"][0]["embedding"], k=1, min_seq=seq)
+    assert by_vector["matches"][0]["id"] == "t5" and by_vector["matches"][0]["score"] > 0.9999, by_vector
+
+    create(worker, "other-model", dims=DIMS, embedding_model="some-other-model")
+    status, _, problem = upsert(worker, "other-model", [dict(id=1, text="hello")])
+    assert status == 422 and "some-other-model" in problem["detail"], problem
+    status, _, problem = worker.search(index="other-model", text="hello", k=1)
+    assert status == 422 and "some-other-model" in problem["detail"], problem
+    create(worker, "eight-dims", dims=8)
+    status, _, problem = upsert(worker, "eight-dims", [dict(id=1, values=[0.1] * 8), dict(id=2, text="hello")])
+    assert status == 422 and EMBEDDING_MODEL in problem["detail"] and "384 dimensions" in problem["detail"], problem
+    assert "vectors[1]" in problem["detail"], problem
+    for name in ("other-model", "eight-dims"):
+        assert write_state(worker, name)["seq"] == 0, name
+
+
 def test_bad_writes_are_problems_naming_the_item_and_write_nothing(live):
     worker = live["worker"]
     create(worker, "strict")
