@@ -208,8 +208,9 @@ async fn embed(ctx: &mut Ctx, text: &str, model: &str) -> Result<Vec<f32>, ApiEr
     Ok(vector)
 }
 
-/// Texts an embeddings origin is sent at once.
-const EMBED_BATCH: usize = 64;
+/// Texts an embeddings origin is sent at once: small enough that a CPU origin embeds a batch of
+/// long passages within the try timeout.
+const EMBED_BATCH: usize = 32;
 
 /// The embeddings of `texts` by `model`, in order: one origin call per [`EMBED_BATCH`] texts.
 pub async fn embed_texts(
