@@ -337,8 +337,12 @@ fn run_sync(
     state: Option<PathBuf>,
     embed: &EmbedArgs,
 ) -> CliResult {
-    let key = std::env::var(client::ADMIN_KEY_VAR)
-        .map_err(|_| format!("set {} to an admin API key of the worker", client::ADMIN_KEY_VAR))?;
+    let key = std::env::var(client::ADMIN_KEY_VAR).map_err(|_| {
+        format!(
+            "set {} to an admin API key of the worker",
+            client::ADMIN_KEY_VAR
+        )
+    })?;
     let (embedder, counter) = embed.open(source.chunk_tokens)?;
     let target = SyncTarget {
         url: url.to_string(),

@@ -44,8 +44,7 @@ impl LocalEmbedder {
         batch: usize,
         concurrency: usize,
     ) -> Result<LocalEmbedder, BuildError> {
-        let mut inner =
-            embed::Embedder::load(dir).map_err(|e| BuildError::Embed(e.to_string()))?;
+        let mut inner = embed::Embedder::load(dir).map_err(|e| BuildError::Embed(e.to_string()))?;
         inner
             .set_max_tokens(LOCAL_MAX_TOKENS)
             .map_err(|e| BuildError::Embed(e.to_string()))?;
@@ -197,7 +196,9 @@ pub(crate) mod tests {
             let mut h = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
             (0..dims)
                 .map(|_| {
-                    h = h.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    h = h
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     ((h >> 40) as f32 / (1u64 << 24) as f32) - 0.5
                 })
                 .collect()

@@ -22,7 +22,9 @@ use super::docs::extract::{self, Format};
 use super::docs::walk::{self, Filter, Skipped};
 use super::embedder::{embed_batches, Embedder};
 use super::embedding_cache::{cache_key, EmbeddingCache};
-use super::{build_index, BuildConfig, BuildError, DEFAULT_DEGREE, DEFAULT_EF_CONSTRUCTION, DEFAULT_SEED};
+use super::{
+    build_index, BuildConfig, BuildError, DEFAULT_DEGREE, DEFAULT_EF_CONSTRUCTION, DEFAULT_SEED,
+};
 use crate::manifest::{Manifest, Placement};
 use crate::shard::{Metric, Quant};
 
@@ -146,7 +148,9 @@ impl EmbedArgs {
             .embed_model
             .clone()
             .ok_or_else(|| BuildError::Invalid("--embed-url needs --embed-model".into()))?;
-        let key = std::env::var(&self.embed_key_env).ok().filter(|k| !k.is_empty());
+        let key = std::env::var(&self.embed_key_env)
+            .ok()
+            .filter(|k| !k.is_empty());
         let defaults = super::remote_embedder::RemoteConfig::new(url, &model, key);
         let config = super::remote_embedder::RemoteConfig {
             dims: self.embed_dims,
@@ -155,7 +159,10 @@ impl EmbedArgs {
             ..defaults
         };
         let embedder = super::remote_embedder::RemoteEmbedder::connect(config)?;
-        Ok((Box::new(embedder), counter.unwrap_or(TokenCounter::Estimate)))
+        Ok((
+            Box::new(embedder),
+            counter.unwrap_or(TokenCounter::Estimate),
+        ))
     }
 }
 
@@ -200,7 +207,12 @@ pub fn read_chunks(
             let text = walk::read_text(&candidate.path)?;
             let sections = extract::sections(Format::of(&candidate.path, &text), &text);
             bar.inc(1);
-            Ok(chunk::chunk_document(&candidate.rel, &sections, counter, params))
+            Ok(chunk::chunk_document(
+                &candidate.rel,
+                &sections,
+                counter,
+                params,
+            ))
         })
         .collect();
     bar.finish_and_clear();
@@ -344,7 +356,8 @@ pub fn ingest(
             progress: config.progress,
         })?;
         for file in [PASSAGES_FILE, VECTORS_FILE] {
-            std::fs::rename(staging.join(file), out.join(file)).map_err(BuildError::io(out.join(file)))?;
+            std::fs::rename(staging.join(file), out.join(file))
+                .map_err(BuildError::io(out.join(file)))?;
         }
         Ok(manifest)
     })();
@@ -367,7 +380,8 @@ pub fn ingest(
 fn write_corpus(dir: &Path, chunks: &[Chunk], vectors: &[Vec<f32>]) -> Result<(), BuildError> {
     std::fs::create_dir_all(dir).map_err(BuildError::io(dir))?;
     let passages = dir.join(PASSAGES_FILE);
-    let mut out = BufWriter::new(std::fs::File::create(&passages).map_err(BuildError::io(&passages))?);
+    let mut out =
+        BufWriter::new(std::fs::File::create(&passages).map_err(BuildError::io(&passages))?);
     for chunk in chunks {
         let line = json!({"id": chunk.id, "text": chunk.text, "title": chunk.title, "source": chunk.source});
         writeln!(out, "{line}").map_err(BuildError::io(&passages))?;
@@ -376,7 +390,8 @@ fn write_corpus(dir: &Path, chunks: &[Chunk], vectors: &[Vec<f32>]) -> Result<()
     let path = dir.join(VECTORS_FILE);
     let mut out = BufWriter::new(std::fs::File::create(&path).map_err(BuildError::io(&path))?);
     for x in vectors.iter().flatten() {
-        out.write_all(&x.to_le_bytes()).map_err(BuildError::io(&path))?;
+        out.write_all(&x.to_le_bytes())
+            .map_err(BuildError::io(&path))?;
     }
     out.flush().map_err(BuildError::io(&path))
 }
@@ -411,19 +426,30 @@ mod tests {
     }
 
     fn paragraph(topic: &str, words: usize) -> String {
-        (0..words).map(|i| format!("{topic}{i}")).collect::<Vec<_>>().join(" ")
+        (0..words)
+            .map(|i| format!("{topic}{i}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     fn write_docs(src: &Path) {
         std::fs::create_dir_all(src.join("guide")).unwrap();
         std::fs::write(
             src.join("guide/intro.md"),
-            format!("# Intro\n\n{}\n\n## Install\n\n{}\n", paragraph("intro", 60), paragraph("install", 30)),
+            format!(
+                "# Intro\n\n{}\n\n## Install\n\n{}\n",
+                paragraph("intro", 60),
+                paragraph("install", 30)
+            ),
         )
         .unwrap();
         std::fs::write(
             src.join("api.html"),
-            format!("<nav>menu</nav><main><h1>API</h1><p>{}</p><h2>open</h2><p>{}</p></main>", paragraph("api", 40), paragraph("open", 20)),
+            format!(
+                "<nav>menu</nav><main><h1>API</h1><p>{}</p><h2>open</h2><p>{}</p></main>",
+                paragraph("api", 40),
+                paragraph("open", 20)
+            ),
         )
         .unwrap();
         std::fs::write(src.join("notes.txt"), paragraph("note", 10)).unwrap();
@@ -445,8 +471,10 @@ mod tests {
         assert_eq!(report.manifest.dims, 8);
 
         let passages = std::fs::read_to_string(out.join(PASSAGES_FILE)).unwrap();
-        let rows: Vec<serde_json::Value> =
-            passages.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let rows: Vec<serde_json::Value> = passages
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(rows.len(), report.chunks);
         let first = &rows[0];
         assert_eq!(first["id"], "api.html#0.0");
@@ -462,13 +490,23 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert!(names.iter().all(|n| !n.starts_with(".ingest") && !n.contains(".tmp")), "{names:?}");
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.starts_with(".ingest") && !n.contains(".tmp")),
+            "{names:?}"
+        );
 
         // The index finds a chunk by its own vector.
         let index = IndexDir::open(&out).unwrap();
         let text = rows[3]["text"].as_str().unwrap();
         let query = FakeEmbedder::vector(text, 8);
-        let params = SearchParams { k: 1, ef: 32, filter: None, exclude: None };
+        let params = SearchParams {
+            k: 1,
+            ef: 32,
+            filter: None,
+            exclude: None,
+        };
         let hits = index.search_shards(&query, &params, None).unwrap();
         let matches = index.matches(&hits).unwrap();
         assert_eq!(matches[0].text, text);
@@ -481,17 +519,28 @@ mod tests {
         write_docs(&src);
         let counter = TokenCounter::Estimate;
         let first = ingest(&config(&src, &out), &FakeEmbedder::new(8), &counter).unwrap();
-        let before = read_chunks(&config(&src, &out).source, &counter, false).unwrap().chunks;
+        let before = read_chunks(&config(&src, &out).source, &counter, false)
+            .unwrap()
+            .chunks;
 
         // Change the Install section of one file (the Intro section stays as it was).
         std::fs::write(
             src.join("guide/intro.md"),
-            format!("# Intro\n\n{}\n\n## Install\n\n{}\n", paragraph("intro", 60), paragraph("setup", 30)),
+            format!(
+                "# Intro\n\n{}\n\n## Install\n\n{}\n",
+                paragraph("intro", 60),
+                paragraph("setup", 30)
+            ),
         )
         .unwrap();
-        let after = read_chunks(&config(&src, &out).source, &counter, false).unwrap().chunks;
+        let after = read_chunks(&config(&src, &out).source, &counter, false)
+            .unwrap()
+            .chunks;
         let old_texts: HashSet<&str> = before.iter().map(|c| c.text.as_str()).collect();
-        let changed: Vec<&Chunk> = after.iter().filter(|c| !old_texts.contains(c.text.as_str())).collect();
+        let changed: Vec<&Chunk> = after
+            .iter()
+            .filter(|c| !old_texts.contains(c.text.as_str()))
+            .collect();
         assert!(!changed.is_empty());
         assert!(changed.iter().all(|c| c.source == "guide/intro.md"));
         // Chunks of untouched files keep their ids and texts.
@@ -530,8 +579,14 @@ mod tests {
         let first = ingest(&config(&src, &out), &FakeEmbedder::new(8), &counter).unwrap();
         let passages = std::fs::read(out.join(PASSAGES_FILE)).unwrap();
 
-        std::fs::write(src.join("new.md"), format!("# New\n\n{}", paragraph("fresh", 200))).unwrap();
-        let chunks = read_chunks(&config(&src, &out).source, &counter, false).unwrap().chunks;
+        std::fs::write(
+            src.join("new.md"),
+            format!("# New\n\n{}", paragraph("fresh", 200)),
+        )
+        .unwrap();
+        let chunks = read_chunks(&config(&src, &out).source, &counter, false)
+            .unwrap()
+            .chunks;
         let new: Vec<&Chunk> = chunks.iter().filter(|c| c.source == "new.md").collect();
         assert!(new.len() > 3);
         let mut failing = FakeEmbedder::new(8);
@@ -545,17 +600,30 @@ mod tests {
         // The batches embedded before the failure are in the cache now.
         let embedder = FakeEmbedder::new(8);
         let report = ingest(&config(&src, &out), &embedder, &counter).unwrap();
-        assert!(report.embedded < new.len(), "{} re-embedded", report.embedded);
+        assert!(
+            report.embedded < new.len(),
+            "{} re-embedded",
+            report.embedded
+        );
         assert_eq!(report.embedded + report.reused, chunks.len());
 
         // A build that fails (more shards than chunks) also leaves the index as it was.
         let mut too_many = config(&src, &out);
         too_many.shards = 10_000;
         assert!(ingest(&too_many, &FakeEmbedder::new(8), &counter).is_err());
-        assert_eq!(IndexDir::open(&out).unwrap().manifest.version, report.manifest.version);
+        assert_eq!(
+            IndexDir::open(&out).unwrap().manifest.version,
+            report.manifest.version
+        );
         let leftovers = std::fs::read_dir(&out)
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".ingest"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".ingest")
+            })
             .count();
         assert_eq!(leftovers, 0);
     }

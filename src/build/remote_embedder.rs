@@ -95,7 +95,9 @@ impl RemoteEmbedder {
     /// `config.dims` is not given), so a wrong URL, key or model fails before any work.
     pub fn connect(config: RemoteConfig) -> Result<RemoteEmbedder, BuildError> {
         if config.model.is_empty() {
-            return Err(BuildError::Invalid("--embed-model must name the model".into()));
+            return Err(BuildError::Invalid(
+                "--embed-model must name the model".into(),
+            ));
         }
         if config.batch == 0 || config.concurrency == 0 || config.attempts == 0 {
             return Err(BuildError::Invalid(
@@ -189,12 +191,7 @@ impl RemoteEmbedder {
                     retry_after,
                 ))
             }
-            _ => {
-                return Err(Failure::Fatal(format!(
-                    "{status}: {}",
-                    error_detail(&text)
-                )))
-            }
+            _ => return Err(Failure::Fatal(format!("{status}: {}", error_detail(&text)))),
         }
         let answer: EmbeddingsAnswer = serde_json::from_str(&text).map_err(|e| {
             Failure::Fatal(format!(
@@ -289,9 +286,12 @@ mod tests {
 
     /// A loopback HTTP/1.1 server answering embeddings requests by a script; records
     /// (authorization header, inputs) of every request.
+    /// (authorization header, inputs) of one request.
+    type Seen = (Option<String>, Vec<String>);
+
     struct Server {
         url: String,
-        requests: Arc<Mutex<Vec<(Option<String>, Vec<String>)>>>,
+        requests: Arc<Mutex<Vec<Seen>>>,
     }
 
     fn serve(script: Vec<Reply>) -> Server {
@@ -345,7 +345,11 @@ mod tests {
                                        "embedding": vec![text.len() as f32; dims]})
                             })
                             .collect();
-                        (200, String::new(), json!({"data": data, "model": "m"}).to_string())
+                        (
+                            200,
+                            String::new(),
+                            json!({"data": data, "model": "m"}).to_string(),
+                        )
                     }
                     Reply::TooMany { retry_after } => (
                         429,
@@ -417,20 +421,29 @@ mod tests {
         })
         .unwrap();
         let error = embedder.embed(&["a"]).err().unwrap().to_string();
-        assert!(error.contains("warming up") && error.contains("3 tries"), "{error}");
+        assert!(
+            error.contains("warming up") && error.contains("3 tries"),
+            "{error}"
+        );
         assert_eq!(server.requests.lock().unwrap().len(), 3);
     }
 
     #[test]
     fn remote_embedder_fails_fast_on_4xx_bad_json_and_wrong_dims() {
-        let server = serve(vec![Reply::Status(401, r#"{"error":{"message":"bad key"}}"#)]);
+        let server = serve(vec![Reply::Status(
+            401,
+            r#"{"error":{"message":"bad key"}}"#,
+        )]);
         let error = RemoteEmbedder::connect(config(&server.url))
             .unwrap()
             .embed(&["a"])
             .err()
             .unwrap()
             .to_string();
-        assert!(error.contains("401") && error.contains("bad key"), "{error}");
+        assert!(
+            error.contains("401") && error.contains("bad key"),
+            "{error}"
+        );
         assert_eq!(server.requests.lock().unwrap().len(), 1);
 
         let server = serve(vec![Reply::Status(200, "not json")]);

@@ -48,8 +48,8 @@ impl SyncState {
     }
 
     fn save(&self, dir: &Path) -> Result<(), BuildError> {
-        let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| BuildError::Sync(format!("state: {e}")))?;
+        let json =
+            serde_json::to_vec_pretty(self).map_err(|e| BuildError::Sync(format!("state: {e}")))?;
         write_atomic(dir, STATE_FILE, |f| f.write_all(&json))
     }
 }
@@ -106,7 +106,10 @@ pub fn sync(
     }
     let chunks = read_chunks(source, counter, progress)?.chunks;
     let embedded = embed_with_cache(&chunks, embedder, dir, progress)?;
-    let hashes: Vec<String> = chunks.iter().map(|c| chunk_hash(embedder.model(), c)).collect();
+    let hashes: Vec<String> = chunks
+        .iter()
+        .map(|c| chunk_hash(embedder.model(), c))
+        .collect();
     let current: BTreeMap<&str, &str> = chunks
         .iter()
         .zip(&hashes)
@@ -243,7 +246,9 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     /// A loopback server that answers every write with 200 and records (path, body).
-    fn serve() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
+    type Requests = Arc<Mutex<Vec<(String, Value)>>>;
+
+    fn serve() -> (String, Requests) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -289,7 +294,10 @@ mod tests {
     }
 
     fn words(topic: &str, n: usize) -> String {
-        (0..n).map(|i| format!("{topic}{i}")).collect::<Vec<_>>().join(" ")
+        (0..n)
+            .map(|i| format!("{topic}{i}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     #[test]

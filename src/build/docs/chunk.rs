@@ -113,7 +113,9 @@ pub struct ChunkParams {
 impl ChunkParams {
     pub fn new(window: usize, overlap: usize) -> Result<ChunkParams, BuildError> {
         if window < 8 {
-            return Err(BuildError::Invalid("--chunk-tokens must be at least 8".into()));
+            return Err(BuildError::Invalid(
+                "--chunk-tokens must be at least 8".into(),
+            ));
         }
         if overlap >= window / 2 {
             return Err(BuildError::Invalid(format!(
@@ -175,7 +177,12 @@ fn heading_prefix(headings: &[String], counter: &TokenCounter, window: usize) ->
 
 /// Windows of `body` of at most `budget` word-pieces, each starting up to `overlap`
 /// word-pieces before the previous one ended.
-fn windows<'a>(body: &'a str, counter: &TokenCounter, budget: usize, overlap: usize) -> Vec<&'a str> {
+fn windows<'a>(
+    body: &'a str,
+    counter: &TokenCounter,
+    budget: usize,
+    overlap: usize,
+) -> Vec<&'a str> {
     let mut words: Vec<(usize, usize)> = Vec::new();
     let mut start = None;
     for (i, c) in body.char_indices() {
@@ -311,7 +318,9 @@ mod tests {
             let body = |c: &Chunk| c.text.split_once("\n\n").unwrap().1.to_string();
             let (a, b) = (body(&pair[0]), body(&pair[1]));
             let first_word = b.split_whitespace().next().unwrap();
-            let at = a.rfind(&format!(" {first_word} ")).expect("overlap present");
+            let at = a
+                .rfind(&format!(" {first_word} "))
+                .expect("overlap present");
             let shared = &a[at + 1..];
             assert!(b.starts_with(shared), "{shared:?} does not start {b:?}");
             assert!(counter.count(shared) <= params.overlap);
@@ -333,7 +342,10 @@ mod tests {
         let again = chunk_document("docs/guide.md", &sections, &counter, params);
         assert_eq!(first, again);
         assert_eq!(first[0].id, "docs/guide.md#0.0");
-        assert_eq!((first[0].title.as_str(), first[0].text.as_str()), ("guide.md", "Preamble."));
+        assert_eq!(
+            (first[0].title.as_str(), first[0].text.as_str()),
+            ("guide.md", "Preamble.")
+        );
         assert_eq!(first[1].id, "docs/guide.md#1.0");
         assert_eq!(first[2].id, "docs/guide.md#1.1");
         assert!(ChunkParams::new(100, 50).is_err());

@@ -26,14 +26,50 @@ const DROPPED: &[&str] = &[
 ];
 /// Dropped outside the main content (inside an `<article>`, its `<header>` holds its title).
 const DROPPED_AT_PAGE_LEVEL: &[&str] = &["header", "footer"];
-const DROPPED_ROLES: &[&str] = &["navigation", "banner", "contentinfo", "complementary", "search"];
+const DROPPED_ROLES: &[&str] = &[
+    "navigation",
+    "banner",
+    "contentinfo",
+    "complementary",
+    "search",
+];
 /// Elements whose content is not parsed as markup.
 const RAW_TEXT: &[&str] = &["script", "style", "textarea", "title", "xmp"];
 const BLOCK: &[&str] = &[
-    "p", "div", "section", "li", "ul", "ol", "dl", "dt", "dd", "table", "tr", "td", "th",
-    "thead", "tbody", "blockquote", "pre", "figure", "figcaption", "hr", "br", "main",
-    "article", "header", "footer", "details", "summary", "caption", "address", "fieldset",
-    "legend", "body", "html", "form",
+    "p",
+    "div",
+    "section",
+    "li",
+    "ul",
+    "ol",
+    "dl",
+    "dt",
+    "dd",
+    "table",
+    "tr",
+    "td",
+    "th",
+    "thead",
+    "tbody",
+    "blockquote",
+    "pre",
+    "figure",
+    "figcaption",
+    "hr",
+    "br",
+    "main",
+    "article",
+    "header",
+    "footer",
+    "details",
+    "summary",
+    "caption",
+    "address",
+    "fieldset",
+    "legend",
+    "body",
+    "html",
+    "form",
 ];
 
 pub fn sections(html: &str) -> Vec<Section> {
@@ -151,7 +187,10 @@ impl Reader {
     fn end(&mut self, name: &str) {
         if heading_level(name).is_some() {
             if let Some((level, text)) = self.heading.take() {
-                let text = text.trim().trim_end_matches(['¶', '#', '\u{f0c1}']).trim_end();
+                let text = text
+                    .trim()
+                    .trim_end_matches(['¶', '#', '\u{f0c1}'])
+                    .trim_end();
                 self.builder.heading(level, text);
             }
         } else if name == "pre" {
@@ -217,8 +256,19 @@ fn heading_level(name: &str) -> Option<usize> {
 fn is_void(name: &str) -> bool {
     matches!(
         name,
-        "area" | "base" | "br" | "col" | "embed" | "hr" | "img" | "input" | "link" | "meta"
-            | "source" | "track" | "wbr"
+        "area"
+            | "base"
+            | "br"
+            | "col"
+            | "embed"
+            | "hr"
+            | "img"
+            | "input"
+            | "link"
+            | "meta"
+            | "source"
+            | "track"
+            | "wbr"
     )
 }
 
@@ -517,7 +567,10 @@ mod tests {
         let html = "<p>outside</p><article><header><h1>Post</h1></header><p>Body &unknown; &amp text</p><p>unclosed <b>bold";
         assert_eq!(
             heads_and_bodies(html),
-            vec![(path(&["Post"]), "Body &unknown; & text\nunclosed bold".into())]
+            vec![(
+                path(&["Post"]),
+                "Body &unknown; & text\nunclosed bold".into()
+            )]
         );
         assert!(sections("<div><a href='x' title=\"a>b\">link</a> < 3").len() == 1);
         assert!(sections("<div attr='unterminated").is_empty());

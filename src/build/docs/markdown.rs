@@ -55,7 +55,10 @@ pub fn sections(text: &str) -> Vec<Section> {
 
 /// Front matter: a first line `---`, then everything up to the next `---` or `...` line.
 fn strip_front_matter(text: &str) -> &str {
-    let Some(rest) = text.strip_prefix("---\n").or_else(|| text.strip_prefix("---\r\n")) else {
+    let Some(rest) = text
+        .strip_prefix("---\n")
+        .or_else(|| text.strip_prefix("---\r\n"))
+    else {
         return text;
     };
     let mut offset = 0;

@@ -130,7 +130,11 @@ fn inline_text(line: &str) -> String {
         if before.ends_with(':') {
             if let Some(colon) = before[..before.len() - 1].rfind(':') {
                 let role = &before[colon + 1..before.len() - 1];
-                if !role.is_empty() && role.chars().all(|c| c.is_alphanumeric() || ":-_".contains(c)) {
+                if !role.is_empty()
+                    && role
+                        .chars()
+                        .all(|c| c.is_alphanumeric() || ":-_".contains(c))
+                {
                     before = &before[..colon];
                 }
             }
@@ -139,7 +143,11 @@ fn inline_text(line: &str) -> String {
         let double = rest[start..].starts_with("``");
         let open = if double { 2 } else { 1 };
         let after = &rest[start + open..];
-        let close = if double { after.find("``") } else { after.find('`') };
+        let close = if double {
+            after.find("``")
+        } else {
+            after.find('`')
+        };
         let Some(close) = close else {
             out.push_str(&rest[start..]);
             return out;
@@ -150,10 +158,15 @@ fn inline_text(line: &str) -> String {
             inner = &inner[..lt];
         }
         // `~os.path.join` shows as `join`.
-        let inner = inner.strip_prefix('~').map_or(inner, |s| s.rsplit('.').next().unwrap_or(s));
+        let inner = inner
+            .strip_prefix('~')
+            .map_or(inner, |s| s.rsplit('.').next().unwrap_or(s));
         out.push_str(inner);
         rest = &after[close + open..];
-        rest = rest.strip_prefix("__").or_else(|| rest.strip_prefix('_')).unwrap_or(rest);
+        rest = rest
+            .strip_prefix("__")
+            .or_else(|| rest.strip_prefix('_'))
+            .unwrap_or(rest);
     }
     out.push_str(rest);
     out
@@ -175,7 +188,10 @@ mod tests {
             got,
             vec![
                 (path(&["Library"]), "Intro.".into()),
-                (path(&["Library", "os"]), "The os module, see os.open and docs.".into()),
+                (
+                    path(&["Library", "os"]),
+                    "The os module, see os.open and docs.".into()
+                ),
                 (
                     path(&["Library", "os", "Files"]),
                     "Be careful.\nReally careful.\nExample:\nopen(path)".into()

@@ -119,7 +119,9 @@ pub fn walk(
     skipped: &mut Skipped,
 ) -> Result<Vec<Candidate>, BuildError> {
     if sources.is_empty() {
-        return Err(BuildError::Invalid("no source files or folders given".into()));
+        return Err(BuildError::Invalid(
+            "no source files or folders given".into(),
+        ));
     }
     let mut found = Vec::new();
     for source in sources {
@@ -130,7 +132,13 @@ pub fn walk(
             None
         };
         if meta.is_dir() {
-            walk_dir(source, prefix.as_deref().unwrap_or(""), filter, skipped, &mut found);
+            walk_dir(
+                source,
+                prefix.as_deref().unwrap_or(""),
+                filter,
+                skipped,
+                &mut found,
+            );
         } else {
             // A file given is known by its name, with one source or several.
             let rel = source_name(source)?;
@@ -196,10 +204,8 @@ fn walk_dir(
             if filter.walks(&rel) {
                 walk_dir(&path, &rel, filter, skipped, found);
             }
-        } else if kind.is_file() || (kind.is_symlink() && path.is_file()) {
-            if filter.admits(&rel) {
-                found.push(Candidate { rel, path });
-            }
+        } else if (kind.is_file() || (kind.is_symlink() && path.is_file())) && filter.admits(&rel) {
+            found.push(Candidate { rel, path });
         }
     }
 }
@@ -212,7 +218,10 @@ pub fn read_text(path: &Path) -> Result<String, Skip> {
         return Err(Skip::Binary);
     }
     let text = String::from_utf8(bytes).map_err(|_| Skip::NotUtf8)?;
-    let text = text.strip_prefix('\u{feff}').map(str::to_string).unwrap_or(text);
+    let text = text
+        .strip_prefix('\u{feff}')
+        .map(str::to_string)
+        .unwrap_or(text);
     if text.trim().is_empty() {
         return Err(Skip::Empty);
     }
@@ -232,7 +241,14 @@ mod tests {
     #[test]
     fn walk_applies_globs_skips_hidden_and_sorts_relative_paths() {
         let dir = tempfile::tempdir().unwrap();
-        for rel in ["b.md", "a/x.md", "a/y.html", "node_modules/m.md", ".git/c.md", "a/.h.md"] {
+        for rel in [
+            "b.md",
+            "a/x.md",
+            "a/y.html",
+            "node_modules/m.md",
+            ".git/c.md",
+            "a/.h.md",
+        ] {
             write(dir.path(), rel, b"text");
         }
         let rels = |include: &[&str], exclude: &[&str]| {
@@ -245,7 +261,10 @@ mod tests {
                 .map(|c| c.rel)
                 .collect::<Vec<_>>()
         };
-        assert_eq!(rels(&[], &[]), ["a/x.md", "a/y.html", "b.md", "node_modules/m.md"]);
+        assert_eq!(
+            rels(&[], &[]),
+            ["a/x.md", "a/y.html", "b.md", "node_modules/m.md"]
+        );
         assert_eq!(rels(&["*.md"], &["node_modules"]), ["a/x.md", "b.md"]);
         assert_eq!(rels(&["a/**"], &["*.html"]), ["a/x.md"]);
         assert!(Filter::new(&["[".into()], &[]).is_err());
@@ -268,7 +287,10 @@ mod tests {
         let rels: Vec<&str> = found.iter().map(|c| c.rel.as_str()).collect();
         assert_eq!(rels, ["README.md", "docs/guide.md"]);
         let clash = walk(
-            &[dir.path().join("README.md"), dir.path().join("other/README.md")],
+            &[
+                dir.path().join("README.md"),
+                dir.path().join("other/README.md"),
+            ],
             &filter,
             &mut skipped,
         );
@@ -286,12 +308,21 @@ mod tests {
         assert_eq!(read_text(&dir.path().join("bin")), Err(Skip::Binary));
         assert_eq!(read_text(&dir.path().join("empty")), Err(Skip::Empty));
         assert_eq!(read_text(&dir.path().join("latin1")), Err(Skip::NotUtf8));
-        assert_eq!(read_text(&dir.path().join("missing")), Err(Skip::Unreadable));
+        assert_eq!(
+            read_text(&dir.path().join("missing")),
+            Err(Skip::Unreadable)
+        );
         assert_eq!(read_text(&dir.path().join("bom")).unwrap(), "hello");
         let mut skipped = Skipped::default();
-        [Skip::Binary, Skip::Empty, Skip::NotUtf8, Skip::Unreadable, Skip::Binary]
-            .into_iter()
-            .for_each(|s| skipped.count(s));
+        [
+            Skip::Binary,
+            Skip::Empty,
+            Skip::NotUtf8,
+            Skip::Unreadable,
+            Skip::Binary,
+        ]
+        .into_iter()
+        .for_each(|s| skipped.count(s));
         assert_eq!(skipped.total(), 5);
         assert_eq!(
             skipped.to_string(),
