@@ -362,4 +362,43 @@ mod tests {
         let third = sync(&source, &target, &FakeEmbedder::new(4), &counter, false).unwrap();
         assert_eq!((third.upserted, third.deleted, third.unchanged), (0, 0, 2));
     }
+
+    #[test]
+    fn sync_sends_at_most_1000_items_per_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        for i in 0..SYNC_BATCH + 1 {
+            std::fs::write(src.join(format!("f{i:04}.txt")), format!("note {i}")).unwrap();
+        }
+        let (url, seen) = serve();
+        let source = SourceArgs {
+            sources: vec![src.clone()],
+            include: vec![],
+            exclude: vec![],
+            chunk_tokens: 48,
+            chunk_overlap: 8,
+        };
+        let target = SyncTarget {
+            url,
+            index: "many".into(),
+            key: "adm1n".into(),
+            state_dir: dir.path().join("state"),
+        };
+        let mut embedder = FakeEmbedder::new(2);
+        embedder.batch = 64;
+        let report = sync(&source, &target, &embedder, &TokenCounter::Estimate, false).unwrap();
+        assert_eq!(report.upserted, SYNC_BATCH + 1);
+        let sizes: Vec<usize> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, body)| body["vectors"].as_array().unwrap().len())
+            .collect();
+        assert_eq!(sizes, [SYNC_BATCH, 1]);
+        let state: SyncState =
+            serde_json::from_slice(&std::fs::read(target.state_dir.join(STATE_FILE)).unwrap())
+                .unwrap();
+        assert_eq!(state.chunks.len(), SYNC_BATCH + 1);
+    }
 }
