@@ -77,4 +77,31 @@ mod tests {
         );
         assert!(sections(Format::Plain, " \n\n").is_empty());
     }
+
+    /// A real Sphinx page (Debian's `python3-doc`, when installed): the module's sections come
+    /// out under its title, without the sidebar, the related-pages bar or permalink marks.
+    #[test]
+    fn sphinx_html_of_the_python_docs_reads_as_its_sections() {
+        let path = Path::new("/usr/share/doc/python3-doc/html/library/os.html");
+        let Ok(html) = std::fs::read_to_string(path) else {
+            eprintln!(
+                "SKIPPED: {} is absent (apt-get install python3-doc)",
+                path.display()
+            );
+            return;
+        };
+        let got = sections(Format::of(path, &html), &html);
+        assert!(got.len() > 10, "{} sections", got.len());
+        let title = "os — Miscellaneous operating system interfaces";
+        assert!(got
+            .iter()
+            .all(|s| s.headings.first().map(String::as_str) == Some(title)));
+        assert!(got
+            .iter()
+            .any(|s| s.headings == [title, "File Descriptor Operations"]));
+        let all: String = got.iter().map(|s| s.body.as_str()).collect();
+        assert!(!all.contains('¶'));
+        assert!(!all.contains("Previous topic"));
+        assert!(all.contains("os.open(path, flags, mode=0o777"));
+    }
 }

@@ -1,10 +1,11 @@
 //! HTML to sections with a small forgiving tokenizer (no DOM): only the main content is read —
 //! the first `<main>` or `role="main"` element, else the first `<article>`, else the whole
 //! page — with `<script>`, `<style>`, `<nav>`, `<aside>`, `<noscript>`, `<template>`, `<svg>`,
-//! `<head>`, page-level `<header>`/`<footer>` and navigation landmarks (`role="navigation"`,
-//! …) dropped with everything inside; `<h1>`…`<h6>` make the heading path (a trailing
-//! permalink `¶` removed); block elements and `<br>` break lines, `<pre>` keeps its lines;
-//! character references (`&amp;`, `&#8212;`, `&#x2014;`) are decoded.
+//! `<head>`, page-level `<header>`/`<footer>`, navigation landmarks (`role="navigation"`, …)
+//! and Sphinx's `¶` permalinks (`class="headerlink"`) dropped with everything inside;
+//! `<h1>`…`<h6>` make the heading path (a trailing `¶` removed); block elements and `<br>`
+//! break lines, `<pre>` keeps its lines; character references (`&amp;`, `&#8212;`, `&#x2014;`)
+//! are decoded.
 
 use super::{Section, SectionBuilder};
 
@@ -105,11 +106,17 @@ pub fn sections(html: &str) -> Vec<Section> {
                 let dropped = DROPPED.contains(&name.as_str())
                     || (!inside_root && DROPPED_AT_PAGE_LEVEL.contains(&name.as_str()))
                     || attr(attrs, "role").is_some_and(|r| DROPPED_ROLES.contains(&r.as_str()))
+                    || attr(attrs, "class")
+                        .is_some_and(|c| c.split_whitespace().any(|c| c == "headerlink"))
                     || attr(attrs, "hidden").is_some()
                     || attr(attrs, "aria-hidden").is_some_and(|v| v == "true");
                 if dropped {
-                    // What was dropped separated the text around it.
-                    reader.break_line();
+                    // A dropped block still separated the text around it.
+                    if BLOCK.contains(&name.as_str())
+                        || ["nav", "aside", "noscript", "template", "head"].contains(&name.as_str())
+                    {
+                        reader.break_line();
+                    }
                     if !self_closing && !is_void(name) {
                         skip = Some((name.clone(), 1));
                     }
@@ -533,7 +540,7 @@ mod tests {
 <main><h1>Library<a class="headerlink" href="#lib">¶</a></h1>
 <p>The <b>os</b> module&nbsp;&mdash; portable &amp; &lt;fast&gt; &#8220;really&#x201D;.</p>
 <script>var x = "<h2>not a heading</h2>";</script>
-<h2 id="files">Files</h2><aside>Ad text</aside><p>Open them.<br>Close them.</p>
+<h2 id="files">Files</h2><aside>Ad text</aside><p>Open them.<br>Close <code>them</code><a class="reference headerlink" href="#x">¶</a>.</p>
 <pre>line one
   line two</pre>
 <!-- a comment <h2>no</h2> -->
