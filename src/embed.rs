@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer};
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 /// Environment variable that overrides where the model directory is looked for.
 pub const MODEL_DIR_ENV: &str = "EDGERAG_MODEL_DIR";
@@ -86,6 +86,20 @@ impl Embedder {
 
     pub fn dims(&self) -> usize {
         self.dims
+    }
+
+    /// Truncates inputs at `max_tokens` word-pieces, special tokens included, instead of the
+    /// wheel's 128 (the model's own limit, sentence-transformers' `max_seq_length`, is 256;
+    /// the position embeddings allow 512). `shardc ingest` uses 256 so that no word of a
+    /// chunk is cut off; `devorigin` keeps 128, as the shared corpus was embedded.
+    pub fn set_max_tokens(&mut self, max_tokens: usize) -> Result<(), EmbedError> {
+        self.tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_tokens,
+                ..TruncationParams::default()
+            }))
+            .map_err(|e| EmbedError::Tokenize(e.to_string()))?;
+        Ok(())
     }
 
     pub fn embed(&self, texts: &[&str]) -> Result<Embeddings, EmbedError> {

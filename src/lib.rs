@@ -26,8 +26,11 @@
 //! - [`metrics`]: labelled counters, gauges and histograms in the Prometheus text format (pure).
 //! - [`trace`]: W3C `traceparent` parsing and propagation (pure).
 //! - [`playground`]: the browser page `GET /` serves, its files and their headers (pure).
-//! - `build` (native only): turns a corpus into shards and a manifest (used by `shardc`).
-//! - `embed` (native only): all-MiniLM-L6-v2 sentence embeddings on CPU (used by `devorigin`).
+//! - `build` (native only): turns a corpus into shards and a manifest (used by `shardc`); its
+//!   `ingest` first makes the corpus from a folder of documents (walk, extract, chunk, embed
+//!   with a cache, built-in or remote embedder).
+//! - `embed` (native only): all-MiniLM-L6-v2 sentence embeddings on CPU (used by `devorigin`
+//!   and by `build`'s built-in embedder).
 //! - `edge` (wasm32 only): the Cloudflare Workers glue; thin handlers over the pure modules (for
 //!   the origins: the `fetch` transport, the timers and the config from env).
 

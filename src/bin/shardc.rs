@@ -1,4 +1,5 @@
-//! `shardc`: the shard compiler CLI — build an index, query it, measure its recall and latency,
+//! `shardc`: the shard compiler CLI — build an index (from a JSONL corpus, or ingest a folder
+//! of documents), query it, measure its recall and latency,
 //! inspect blobs for corruption, measure load time against a serde baseline, publish an index
 //! through a worker's admin routes and manage its versions.
 
@@ -9,6 +10,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+use edgerag::build::ingest::{self, EmbedArgs, IngestConfig, SourceArgs};
+use edgerag::build::sync::{self, SyncTarget};
 use edgerag::build::{build_index, compact, BuildConfig, IndexDir};
 use edgerag::manifest::{Manifest, MANIFEST_FILE};
 use edgerag::publish::client::{self, AdminClient};
@@ -33,6 +36,35 @@ struct Cli {
 enum Command {
     /// Build an index directory from a JSONL corpus.
     Build(BuildConfig),
+    /// Build an index directory from a folder of documents (Markdown, reStructuredText, HTML,
+    /// plain text): chunk them, embed the chunks (cached in DIR/.embed-cache, so a rebuild
+    /// embeds only changed chunks), write DIR/passages.jsonl and DIR/vectors.f32, and build
+    /// the index from them as `shardc build` does.
+    Ingest {
+        #[command(flatten)]
+        config: IngestConfig,
+        #[command(flatten)]
+        embed: EmbedArgs,
+    },
+    /// Keep a live index equal to a folder of documents through the worker's write routes
+    /// (admin key in $EDGERAG_ADMIN_KEY): chunk and embed as `ingest` does, upsert new and
+    /// changed chunks, delete those of removed or shortened files. A state folder remembers
+    /// what was synced (and holds the embedding cache).
+    Sync {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// The worker's base URL, e.g. http://127.0.0.1:8787.
+        #[arg(long)]
+        url: String,
+        /// The live index to write to.
+        #[arg(long)]
+        index: String,
+        /// The state folder (default: .edgerag-sync/INDEX in the current directory).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        #[command(flatten)]
+        embed: EmbedArgs,
+    },
     /// Search every shard of an index with one query vector and print the matches.
     Query {
         #[arg(long)]
@@ -165,6 +197,20 @@ fn main() -> ExitCode {
             progress: true,
             ..config
         }),
+        Command::Ingest { config, embed } => run_ingest(
+            &IngestConfig {
+                progress: std::io::stderr().is_terminal(),
+                ..config
+            },
+            &embed,
+        ),
+        Command::Sync {
+            source,
+            url,
+            index,
+            state,
+            embed,
+        } => run_sync(&source, &url, &index, state, &embed),
         Command::Query {
             index,
             vector_file,
@@ -221,6 +267,118 @@ fn run_build(config: &BuildConfig) -> CliResult {
         manifest.count,
         manifest.shards.len(),
         started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn run_ingest(config: &IngestConfig, embed: &EmbedArgs) -> CliResult {
+    let started = Instant::now();
+    let (embedder, counter) = embed.open(config.source.chunk_tokens)?;
+    if matches!(counter, edgerag::build::docs::chunk::TokenCounter::Estimate) {
+        eprintln!("shardc: no tokenizer.json found: chunk sizes are estimated");
+    }
+    let report = ingest::ingest(config, embedder.as_ref(), &counter)?;
+    let m = &report.manifest;
+    let seconds = report.embed_time.as_secs_f64();
+    let rate = if seconds > 0.0 {
+        report.embedded as f64 / seconds
+    } else {
+        0.0
+    };
+    eprintln!(
+        "read {} files ({} without text; skipped {}: {}) into {} chunks",
+        report.files,
+        report.no_text,
+        report.skipped.total(),
+        report.skipped,
+        report.chunks
+    );
+    eprintln!(
+        "embedded {} chunks with {} in {seconds:.1}s ({rate:.1} chunks/s), reused {} from the cache",
+        report.embedded,
+        embedder.model(),
+        report.reused
+    );
+    eprintln!(
+        "built {} version {}: {} passages in {} shards, {:.1}s",
+        m.name,
+        m.version,
+        m.count,
+        m.shards.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let summary = json!({
+        "name": m.name,
+        "version": m.version,
+        "files": report.files,
+        "no_text": report.no_text,
+        "skipped": {
+            "unreadable": report.skipped.unreadable,
+            "binary": report.skipped.binary,
+            "empty": report.skipped.empty,
+            "not_utf8": report.skipped.not_utf8,
+        },
+        "chunks": report.chunks,
+        "embedded": report.embedded,
+        "reused": report.reused,
+        "embed_s": seconds,
+        "chunks_per_s": rate,
+        "model": embedder.model(),
+        "dims": m.dims,
+    });
+    println!("{summary}");
+    Ok(())
+}
+
+fn run_sync(
+    source: &SourceArgs,
+    url: &str,
+    index: &str,
+    state: Option<PathBuf>,
+    embed: &EmbedArgs,
+) -> CliResult {
+    let key = std::env::var(client::ADMIN_KEY_VAR).map_err(|_| {
+        format!(
+            "set {} to an admin API key of the worker",
+            client::ADMIN_KEY_VAR
+        )
+    })?;
+    let (embedder, counter) = embed.open(source.chunk_tokens)?;
+    let target = SyncTarget {
+        url: url.to_string(),
+        index: index.to_string(),
+        key,
+        state_dir: state.unwrap_or_else(|| Path::new(".edgerag-sync").join(index)),
+    };
+    let started = Instant::now();
+    let report = sync::sync(
+        source,
+        &target,
+        embedder.as_ref(),
+        &counter,
+        std::io::stderr().is_terminal(),
+    )?;
+    eprintln!(
+        "synced {index}: {} chunks ({} embedded, {} from the cache): {} upserted, {} deleted, {} unchanged, {:.1}s",
+        report.chunks,
+        report.embedded,
+        report.reused,
+        report.upserted,
+        report.deleted,
+        report.unchanged,
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "{}",
+        json!({
+            "index": index,
+            "chunks": report.chunks,
+            "embedded": report.embedded,
+            "reused": report.reused,
+            "upserted": report.upserted,
+            "deleted": report.deleted,
+            "unchanged": report.unchanged,
+        })
     );
     Ok(())
 }

@@ -31,6 +31,12 @@ pub enum BuildError {
     },
     #[error("graph export failed: {0}")]
     GraphExport(String),
+    /// An embedder failed or answered something unusable (`shardc ingest`, `shardc sync`).
+    #[error("embedding: {0}")]
+    Embed(String),
+    /// A worker's write routes refused or did not answer (`shardc sync`).
+    #[error("sync: {0}")]
+    Sync(String),
 }
 
 impl BuildError {

@@ -1,14 +1,23 @@
 //! Turns a corpus into an index directory: validated corpus → balanced k-means partition →
 //! per-shard HNSW graph (instant-distance) → quantised shard blobs → manifest (written last).
+//! `ingest` makes that corpus from a folder of documents first: [`docs`] (walk, extract,
+//! chunk) → an [`embedder::Embedder`] (built in, or a remote one) through the
+//! [`embedding_cache`] → the same build.
 
 mod assemble;
 pub mod compact;
 pub mod corpus;
+pub mod docs;
+pub mod embedder;
+pub mod embedding_cache;
 pub mod error;
 mod graph;
 mod index_dir;
+pub mod ingest;
 pub mod output;
 mod partition;
+pub mod remote_embedder;
+pub mod sync;
 
 use std::path::PathBuf;
 
