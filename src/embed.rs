@@ -9,6 +9,9 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
+/// The model's name, as embeddings origins (`devorigin` among them) serve it.
+pub const MODEL_NAME: &str = "all-MiniLM-L6-v2";
+
 /// Environment variable that overrides where the model directory is looked for.
 pub const MODEL_DIR_ENV: &str = "EDGERAG_MODEL_DIR";
 

@@ -48,7 +48,7 @@ mod native {
     use serde_json::json;
 
     /// Name under which embeddings are served.
-    const EMBEDDING_MODEL: &str = "all-MiniLM-L6-v2";
+    const EMBEDDING_MODEL: &str = edgerag::embed::MODEL_NAME;
     /// TTFT multiplier on a prefix-cache hit: prefill of the cached context is skipped.
     const PREFIX_HIT_TTFT: f64 = 0.2;
     /// Requests `GET /debug/requests` remembers.

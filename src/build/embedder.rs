@@ -12,6 +12,11 @@ use crate::embed;
 pub trait Embedder: Sync {
     /// The model's name: part of the embedding cache's key.
     fn model(&self) -> &str;
+    /// The name embeddings origins serve the model under, which the index's manifest records
+    /// (the worker embeds the index's text queries and text upserts with it).
+    fn served_name(&self) -> &str {
+        self.model()
+    }
     fn dims(&self) -> usize;
     /// One vector of [`Embedder::dims`] values per text, in order.
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, BuildError>;
@@ -50,7 +55,7 @@ impl LocalEmbedder {
             .map_err(|e| BuildError::Embed(e.to_string()))?;
         Ok(LocalEmbedder {
             inner,
-            name: format!("all-MiniLM-L6-v2@{LOCAL_MAX_TOKENS}"),
+            name: format!("{}@{LOCAL_MAX_TOKENS}", embed::MODEL_NAME),
             batch: batch.max(1),
             concurrency: concurrency.max(1),
         })
@@ -60,6 +65,10 @@ impl LocalEmbedder {
 impl Embedder for LocalEmbedder {
     fn model(&self) -> &str {
         &self.name
+    }
+
+    fn served_name(&self) -> &str {
+        crate::embed::MODEL_NAME
     }
 
     fn dims(&self) -> usize {

@@ -353,6 +353,7 @@ pub fn ingest(
             ef_construction: DEFAULT_EF_CONSTRUCTION,
             degree: DEFAULT_DEGREE,
             threads: config.threads,
+            embedding_model: Some(embedder.served_name().to_string()),
             progress: config.progress,
         })?;
         for file in [PASSAGES_FILE, VECTORS_FILE] {
