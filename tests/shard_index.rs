@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use edgerag::build::{build_index, BuildConfig, BuildError, IndexDir, DEFAULT_DEGREE};
+use edgerag::build::{build_index, BuildConfig, BuildError, IndexDir, IndexShape, DEFAULT_DEGREE};
 use edgerag::manifest::{checksum_hex, Manifest, Placement, MANIFEST_FILE};
 use edgerag::shard::format::{encode_blob, Header, ShardData, HEADER_LEN};
 use edgerag::shard::{DocId, Exclusions, Filter, Metric, Quant, SearchParams, Shard, ShardError};
@@ -27,17 +27,19 @@ fn config(
         passages: passages.to_path_buf(),
         vectors: vectors.map(Path::to_path_buf),
         dims,
-        metric: Metric::Cosine,
-        quant,
-        shards,
-        regions: vec!["weur".into(), "enam".into()],
-        placement: Placement::Replicate,
+        shape: IndexShape {
+            metric: Metric::Cosine,
+            quant,
+            shards,
+            regions: vec!["weur".into(), "enam".into()],
+            placement: Placement::Replicate,
+            seed: 42,
+            threads: None,
+        },
         name: "test".into(),
         out: out.to_path_buf(),
-        seed: 42,
         ef_construction: 200,
         degree: DEFAULT_DEGREE,
-        threads: None,
         embedding_model: None,
         progress: false,
     }
@@ -637,7 +639,7 @@ fn single_threaded_builds_are_reproducible() {
     let build = |name: &str| {
         let out = work.path().join(name);
         let mut cfg = config(&passages, Some(&vectors), 16, Quant::F16, 2, &out);
-        cfg.threads = Some(1);
+        cfg.shape.threads = Some(1);
         let manifest = build_index(&cfg).unwrap();
         let blobs: Vec<Vec<u8>> = manifest
             .shards
@@ -659,6 +661,6 @@ fn single_threaded_builds_are_reproducible() {
         2,
         &work.path().join("c"),
     );
-    zero.threads = Some(0);
+    zero.shape.threads = Some(0);
     assert!(matches!(build_index(&zero), Err(BuildError::Invalid(_))));
 }

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use super::{BuildConfig, BuildError, DEFAULT_DEGREE, DEFAULT_EF_CONSTRUCTION, DEFAULT_SEED};
+use super::{
+    BuildConfig, BuildError, IndexShape, DEFAULT_DEGREE, DEFAULT_EF_CONSTRUCTION, DEFAULT_SEED,
+};
 use crate::write::export::ExportHeader;
 use crate::write::Change;
 
@@ -110,17 +112,19 @@ impl ExportedCorpus {
             passages: self.passages.clone(),
             vectors: Some(self.vectors.clone()),
             dims: self.header.dims,
-            metric: self.header.metric,
-            quant: self.header.quant,
-            shards,
-            regions: self.header.regions.clone(),
-            placement: self.header.placement,
+            shape: IndexShape {
+                metric: self.header.metric,
+                quant: self.header.quant,
+                shards,
+                regions: self.header.regions.clone(),
+                placement: self.header.placement,
+                seed: DEFAULT_SEED,
+                threads: None,
+            },
             name: self.header.index.clone(),
             out: out.to_path_buf(),
-            seed: DEFAULT_SEED,
             ef_construction: DEFAULT_EF_CONSTRUCTION,
             degree: DEFAULT_DEGREE,
-            threads: None,
             embedding_model: self.header.embedding_model.clone(),
             progress,
         }
@@ -185,7 +189,7 @@ mod tests {
         assert_eq!(std::fs::read(&corpus.vectors).unwrap().len(), 2 * 2 * 4);
         let config = corpus.build_config(dir.path(), None, false);
         assert_eq!(
-            (config.shards, config.dims, config.name.as_str()),
+            (config.shape.shards, config.dims, config.name.as_str()),
             (2, 2, "docs")
         );
     }

@@ -23,10 +23,9 @@ use super::docs::walk::{self, Filter, Skipped};
 use super::embedder::{embed_batches, Embedder};
 use super::embedding_cache::{cache_key, EmbeddingCache};
 use super::{
-    build_index, BuildConfig, BuildError, DEFAULT_DEGREE, DEFAULT_EF_CONSTRUCTION, DEFAULT_SEED,
+    build_index, BuildConfig, BuildError, IndexShape, DEFAULT_DEGREE, DEFAULT_EF_CONSTRUCTION,
 };
-use crate::manifest::{Manifest, Placement};
-use crate::shard::{Metric, Quant};
+use crate::manifest::Manifest;
 
 pub const PASSAGES_FILE: &str = "passages.jsonl";
 pub const VECTORS_FILE: &str = "vectors.f32";
@@ -63,22 +62,8 @@ pub struct IngestConfig {
     /// The index's name (default: the name of `--out`).
     #[arg(long)]
     pub name: Option<String>,
-    #[arg(long, default_value = "cosine")]
-    pub metric: Metric,
-    #[arg(long, default_value = "f16")]
-    pub quant: Quant,
-    #[arg(long, default_value_t = 1)]
-    pub shards: usize,
-    /// Comma-separated region names.
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub regions: Vec<String>,
-    #[arg(long, default_value = "replicate")]
-    pub placement: Placement,
-    /// Graph-building threads (default: one per core).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    #[arg(long, default_value_t = DEFAULT_SEED)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub shape: IndexShape,
     /// Show progress bars on stderr.
     #[arg(skip)]
     pub progress: bool,
@@ -342,17 +327,11 @@ pub fn ingest(
             passages: staging.join(PASSAGES_FILE),
             vectors: Some(staging.join(VECTORS_FILE)),
             dims: embedder.dims(),
-            metric: config.metric,
-            quant: config.quant,
-            shards: config.shards,
-            regions: config.regions.clone(),
-            placement: config.placement,
+            shape: config.shape.clone(),
             name: name.clone(),
             out: out.clone(),
-            seed: config.seed,
             ef_construction: DEFAULT_EF_CONSTRUCTION,
             degree: DEFAULT_DEGREE,
-            threads: config.threads,
             embedding_model: Some(embedder.served_name().to_string()),
             progress: config.progress,
         })?;
@@ -402,7 +381,9 @@ mod tests {
     use super::*;
     use crate::build::embedder::tests::FakeEmbedder;
     use crate::build::IndexDir;
-    use crate::shard::SearchParams;
+    use crate::build::DEFAULT_SEED;
+    use crate::manifest::Placement;
+    use crate::shard::{Metric, Quant, SearchParams};
 
     fn config(src: &Path, out: &Path) -> IngestConfig {
         IngestConfig {
@@ -415,13 +396,15 @@ mod tests {
             },
             out: out.to_path_buf(),
             name: Some("docs".into()),
-            metric: Metric::Cosine,
-            quant: Quant::F16,
-            shards: 2,
-            regions: vec!["weur".into()],
-            placement: Placement::Replicate,
-            threads: Some(1),
-            seed: DEFAULT_SEED,
+            shape: IndexShape {
+                metric: Metric::Cosine,
+                quant: Quant::F16,
+                shards: 2,
+                regions: vec!["weur".into()],
+                placement: Placement::Replicate,
+                threads: Some(1),
+                seed: DEFAULT_SEED,
+            },
             progress: false,
         }
     }
@@ -610,7 +593,7 @@ mod tests {
 
         // A build that fails (more shards than chunks) also leaves the index as it was.
         let mut too_many = config(&src, &out);
-        too_many.shards = 10_000;
+        too_many.shape.shards = 10_000;
         assert!(ingest(&too_many, &FakeEmbedder::new(8), &counter).is_err());
         assert_eq!(
             IndexDir::open(&out).unwrap().manifest.version,

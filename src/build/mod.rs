@@ -32,16 +32,10 @@ pub const DEFAULT_SEED: u64 = 42;
 /// Layer-0 neighbours kept per node for search (see `graph`): M, half of what construction uses.
 pub const DEFAULT_DEGREE: usize = 32;
 
-/// Everything `shardc build` takes: its command-line arguments, parsed by clap in `shardc`.
+/// How an index is laid out and built, whatever its passages come from (`shardc build` and
+/// `shardc ingest` take the same options).
 #[derive(Debug, Clone, clap::Args)]
-pub struct BuildConfig {
-    #[arg(long)]
-    pub passages: PathBuf,
-    /// Raw little-endian f32 vectors, N × dims; otherwise each line carries a "vector" array.
-    #[arg(long)]
-    pub vectors: Option<PathBuf>,
-    #[arg(long)]
-    pub dims: usize,
+pub struct IndexShape {
     #[arg(long, default_value = "cosine")]
     pub metric: Metric,
     #[arg(long, default_value = "f16")]
@@ -55,23 +49,37 @@ pub struct BuildConfig {
     /// `spread`: one region per shard, round-robin (one copy, for indexes too large to copy).
     #[arg(long, default_value = "replicate")]
     pub placement: Placement,
+    #[arg(long, default_value_t = DEFAULT_SEED)]
+    pub seed: u64,
+    /// Graph-building threads (default: one per core); 1 gives the same bytes and version for
+    /// the same input and seed (instant-distance inserts in parallel, so with more threads the
+    /// graph and version vary).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// Everything `shardc build` takes: its command-line arguments, parsed by clap in `shardc`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BuildConfig {
+    #[arg(long)]
+    pub passages: PathBuf,
+    /// Raw little-endian f32 vectors, N × dims; otherwise each line carries a "vector" array.
+    #[arg(long)]
+    pub vectors: Option<PathBuf>,
+    #[arg(long)]
+    pub dims: usize,
+    #[command(flatten)]
+    pub shape: IndexShape,
     #[arg(long)]
     pub name: String,
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = DEFAULT_SEED)]
-    pub seed: u64,
     #[arg(long, default_value_t = DEFAULT_EF_CONSTRUCTION)]
     pub ef_construction: usize,
     /// Layer-0 neighbours kept per node (1 to 64): fewer make each step of a search cheaper
     /// and need a larger ef for the same recall.
     #[arg(long, default_value_t = DEFAULT_DEGREE)]
     pub degree: usize,
-    /// Graph-building threads (default: one per core); 1 gives the same bytes and version for
-    /// the same input and seed (instant-distance inserts in parallel, so with more threads the
-    /// graph and version vary).
-    #[arg(long)]
-    pub threads: Option<usize>,
     /// The model that embedded the vectors (e.g. all-MiniLM-L6-v2), recorded in the manifest:
     /// the worker then embeds text queries and text upserts of this index with it, and refuses
     /// to if its embeddings pool serves another.
@@ -89,22 +97,27 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
         &config.passages,
         config.vectors.as_deref(),
         config.dims,
-        config.metric,
+        config.shape.metric,
     )?;
-    if corpus.len() < config.shards {
+    if corpus.len() < config.shape.shards {
         return Err(BuildError::Invalid(format!(
             "{} passages cannot fill {} shards",
             corpus.len(),
-            config.shards
+            config.shape.shards
         )));
     }
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(config.threads.unwrap_or(0))
+        .num_threads(config.shape.threads.unwrap_or(0))
         .build()
         .map_err(|e| BuildError::Invalid(format!("graph thread pool: {e}")))?;
-    let partition = partition::balanced_kmeans(&corpus, config.shards, config.metric, config.seed);
-    let mut entries = Vec::with_capacity(config.shards);
-    let mut blobs = Vec::with_capacity(config.shards);
+    let partition = partition::balanced_kmeans(
+        &corpus,
+        config.shape.shards,
+        config.shape.metric,
+        config.shape.seed,
+    );
+    let mut entries = Vec::with_capacity(config.shape.shards);
+    let mut blobs = Vec::with_capacity(config.shape.shards);
     for (index, rows) in partition.members.iter().enumerate() {
         let shard_name = format!("shard-{index:03}");
         let vectors: Vec<f32> = rows
@@ -114,19 +127,31 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
         let bar = progress_bar(config.progress, rows.len(), &format!("graph {shard_name}"));
         let params = graph::GraphParams {
             ef_construction: config.ef_construction,
-            seed: config.seed.wrapping_add(index as u64),
+            seed: config.shape.seed.wrapping_add(index as u64),
             degree: config.degree,
         };
         let graph = pool.install(|| {
-            graph::build_graph(&vectors, corpus.dims, config.metric, &params, bar.clone())
+            graph::build_graph(
+                &vectors,
+                corpus.dims,
+                config.shape.metric,
+                &params,
+                bar.clone(),
+            )
         })?;
         bar.finish_and_clear();
         let names = assemble::ShardNames {
             index: &config.name,
             shard: &shard_name,
         };
-        let data =
-            assemble::assemble_shard(&corpus, rows, &graph, names, config.metric, config.quant)?;
+        let data = assemble::assemble_shard(
+            &corpus,
+            rows,
+            &graph,
+            names,
+            config.shape.metric,
+            config.shape.quant,
+        )?;
         let blob = format::encode_blob(&data).map_err(|source| BuildError::Shard {
             shard: shard_name.clone(),
             source,
@@ -140,7 +165,12 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
             count: rows.len() as u32,
             centroid: partition.centroids[index].clone(),
             checksum,
-            regions: shard_regions(config.placement, index, config.shards, &config.regions),
+            regions: shard_regions(
+                config.shape.placement,
+                index,
+                config.shape.shards,
+                &config.shape.regions,
+            ),
         });
         blobs.push((file, blob));
     }
@@ -149,12 +179,12 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
         name: config.name.clone(),
         version: String::new(),
         dims: corpus.dims,
-        metric: config.metric,
-        quant: config.quant,
+        metric: config.shape.metric,
+        quant: config.shape.quant,
         count: corpus.len() as u64,
         shards: entries,
-        regions: config.regions.clone(),
-        placement: Some(config.placement),
+        regions: config.shape.regions.clone(),
+        placement: Some(config.shape.placement),
         embedding_model: config.embedding_model.clone(),
     };
     manifest.version = manifest.content_version();
@@ -167,19 +197,20 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
 }
 
 fn check_config(config: &BuildConfig) -> Result<(), BuildError> {
-    if config.shards == 0 {
+    if config.shape.shards == 0 {
         return Err(BuildError::Invalid("--shards must be at least 1".into()));
     }
-    if config.regions.is_empty() || config.regions.iter().any(|r| r.is_empty()) {
+    if config.shape.regions.is_empty() || config.shape.regions.iter().any(|r| r.is_empty()) {
         return Err(BuildError::Invalid(
             "--regions needs at least one non-empty region name".into(),
         ));
     }
     if let Some((i, region)) = config
+        .shape
         .regions
         .iter()
         .enumerate()
-        .find(|(i, r)| config.regions[..*i].contains(r))
+        .find(|(i, r)| config.shape.regions[..*i].contains(r))
     {
         return Err(BuildError::Invalid(format!(
             "--regions names {region:?} twice (at {i})"
@@ -192,7 +223,7 @@ fn check_config(config: &BuildConfig) -> Result<(), BuildError> {
             crate::manifest::INDEX_NAME_MAX
         )));
     }
-    if config.threads == Some(0) {
+    if config.shape.threads == Some(0) {
         return Err(BuildError::Invalid("--threads must be at least 1".into()));
     }
     if !(1..=graph::CONSTRUCTION_DEGREE).contains(&config.degree) {

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use rkyv::util::AlignedVec;
 
 use super::*;
-use crate::build::{build_index, BuildConfig, DEFAULT_DEGREE};
+use crate::build::{build_index, BuildConfig, IndexShape, DEFAULT_DEGREE};
 use crate::clock::Clock;
 use crate::index::LocalIndex;
 use crate::manifest::{Manifest, Placement, MANIFEST_FILE};
@@ -53,17 +53,19 @@ fn build(dir: &Path, name: &str, shards: usize, seed: u64) -> (Manifest, Vec<Vec
         passages,
         vectors: Some(raw),
         dims: DIMS,
-        metric: Metric::Cosine,
-        quant: Quant::F16,
-        shards,
-        regions: REGIONS.map(String::from).to_vec(),
-        placement: Placement::Replicate,
+        shape: IndexShape {
+            metric: Metric::Cosine,
+            quant: Quant::F16,
+            shards,
+            regions: REGIONS.map(String::from).to_vec(),
+            placement: Placement::Replicate,
+            seed: 42,
+            threads: Some(1),
+        },
         name: name.into(),
         out: out.clone(),
-        seed: 42,
         ef_construction: 100,
         degree: DEFAULT_DEGREE,
-        threads: Some(1),
         embedding_model: None,
         progress: false,
     })

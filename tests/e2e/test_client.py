@@ -218,6 +218,10 @@ def test_client_writes_are_read_back_and_the_vector_store_adds_and_deletes_texts
     found = writer.search("clientnotes", vector=vector, k=1, min_seq=written.seq)
     assert found.matches[0].id == "v1" and found.seq >= written.seq and found.pending_writes == 3
     assert writer.index("clientnotes").writes["seq"] == written.seq
+    # Text alone: the worker embeds it with the index's model.
+    by_text = writer.upsert("clientnotes", [{"id": "t1", "text": "Dictionaries map keys to values."}])
+    found = writer.search("clientnotes", "Dictionaries map keys to values.", k=1, min_seq=by_text.seq)
+    assert found.matches[0].id == "t1" and found.matches[0].score > 0.999
     assert "embedding" in NO_EMBEDDING
     with pytest.raises(ValueError, match="embedding"):
         EdgeragVectorStore(writer, "clientnotes").add_texts(["no embeddings given"])

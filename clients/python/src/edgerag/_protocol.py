@@ -28,10 +28,13 @@ def search_body(index: str, text: Optional[str], vector: Optional[Sequence[float
 
 
 def upsert_body(vectors: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
-    """`{vectors: [{id, values, text?, metadata?}]}`, values as floats."""
+    """`{vectors: [{id, values?, text?, metadata?}]}`, values as floats; an item with text and no
+    values is embedded by the worker with the index's model."""
     items = []
     for v in vectors:
-        item: Dict[str, Any] = {"id": v["id"], "values": [float(x) for x in v["values"]]}
+        item: Dict[str, Any] = {"id": v["id"]}
+        if v.get("values") is not None:
+            item["values"] = [float(x) for x in v["values"]]
         for name in ("text", "metadata"):
             if v.get(name) is not None:
                 item[name] = v[name]

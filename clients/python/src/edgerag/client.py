@@ -159,7 +159,8 @@ class Client:
         return dict(self._call("/v1/indexes", wire.create_body(name, dims, metric, quant, regions)))
 
     def upsert(self, index: str, vectors: Sequence[Mapping[str, Any]]) -> WriteResult:
-        """Inserts or replaces passages `{id, values, text?, metadata?}`; answers once durable."""
+        """Inserts or replaces passages `{id, values?, text?, metadata?}` (text without values is
+        embedded by the worker); answers once durable."""
         path = f"/v1/indexes/{quote(index, safe='')}/upsert"
         return WriteResult.from_json(self._call(path, wire.upsert_body(vectors)))
 

@@ -71,6 +71,8 @@ class IndexInfo:
     vectors: int
     bytes: int
     regions: List[str]
+    #: The model the index's text queries and text upserts are embedded with.
+    embedding_model: str = ""
     #: The live writes: `{seq, base_seq, base_version, pending_writes}`.
     writes: Dict[str, Any] = field(default_factory=dict)
 
@@ -78,7 +80,8 @@ class IndexInfo:
     def from_json(cls, body: Mapping[str, Any]) -> "IndexInfo":
         return cls(name=body["name"], version=body["version"], dims=int(body["dims"]), metric=body["metric"],
                    shards=int(body["shards"]), vectors=int(body["vectors"]), bytes=int(body["bytes"]),
-                   regions=list(body["regions"]), writes=dict(body.get("writes") or {}))
+                   regions=list(body["regions"]), embedding_model=str(body.get("embedding_model") or ""),
+                   writes=dict(body.get("writes") or {}))
 
 
 @dataclass(frozen=True)
