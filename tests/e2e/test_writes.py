@@ -240,6 +240,60 @@ def test_text_upserts_are_embedded_with_the_index_model_and_a_model_or_dims_mism
         assert write_state(worker, name)["seq"] == 0, name
 
 
+def sync(worker, src, state):
+    """`shardc sync SRC --url --index folder` (built-in embedder), its JSON report."""
+    env = dict(os.environ, EDGERAG_ADMIN_KEY=KEYS["admin"])
+    done = subprocess.run([SHARDC, "sync", src, "--url", worker.base, "--index", "folder", "--state", state],
+                          env=env, check=True, text=True, stdout=subprocess.PIPE)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_shardc_sync_keeps_a_live_index_answering_the_new_text_and_never_the_removed(live):
+    """A folder synced into a created index, then one file edited (one section changed), one
+    shortened and one removed, synced again: the second run upserts only the changed chunks and
+    deletes the removed ones; afterwards a search by each new text finds it at rank 1, and no
+    answer to any query returns a removed or replaced chunk."""
+    worker = live["worker"]
+    create(worker, "folder", dims=DIMS, embedding_model=EMBEDDING_MODEL)
+    src = tempfile.mkdtemp(prefix="edgerag-sync-src-", dir=live["tmp"])
+    state = os.path.join(live["tmp"], "sync-state")
+    files = {
+        "walrus.md": "# Walrus\n\nThe walrus operator assigns a value inside an expression.\n\n"
+                     "## Loops\n\nIt shortens while loops that read and test a value.\n",
+        "lists.md": "# Lists\n\nA list is a mutable sequence.\n\n## Sorting\n\nlist.sort sorts in place and is stable.\n",
+        "gone.txt": "Tuples are immutable sequences, often of mixed types.\n",
+    }
+    for name, text in files.items():
+        with open(os.path.join(src, name), "w") as f:
+            f.write(text)
+    first = sync(worker, src, state)
+    assert first["upserted"] == first["chunks"] >= 5 and first["deleted"] == 0, first
+    with open(os.path.join(src, "walrus.md"), "w") as f:
+        f.write("# Walrus\n\nThe walrus operator assigns a value inside an expression.\n\n"
+                "## Loops\n\nComprehensions can bind a name with it too.\n")
+    with open(os.path.join(src, "lists.md"), "w") as f:
+        f.write("# Lists\n\nA list is a mutable sequence.\n")
+    os.remove(os.path.join(src, "gone.txt"))
+    second = sync(worker, src, state)
+    assert (second["upserted"], second["deleted"]) == (1, 2), second
+    assert second["unchanged"] == second["chunks"] - 1, second
+    status, _, summary = worker.call("GET", "/v1/indexes/folder")
+    seq = summary["writes"]["seq"]
+    status, _, found = worker.search(index="folder", text="Comprehensions can bind a name with it too.", k=1,
+                                     min_seq=seq)
+    assert status == 200, found
+    assert found["matches"][0]["metadata"]["source"] == "walrus.md", found
+    assert "Comprehensions" in found["matches"][0]["text"], found
+    removed = ("while loops", "list.sort", "Tuples are immutable")
+    for question in ("while loops that read and test a value", "sorting a list in place", "immutable tuples",
+                     "the walrus operator", "mutable sequence"):
+        status, _, found = worker.search(index="folder", text=question, k=10, min_seq=seq)
+        assert status == 200, found
+        for match in found["matches"]:
+            assert not any(r in match["text"] for r in removed), (question, match)
+    assert sync(worker, src, state)["upserted"] == 0, "a third run has nothing to send"
+
+
 def test_bad_writes_are_problems_naming_the_item_and_write_nothing(live):
     worker = live["worker"]
     create(worker, "strict")
