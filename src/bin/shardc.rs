@@ -259,6 +259,12 @@ fn main() -> ExitCode {
 fn run_build(config: &BuildConfig) -> CliResult {
     let started = Instant::now();
     let manifest = build_index(config)?;
+    say_built(&manifest, started);
+    Ok(())
+}
+
+/// One line on stderr: the index version a build made, and how long it took.
+fn say_built(manifest: &Manifest, started: Instant) {
     let bytes: u64 = manifest.shards.iter().map(|s| s.bytes).sum();
     eprintln!(
         "built {} version {}: {} passages in {} shards, {bytes} bytes, {:.1}s",
@@ -268,7 +274,6 @@ fn run_build(config: &BuildConfig) -> CliResult {
         manifest.shards.len(),
         started.elapsed().as_secs_f64()
     );
-    Ok(())
 }
 
 fn run_ingest(config: &IngestConfig, embed: &EmbedArgs) -> CliResult {
@@ -299,14 +304,7 @@ fn run_ingest(config: &IngestConfig, embed: &EmbedArgs) -> CliResult {
         embedder.model(),
         report.reused
     );
-    eprintln!(
-        "built {} version {}: {} passages in {} shards, {:.1}s",
-        m.name,
-        m.version,
-        m.count,
-        m.shards.len(),
-        started.elapsed().as_secs_f64()
-    );
+    say_built(m, started);
     let summary = json!({
         "name": m.name,
         "version": m.version,

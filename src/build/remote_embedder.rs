@@ -170,13 +170,7 @@ impl RemoteEmbedder {
             .send(body)
             .map_err(|e| Failure::Retry(e.to_string(), None))?;
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(Duration::from_secs_f64);
+        let retry_after = retry_after(response.headers());
         let text = response
             .body_mut()
             .with_config()
@@ -265,6 +259,17 @@ impl Embedder for RemoteEmbedder {
     fn concurrency(&self) -> usize {
         self.config.concurrency
     }
+}
+
+/// The wait a `Retry-After` header asks for, in seconds (an HTTP date is not honoured: no
+/// service this talks to sends one).
+pub(crate) fn retry_after(headers: &ureq::http::HeaderMap) -> Option<Duration> {
+    headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
 }
 
 #[cfg(test)]

@@ -208,12 +208,7 @@ impl WriteClient {
                 .send(body.as_bytes())
                 .map_err(|e| BuildError::Sync(format!("POST {path}: {e}")))?;
             let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .filter(|s| s.is_finite() && *s >= 0.0);
+            let retry_after = super::remote_embedder::retry_after(response.headers());
             let text = response
                 .body_mut()
                 .with_config()
@@ -224,8 +219,8 @@ impl WriteClient {
                 return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
             }
             if matches!(status, 429 | 503) && attempt < 6 {
-                let wait = retry_after.unwrap_or(f64::from(1u32 << attempt.min(5)));
-                std::thread::sleep(Duration::from_secs_f64(wait.min(60.0)));
+                let wait = retry_after.unwrap_or(Duration::from_secs(1 << attempt.min(5)));
+                std::thread::sleep(wait.min(Duration::from_secs(60)));
                 continue;
             }
             let detail = serde_json::from_str::<Value>(&text)
