@@ -12,7 +12,7 @@
 //!   from the general heap (pure bookkeeping; `edge::heap` is the allocator over it).
 //! - [`store`]: region choice, version pinning, and the byte-budgeted single-flight shard cache (pure).
 //! - [`write`]: live writes: the writer's log decisions and wire types, and the isolate's view
-//!   of the writes not yet compacted into shards (exact search, excluded ids) (pure).
+//!   of the writes not yet compacted into shards (segments scanned exactly, excluded ids) (pure).
 //! - [`retrieve`]: the one retrieval engine — plan, bounded gather within a deadline, exact merge,
 //!   resolve — over shards held in memory, loaded through the store, or asked of shard hosts (pure).
 //! - [`index`]: an index held whole in memory, searched through [`retrieve`] (`shardc`, tests, the wasm probe).
@@ -28,7 +28,8 @@
 //! - [`playground`]: the browser page `GET /` serves, its files and their headers (pure).
 //! - `build` (native only): turns a corpus into shards and a manifest (used by `shardc`); its
 //!   `ingest` first makes the corpus from a folder of documents (walk, extract, chunk, embed
-//!   with a cache, built-in or remote embedder).
+//!   with a cache, built-in or remote embedder), and `sync` keeps a live index in step with such
+//!   a folder through the write routes.
 //! - `embed` (native only): all-MiniLM-L6-v2 sentence embeddings on CPU (used by `devorigin`
 //!   and by `build`'s built-in embedder).
 //! - `edge` (wasm32 only): the Cloudflare Workers glue; thin handlers over the pure modules (for
