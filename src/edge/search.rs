@@ -43,12 +43,14 @@ pub async fn run(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchRespons
         Some(w) => format!("{}+{}", pinned.version, w.seq),
         None => format!("{}+unseen", pinned.version),
     };
-    let key = search_key(request, &view_name, &text_model(ctx, &pinned.manifest));
+    // The model a text query of this index is embedded with names its cached answers too.
+    let model = text_model(ctx, &pinned.manifest);
+    let key = search_key(request, &view_name, &model);
     if let Some(cached) = ctx.cache.get::<SearchResponse>(Which::Search, &key).await {
         ctx.cache_status.push(Outcome::Hit.member(Which::Search));
         return Ok(cached);
     }
-    let found = search(ctx, request, pinned, writes).await?;
+    let found = search(ctx, request, &model, pinned, writes).await?;
     let outcome = if found.partial {
         ctx.cache.skip("partial")
     } else {
@@ -58,13 +60,14 @@ pub async fn run(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchRespons
     Ok(found)
 }
 
-/// Embeds a text query and runs the retrieval engine over the pinned version's shards, loaded
+/// Embeds a text query (with `model`) and runs the retrieval engine over the pinned version's shards, loaded
 /// here (local mode) or asked of their ShardHost objects (durable mode): the answer without the
 /// cache. In local mode a shard load still running at the deadline goes on in the background,
 /// so the next request finds it cached.
 async fn search(
     ctx: &mut Ctx,
     request: &SearchRequest,
+    model: &str,
     pinned: Rc<Pinned>,
     writes: Option<Rc<Delta>>,
 ) -> Result<SearchResponse, ApiError> {
@@ -72,8 +75,7 @@ async fn search(
         // Checked by `run` before the cache lookup.
         Query::Vector(vector) => vector.clone(),
         Query::Text(text) => {
-            let model = text_model(ctx, &pinned.manifest);
-            let vector = embed(ctx, text, &model).await?;
+            let vector = embed(ctx, text, model).await?;
             check_vector(&vector, &pinned)?;
             vector
         }
