@@ -46,6 +46,18 @@ enum Command {
         #[command(flatten)]
         embed: EmbedArgs,
     },
+    /// Embed the `text` of every line of a JSONL file (built-in all-MiniLM-L6-v2, or
+    /// --embed-url) and write the vectors as raw little-endian f32 rows in line order, the
+    /// `--vectors` file `shardc build` reads. Prints texts/s.
+    Embed {
+        /// A JSONL file whose lines have a string field `text`.
+        #[arg(long)]
+        passages: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        embed: EmbedArgs,
+    },
     /// Keep a live index equal to a folder of documents through the worker's write routes
     /// (admin key in $EDGERAG_ADMIN_KEY): chunk and embed as `ingest` does, upsert new and
     /// changed chunks, delete those of removed or shortened files. A state folder remembers
@@ -204,6 +216,11 @@ fn main() -> ExitCode {
             },
             &embed,
         ),
+        Command::Embed {
+            passages,
+            out,
+            embed,
+        } => run_embed(&passages, &out, &embed),
         Command::Sync {
             source,
             url,
@@ -274,6 +291,36 @@ fn say_built(manifest: &Manifest, started: Instant) {
         manifest.shards.len(),
         started.elapsed().as_secs_f64()
     );
+}
+
+fn run_embed(passages: &Path, out: &Path, embed: &EmbedArgs) -> CliResult {
+    // No chunking here: the texts are taken whole, so only the embedder's own limit applies.
+    let (embedder, _) = embed.open(0)?;
+    let report = edgerag::build::embed_file::embed_file(
+        passages,
+        out,
+        embedder.as_ref(),
+        std::io::stderr().is_terminal(),
+    )?;
+    eprintln!(
+        "embedded {} texts with {} in {:.1}s ({:.1} texts/s) -> {}",
+        report.texts,
+        embedder.model(),
+        report.time.as_secs_f64(),
+        report.texts_per_second(),
+        out.display()
+    );
+    println!(
+        "{}",
+        json!({
+            "texts": report.texts,
+            "dims": report.dims,
+            "model": embedder.model(),
+            "seconds": report.time.as_secs_f64(),
+            "texts_per_second": report.texts_per_second(),
+        })
+    );
+    Ok(())
 }
 
 fn run_ingest(config: &IngestConfig, embed: &EmbedArgs) -> CliResult {
