@@ -56,12 +56,7 @@ impl Embedder {
             .map_err(|e| load_err("config.json", e.to_string()))?;
         let config: Config = serde_json::from_str(&config_text)
             .map_err(|e| load_err("config.json", e.to_string()))?;
-        let dims: serde_json::Value = serde_json::from_str(&config_text)
-            .map_err(|e| load_err("config.json", e.to_string()))?;
-        let dims = dims["hidden_size"]
-            .as_u64()
-            .ok_or_else(|| load_err("config.json", "no hidden_size".into()))?
-            as usize;
+        let dims = config.hidden_size;
 
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| load_err("tokenizer.json", e.to_string()))?;
@@ -119,7 +114,7 @@ impl Embedder {
                 .collect();
             tokens += inputs.iter().map(|i| i.ids.len()).sum::<usize>();
             let hidden = self.model.forward(&inputs)?; // (tokens, dims)
-            // Mean over each input's tokens, then L2-normalised.
+                                                       // Mean over each input's tokens, then L2-normalised.
             let means = bert::spans(&inputs)
                 .into_iter()
                 .map(|(start, len)| hidden.narrow(0, start, len)?.mean_keepdim(0))
@@ -235,8 +230,7 @@ mod tests {
             )
         }
         .unwrap();
-        let reference =
-            candle_transformers::models::bert::BertModel::load(vb, &config).unwrap();
+        let reference = candle_transformers::models::bert::BertModel::load(vb, &config).unwrap();
         let mut tokenizer = embedder.tokenizer.clone();
         tokenizer.with_padding(Some(tokenizers::PaddingParams::default()));
         let encodings = tokenizer.encode_batch(texts.to_vec(), true).unwrap();
@@ -249,7 +243,11 @@ mod tests {
         };
         let mask = stack(&|e| e.get_attention_mask());
         let hidden = reference
-            .forward(&stack(&|e| e.get_ids()), &stack(&|e| e.get_type_ids()), Some(&mask))
+            .forward(
+                &stack(&|e| e.get_ids()),
+                &stack(&|e| e.get_type_ids()),
+                Some(&mask),
+            )
             .unwrap();
         let mask = mask.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap();
         let summed = hidden.broadcast_mul(&mask).unwrap().sum(1).unwrap();

@@ -71,23 +71,14 @@ pub fn embed_file(
     })?;
     let time = started.elapsed();
     bar.finish_and_clear();
-    let (dir, name) = match (output.parent(), output.file_name()) {
-        (Some(dir), Some(name)) => (
-            if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            },
-            name.to_string_lossy().into_owned(),
-        ),
-        _ => {
-            return Err(BuildError::Invalid(format!(
-                "--out {}: not a file path",
-                output.display()
-            )))
-        }
-    };
-    write_atomic(dir, &name, |file| {
+    let name = output.file_name().ok_or_else(|| {
+        BuildError::Invalid(format!("--out {}: not a file path", output.display()))
+    })?;
+    let dir = output
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    write_atomic(dir, &name.to_string_lossy(), |file| {
         let bytes: Vec<u8> = rows.iter().flat_map(|x| x.to_le_bytes()).collect();
         file.write_all(&bytes)
     })?;
@@ -138,7 +129,10 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(error.contains("line 2") && error.contains("text"), "{error}");
+        assert!(
+            error.contains("line 2") && error.contains("text"),
+            "{error}"
+        );
         assert!(!output.exists());
     }
 }

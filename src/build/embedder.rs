@@ -34,8 +34,8 @@ pub trait Embedder: Sync {
 /// included: the model's own limit, so that no word of a chunk is cut off.
 pub const LOCAL_MAX_TOKENS: usize = 256;
 
-/// The built-in embedder's default batches at once: one per core, at most 4 (each batch of
-/// 32 inputs of 256 word-pieces holds about 100 MB of attention scores at its peak).
+/// The built-in embedder's default batches at once: one per core, at most 4 (a batch of 32
+/// inputs of 256 word-pieces holds about 50 MB of feed-forward activations at its peak).
 pub fn local_concurrency() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
@@ -102,9 +102,9 @@ impl Embedder for LocalEmbedder {
 
 /// Embeds `texts` in batches of [`Embedder::batch_size`], [`Embedder::concurrency`] at once,
 /// handing each checked batch (the indexes into `texts` it holds, and their vectors) to `done`
-/// as it finishes. Batches group texts of similar length, longest first: an embedder pads a
-/// batch to its longest input, so mixed lengths waste work, and the slowest batches come
-/// first, so the progress rate only improves. On the first failure no new batch starts, and
+/// as it finishes. Batches group texts of similar length, longest first: an embedder that pads
+/// a batch to its longest input (most services do) wastes less work, and the slowest batches
+/// come first, so the progress rate only improves. On the first failure no new batch starts, and
 /// the error is returned once the batches under way have ended (those that succeeded were
 /// handed over).
 pub fn embed_batches(
@@ -261,7 +261,9 @@ pub(crate) mod tests {
     fn embed_batches_covers_every_text_once_in_order_of_index() {
         let embedder = FakeEmbedder::new(4);
         // Of mixed lengths, so that batches are not runs of neighbours.
-        let texts: Vec<String> = (0..10).map(|i| format!("t{}", "x".repeat(i * 7 % 10))).collect();
+        let texts: Vec<String> = (0..10)
+            .map(|i| format!("t{}", "x".repeat(i * 7 % 10)))
+            .collect();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let mut got = vec![None; texts.len()];
         embed_batches(&embedder, &refs, |indices, vectors| {

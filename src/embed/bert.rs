@@ -53,7 +53,7 @@ impl Bert {
     fn load_under(vb: VarBuilder, config: &Config) -> Result<Bert> {
         let hidden = config.hidden_size;
         let heads = config.num_attention_heads;
-        if heads == 0 || hidden % heads != 0 {
+        if heads == 0 || !hidden.is_multiple_of(heads) {
             candle_core::bail!("hidden_size {hidden} is not a multiple of {heads} heads");
         }
         let eps = config.layer_norm_eps;
@@ -64,7 +64,11 @@ impl Bert {
             hidden,
             e.pp("position_embeddings"),
         )?;
-        let types = embedding(config.type_vocab_size, hidden, e.pp("token_type_embeddings"))?;
+        let types = embedding(
+            config.type_vocab_size,
+            hidden,
+            e.pp("token_type_embeddings"),
+        )?;
         let embedding_norm = layer_norm(hidden, eps, e.pp("LayerNorm"))?;
         let scale = 1.0 / ((hidden / heads) as f64).sqrt();
         let layers = (0..config.num_hidden_layers)
@@ -114,7 +118,10 @@ impl Bert {
     /// The last hidden states of every input's tokens: (total tokens, hidden), input by input.
     pub fn forward(&self, inputs: &[Input]) -> Result<Tensor> {
         let flat = |f: &dyn Fn(&Input) -> Vec<u32>| -> Result<Tensor> {
-            Tensor::new(inputs.iter().flat_map(f).collect::<Vec<u32>>(), &self.device)
+            Tensor::new(
+                inputs.iter().flat_map(f).collect::<Vec<u32>>(),
+                &self.device,
+            )
         };
         let ids = flat(&|i| i.ids.to_vec())?;
         let type_ids = flat(&|i| i.type_ids.to_vec())?;
@@ -128,7 +135,9 @@ impl Bert {
             let attended = (layer.attention_out.forward(&context)? + x)?;
             x = layer.attention_norm.forward(&attended)?;
             let up = layer.up.forward(&x)?.gelu_erf()?;
-            x = layer.output_norm.forward(&(layer.down.forward(&up)? + x)?)?;
+            x = layer
+                .output_norm
+                .forward(&(layer.down.forward(&up)? + x)?)?;
         }
         Ok(x)
     }
