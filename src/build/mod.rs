@@ -8,6 +8,7 @@ mod assemble;
 pub mod compact;
 pub mod corpus;
 pub mod docs;
+pub mod embed_file;
 pub mod embedder;
 pub mod embedding_cache;
 pub mod error;
