@@ -1,6 +1,7 @@
 //! `shardc embed`: the `text` of every line of a JSONL file → raw little-endian f32 rows in the
-//! same order, through any [`Embedder`]. It embeds the shipped demo corpus, and it is what
-//! `scripts/bench` times against sentence-transformers on the same texts.
+//! same order, through any [`Embedder`]. It embeds the shipped demo corpus's queries
+//! (scripts/demo-corpus), and it is what scripts/bench-embed times against sentence-transformers
+//! on the same texts.
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -21,7 +21,7 @@ QUESTION = "How do I read a file line by line?"
 
 def query(env, row):
     """(text, vector) of a query (pydocs' public ones, else the demo corpus's): the vector was
-    embedded offline with the same model."""
+    embedded ahead of time with the same model (the demo's by `shardc embed`)."""
     with open(env["query_texts"]) as f:
         text = [json.loads(line)["text"] for line in f][row]
     with open(env["queries"], "rb") as f:
