@@ -258,10 +258,15 @@ mod native {
     }
 
     fn first_sentence(text: &str) -> &str {
-        // A sentence ends at ". ", "? " or "! "; passages without one are quoted whole.
+        // A sentence ends at ". ", "? " or "! " after a word; a section number such as "5." or
+        // "9.2.1." starts a heading, not a sentence. Passages without an end are quoted whole.
+        let is_section_number = |word: &str| word.chars().all(|c| c.is_ascii_digit() || c == '.');
         text.match_indices(['.', '?', '!'])
             .map(|(i, _)| i + 1)
-            .find(|&end| text[end..].starts_with(' '))
+            .find(|&end| {
+                let word = text[..end].rsplit(char::is_whitespace).next().unwrap_or_default();
+                text[end..].starts_with(' ') && !is_section_number(word)
+            })
             .map_or(text, |end| &text[..end])
     }
 
@@ -603,6 +608,8 @@ mod native {
             assert_eq!(short.concat(), "Walk it. ");
             assert_eq!(key, same_key);
             assert_eq!(first_sentence("v3.11 is out. Yes"), "v3.11 is out.");
+            assert_eq!(first_sentence("5. Data Structures. More"), "5. Data Structures.");
+            assert_eq!(first_sentence("9.2.1. Scopes! Yes"), "9.2.1. Scopes!");
         }
     }
 }
