@@ -264,7 +264,10 @@ mod native {
         text.match_indices(['.', '?', '!'])
             .map(|(i, _)| i + 1)
             .find(|&end| {
-                let word = text[..end].rsplit(char::is_whitespace).next().unwrap_or_default();
+                let word = text[..end]
+                    .rsplit(char::is_whitespace)
+                    .next()
+                    .unwrap_or_default();
                 text[end..].starts_with(' ') && !is_section_number(word)
             })
             .map_or(text, |end| &text[..end])
@@ -608,7 +611,10 @@ mod native {
             assert_eq!(short.concat(), "Walk it. ");
             assert_eq!(key, same_key);
             assert_eq!(first_sentence("v3.11 is out. Yes"), "v3.11 is out.");
-            assert_eq!(first_sentence("5. Data Structures. More"), "5. Data Structures.");
+            assert_eq!(
+                first_sentence("5. Data Structures. More"),
+                "5. Data Structures."
+            );
             assert_eq!(first_sentence("9.2.1. Scopes! Yes"), "9.2.1. Scopes!");
         }
     }

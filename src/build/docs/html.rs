@@ -1,9 +1,11 @@
 //! HTML to sections with a small forgiving tokenizer (no DOM): only the main content is read —
 //! the first `<main>` or `role="main"` element, else the first `<article>`, else the whole
 //! page — with `<script>`, `<style>`, `<nav>`, `<aside>`, `<noscript>`, `<template>`, `<svg>`,
-//! `<head>`, page-level `<header>`/`<footer>`, navigation landmarks (`role="navigation"`, …)
-//! and Sphinx's `¶` permalinks (`class="headerlink"`) dropped with everything inside;
-//! `<h1>`…`<h6>` make the heading path (a trailing `¶` removed); block elements and `<br>`
+//! `<head>`, page-level `<header>`/`<footer>`, navigation landmarks (`role="navigation"`, …),
+//! the navigation bars and tables of contents of DocBook, Sphinx, AsciiDoc and SQLite's pages
+//! ([`DROPPED_CLASSES`]) and Sphinx's `¶` permalinks dropped with everything inside; the
+//! `<title>` heads the heading path, `<h1>`…`<h6>` make the rest of it (a trailing `¶`
+//! removed, a first heading restating the title merged with it); block elements and `<br>`
 //! break lines, `<pre>` keeps its lines; character references (`&amp;`, `&#8212;`, `&#x2014;`)
 //! are decoded.
 
@@ -22,11 +24,26 @@ enum Token<'a> {
 
 /// Dropped with their content wherever they are.
 const DROPPED: &[&str] = &[
-    "script", "style", "nav", "aside", "noscript", "template", "svg", "head", "iframe", "object",
-    "canvas", "button", "select", "textarea",
+    "script", "style", "nav", "aside", "noscript", "template", "svg", "head", "title", "iframe",
+    "object", "canvas", "button", "select", "textarea",
 ];
 /// Dropped outside the main content (inside an `<article>`, its `<header>` holds its title).
 const DROPPED_AT_PAGE_LEVEL: &[&str] = &["header", "footer"];
+/// Classes (and ids) of navigation and tables of contents in the generators of real docs:
+/// DocBook's `navheader`/`navfooter` and `toc`, Sphinx's sidebar and `¶` permalinks, SQLite's
+/// `nosearch` menus and `fancy_toc`, AsciiDoc's `id="toc"`. A table of contents lists every
+/// section's title, so left in it answers title questions instead of the sections.
+const DROPPED_CLASSES: &[&str] = &[
+    "headerlink",
+    "navheader",
+    "navfooter",
+    "toc",
+    "sphinxsidebar",
+    "breadcrumb",
+    "breadcrumbs",
+    "nosearch",
+    "fancy_toc",
+];
 const DROPPED_ROLES: &[&str] = &[
     "navigation",
     "banner",
@@ -79,7 +96,10 @@ pub fn sections(html: &str) -> Vec<Section> {
         Some((start, end)) => (start + 1, end, true),
         None => (0, tokens.len(), false),
     };
-    let mut reader = Reader::default();
+    let mut reader = Reader {
+        builder: SectionBuilder::with_root(&page_title(&tokens)),
+        ..Reader::default()
+    };
     let mut skip: Option<(String, usize)> = None;
     for token in &tokens[start..end] {
         if let Some((name, depth)) = &mut skip {
@@ -106,8 +126,10 @@ pub fn sections(html: &str) -> Vec<Section> {
                 let dropped = DROPPED.contains(&name.as_str())
                     || (!inside_root && DROPPED_AT_PAGE_LEVEL.contains(&name.as_str()))
                     || attr(attrs, "role").is_some_and(|r| DROPPED_ROLES.contains(&r.as_str()))
-                    || attr(attrs, "class")
-                        .is_some_and(|c| c.split_whitespace().any(|c| c == "headerlink"))
+                    || attr(attrs, "class").is_some_and(|c| {
+                        c.split_whitespace().any(|c| DROPPED_CLASSES.contains(&c))
+                    })
+                    || attr(attrs, "id").is_some_and(|id| DROPPED_CLASSES.contains(&id.as_str()))
                     || attr(attrs, "hidden").is_some()
                     || attr(attrs, "aria-hidden").is_some_and(|v| v == "true");
                 if dropped {
@@ -129,6 +151,17 @@ pub fn sections(html: &str) -> Vec<Section> {
         }
     }
     reader.finish()
+}
+
+/// The text of the page's first `<title>`, entities decoded ("" without one).
+fn page_title(tokens: &[Token]) -> String {
+    let start = tokens
+        .iter()
+        .position(|t| matches!(t, Token::Start { name, .. } if name == "title"));
+    match start.and_then(|i| tokens.get(i + 1)) {
+        Some(Token::Text(text)) => decode_entities(text),
+        _ => String::new(),
+    }
 }
 
 /// The main content's start token and its end token (exclusive), if the page marks one.
@@ -534,7 +567,7 @@ mod tests {
 
     #[test]
     fn html_reads_main_content_drops_nav_script_and_keeps_headings() {
-        let html = r##"<!DOCTYPE html><html><head><title>T</title><style>p{color:red}</style></head>
+        let html = r##"<!DOCTYPE html><html><head><title>Library &#8212; Docs 3.1</title><style>p{color:red}</style></head>
 <body><header><h1>Site name</h1><nav><a href="/">Home</a></nav></header>
 <div class="sidebar" role="navigation"><h3>Related</h3>links</div>
 <main><h1>Library<a class="headerlink" href="#lib">¶</a></h1>
@@ -556,6 +589,42 @@ mod tests {
                     path(&["Library", "Files"]),
                     "Open them.\nClose them.\nline one\nline two".into()
                 ),
+            ]
+        );
+    }
+
+    /// DocBook (PostgreSQL's docs) and SQLite's pages: navigation bars and tables of contents
+    /// are dropped, and the `<title>` heads headings that do not name the page themselves.
+    #[test]
+    fn html_title_heads_the_path_and_docbook_and_sqlite_navigation_and_tocs_are_dropped() {
+        let docbook = r#"<html><head><title>pg_dump</title></head><body>
+<div class="navheader"><table><tr><th>pg_dump</th></tr><tr><td><a>Prev</a></td></tr></table></div>
+<div class="refentry"><div class="refnamediv"><h2><span>pg_dump</span></h2><p>extract a database</p></div>
+<div class="toc"><dl><dt>Synopsis</dt></dl></div>
+<h2>Synopsis</h2><p>pg_dump [option...]</p></div>
+<div class="navfooter"><a>Next</a></div></body></html>"#;
+        assert_eq!(
+            heads_and_bodies(docbook),
+            vec![
+                (path(&["pg_dump"]), "extract a database".into()),
+                (path(&["pg_dump", "Synopsis"]), "pg_dump [option...]".into()),
+            ]
+        );
+        let sqlite = r#"<html><head><title>SELECT</title></head><body>
+<div class=nosearch><a>Small. Fast. Reliable.</a> Menu</div>
+<div class="fancy_toc"><a>1. Overview</a></div><div id="toc">AsciiDoc toc</div>
+<h1><span>1. </span>Overview</h1><p>Queries.</p></body></html>"#;
+        assert_eq!(
+            heads_and_bodies(sqlite),
+            vec![(path(&["SELECT", "1. Overview"]), "Queries.".into())]
+        );
+        let untitled_start =
+            "<title>Guide</title><p>Before any heading.</p><h1>Guide Book</h1><p>x</p>";
+        assert_eq!(
+            heads_and_bodies(untitled_start),
+            vec![
+                (path(&["Guide"]), "Before any heading.".into()),
+                (path(&["Guide Book"]), "x".into()),
             ]
         );
     }

@@ -42,18 +42,44 @@ impl HeadingStack {
 /// and opens the next.
 #[derive(Debug, Default)]
 struct SectionBuilder {
+    /// The document's own title (an HTML `<title>`), above every heading: many pages start
+    /// their headings below it ("1. Overview", "Synopsis"), which alone name no page.
+    root: Option<String>,
     stack: HeadingStack,
+    seen_heading: bool,
     body: String,
     sections: Vec<Section>,
 }
 
 impl SectionBuilder {
+    fn with_root(root: &str) -> SectionBuilder {
+        let root = collapse_whitespace(root);
+        SectionBuilder {
+            root: (!root.is_empty()).then_some(root),
+            ..SectionBuilder::default()
+        }
+    }
+
     fn heading(&mut self, level: usize, text: &str) {
         self.flush();
         let text = collapse_whitespace(text);
-        if !text.is_empty() {
-            self.stack.push(level, text);
+        let first = !std::mem::replace(&mut self.seen_heading, true);
+        if text.is_empty() {
+            return;
         }
+        if let Some(root) = &mut self.root {
+            if text.eq_ignore_ascii_case(root) {
+                return;
+            }
+            // The first heading usually restates the title, shorter ("os — …" for "os — … —
+            // Python 3.11 documentation") or longer ("git-add(1) Manual Page" for "git-add(1)"):
+            // it names the page better and is not repeated under it.
+            if first && (starts_with_words(root, &text) || starts_with_words(&text, root)) {
+                *root = text;
+                return;
+            }
+        }
+        self.stack.push(level, text);
     }
 
     fn line(&mut self, line: &str) {
@@ -66,7 +92,7 @@ impl SectionBuilder {
         self.body.clear();
         if !body.is_empty() {
             self.sections.push(Section {
-                headings: self.stack.path(),
+                headings: self.root.iter().cloned().chain(self.stack.path()).collect(),
                 body,
             });
         }
@@ -76,6 +102,15 @@ impl SectionBuilder {
         self.flush();
         self.sections
     }
+}
+
+/// Whether `text` starts with the words of `prefix` (ASCII case ignored), ending at a word
+/// boundary: "os — x — Python docs" starts with "os — x", "SELECT" does not start "SELECTs".
+fn starts_with_words(text: &str, prefix: &str) -> bool {
+    text.len() >= prefix.len()
+        && text.is_char_boundary(prefix.len())
+        && text[..prefix.len()].eq_ignore_ascii_case(prefix)
+        && !text[prefix.len()..].starts_with(char::is_alphanumeric)
 }
 
 /// Runs of whitespace become one space; the ends are trimmed.
