@@ -84,6 +84,11 @@ pub struct Manifest {
     /// hash) when the build was not told: then the worker's `EMBEDDING_MODEL` is assumed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding_model: Option<String>,
+    /// The corpus counts of the lexical postings' BM25 (passages, tokens), as every shard
+    /// records them too. Absent (and left out of the JSON) in manifests of indexes without
+    /// postings: an index created empty, or built before shard format 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lexical: Option<crate::lexical::CorpusStats>,
 }
 
 /// Where a build puts each shard's replicas.
@@ -199,6 +204,7 @@ impl Manifest {
             regions,
             placement: Some(Placement::Replicate),
             embedding_model,
+            lexical: None,
         };
         manifest.version = manifest.content_version();
         manifest.validate()?;
@@ -457,6 +463,7 @@ mod tests {
             regions: vec!["weur".into(), "enam".into()],
             placement: Some(Placement::Spread),
             embedding_model: None,
+            lexical: None,
         };
         manifest.version = manifest.content_version();
         manifest

@@ -17,6 +17,7 @@ mod index_dir;
 pub mod ingest;
 pub mod output;
 mod partition;
+mod postings;
 pub mod remote_embedder;
 pub mod sync;
 
@@ -117,6 +118,7 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
         config.shape.metric,
         config.shape.seed,
     );
+    let corpus_terms = postings::corpus_terms(&corpus);
     let mut entries = Vec::with_capacity(config.shape.shards);
     let mut blobs = Vec::with_capacity(config.shape.shards);
     for (index, rows) in partition.members.iter().enumerate() {
@@ -152,6 +154,7 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
             names,
             config.shape.metric,
             config.shape.quant,
+            &corpus_terms,
         )?;
         let blob = format::encode_blob(&data).map_err(|source| BuildError::Shard {
             shard: shard_name.clone(),
@@ -187,6 +190,7 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
         regions: config.shape.regions.clone(),
         placement: Some(config.shape.placement),
         embedding_model: config.embedding_model.clone(),
+        lexical: Some(corpus_terms.stats),
     };
     manifest.version = manifest.content_version();
     manifest.validate().map_err(|source| BuildError::Manifest {
