@@ -31,7 +31,9 @@ def searched(worker, **body):
 
 
 def as_json(match):
-    return dict(id=match.id, score=match.score, text=match.text, metadata=match.metadata, shard=match.shard)
+    fields = dict(id=match.id, score=match.score, text=match.text, metadata=match.metadata, shard=match.shard)
+    # A hybrid match says where each ranking put it; the HTTP API leaves `stages` out otherwise.
+    return fields if match.stages is None else dict(fields, stages=match.stages)
 
 
 @pytest.fixture
@@ -220,7 +222,7 @@ def test_client_writes_are_read_back_and_the_vector_store_adds_and_deletes_texts
     assert writer.index("clientnotes").writes["seq"] == written.seq
     # Text alone: the worker embeds it with the index's model.
     by_text = writer.upsert("clientnotes", [{"id": "t1", "text": "Dictionaries map keys to values."}])
-    found = writer.search("clientnotes", "Dictionaries map keys to values.", k=1, min_seq=by_text.seq)
+    found = writer.search("clientnotes", "Dictionaries map keys to values.", k=1, min_seq=by_text.seq, mode="vector")
     assert found.matches[0].id == "t1" and found.matches[0].score > 0.999
     assert "embedding" in NO_EMBEDDING
     with pytest.raises(ValueError, match="embedding"):

@@ -81,7 +81,7 @@ def test_text_search_equals_vector_search(rag):
     worker = rag["worker"]
     for row in range(4):
         text, vector = query(rag, row)
-        s1, h1, by_text = worker.search(index="docs", text=text, k=10)
+        s1, h1, by_text = worker.search(index="docs", text=text, k=10, mode="vector")
         s2, _, by_vector = worker.search(index="docs", vector=vector, k=10)
         assert s1 == s2 == 200, (by_text, by_vector)
         ids_t, ids_v = [m["id"] for m in by_text["matches"]], [m["id"] for m in by_vector["matches"]]

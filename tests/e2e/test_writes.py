@@ -218,7 +218,7 @@ def test_text_upserts_are_embedded_with_the_index_model_and_a_model_or_dims_mism
     assert status == 200, body
     seq = body["seq"]
     for i in (0, 31, 32, 99, 100, 149):  # either side of the worker's batches of 32 texts
-        status, _, found = worker.search(index="texts", text=texts[i], k=1, min_seq=seq)
+        status, _, found = worker.search(index="texts", text=texts[i], k=1, min_seq=seq, mode="vector")
         assert status == 200, found
         assert found["matches"][0]["id"] == f"t{i}" and found["matches"][0]["metadata"]["n"] == i, (i, found)
         assert found["matches"][0]["score"] > 0.999, found
