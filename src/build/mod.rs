@@ -52,6 +52,11 @@ pub struct IndexShape {
     pub placement: Placement,
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
+    /// Comma-separated metadata fields search filters may name, kept as shard columns and
+    /// listed in the manifest (default: every metadata field of the corpus). A filter on any
+    /// other field is refused by the API.
+    #[arg(long, value_delimiter = ',')]
+    pub filter_fields: Option<Vec<String>>,
     /// Graph-building threads (default: one per core); 1 gives the same bytes and version for
     /// the same input and seed (instant-distance inserts in parallel, so with more threads the
     /// graph and version vary).
@@ -111,6 +116,7 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
         .num_threads(config.shape.threads.unwrap_or(0))
         .build()
         .map_err(|e| BuildError::Invalid(format!("graph thread pool: {e}")))?;
+    let filter_fields = filter_fields(&corpus, config.shape.filter_fields.as_deref())?;
     let partition = partition::balanced_kmeans(
         &corpus,
         config.shape.shards,
@@ -150,6 +156,7 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
             rows,
             &graph,
             names,
+            &filter_fields,
             config.shape.metric,
             config.shape.quant,
         )?;
@@ -187,6 +194,7 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
         regions: config.shape.regions.clone(),
         placement: Some(config.shape.placement),
         embedding_model: config.embedding_model.clone(),
+        filter_fields: Some(filter_fields),
     };
     manifest.version = manifest.content_version();
     manifest.validate().map_err(|source| BuildError::Manifest {
@@ -195,6 +203,33 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
     })?;
     output::write_index(&config.out, &blobs, &manifest)?;
     Ok(manifest)
+}
+
+/// The fields filters may name, sorted: `declared` (`--filter-fields`), else every metadata
+/// field some passage of the corpus has (but those starting with `$`, which a filter cannot
+/// name: `$` starts its operators). A declared field no passage has is kept (passages written
+/// later may have it).
+fn filter_fields(
+    corpus: &corpus::Corpus,
+    declared: Option<&[String]>,
+) -> Result<Vec<String>, BuildError> {
+    let Some(declared) = declared else {
+        let fields: std::collections::BTreeSet<&String> = corpus
+            .metadata
+            .iter()
+            .flat_map(|m| m.keys())
+            .filter(|f| !f.starts_with('$'))
+            .collect();
+        return Ok(fields.into_iter().cloned().collect());
+    };
+    let fields: std::collections::BTreeSet<String> =
+        declared.iter().map(|f| f.trim().to_string()).collect();
+    if let Some(field) = fields.iter().find(|f| f.is_empty() || f.starts_with('$')) {
+        return Err(BuildError::Invalid(format!(
+            "--filter-fields {field:?}: a field name is not empty and does not start with `$` (the filter operators)"
+        )));
+    }
+    Ok(fields.into_iter().collect())
 }
 
 fn check_config(config: &BuildConfig) -> Result<(), BuildError> {

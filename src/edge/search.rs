@@ -17,7 +17,7 @@ use crate::rag::{EmbeddingInput, EmbeddingsRequest, EmbeddingsResponse};
 use crate::retrieve::{
     self, with_writes, Gathered, Loaded, Remote, Resolved, ShardQuery, Shards, WRITES_SHARD,
 };
-use crate::shard::{Filter, Metric};
+use crate::shard::Metric;
 use crate::store::Pinned;
 use crate::write::Delta;
 
@@ -38,6 +38,10 @@ pub async fn run(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchRespons
     if let Query::Vector(vector) = &request.query {
         check_vector(vector, &pinned)?;
     }
+    SearchRequest::check_filter_fields(
+        request.filter.as_ref(),
+        pinned.manifest.filter_fields.as_deref(),
+    )?;
     // Answers are cached per version and per view of the writes.
     let view_name = match &writes {
         Some(w) => format!("{}+{}", pinned.version, w.seq),
@@ -85,7 +89,7 @@ async fn search(
     let query = Rc::new(ShardQuery {
         vector,
         k: request.k,
-        filter: request.filter.clone().map(|equals| Filter { equals }),
+        filter: request.filter.clone(),
         exclude: writes.as_ref().and_then(|w| w.exclusions()),
     });
     let visits = retrieve::plan(

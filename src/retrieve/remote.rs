@@ -6,7 +6,6 @@ use std::rc::Rc;
 
 use futures::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
 use super::{
     failure_reasons, gather, passage_of, Answered, Loaded, Match, Passages, ShardQuery, Shards,
@@ -28,7 +27,8 @@ pub struct HostQuery {
     pub vector: Vec<f32>,
     pub k: usize,
     pub ef: usize,
-    pub filter: Option<Map<String, Value>>,
+    /// Serialised as its JSON object; a host parses and validates it on arrival.
+    pub filter: Option<Filter>,
     /// Ids live writes replaced or deleted, and the generation naming that set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<DocId>,
@@ -77,7 +77,7 @@ impl<H: ShardHosts> Shards for Remote<H> {
             vector: query.vector.clone(),
             k: query.k,
             ef: visit.ef,
-            filter: query.filter.as_ref().map(|f| f.equals.clone()),
+            filter: query.filter.clone(),
             exclude: query.exclude.as_ref().map(|e| e.ids()).unwrap_or_default(),
             exclude_generation: query.exclude.as_ref().map_or(0, |e| e.generation),
         };
@@ -119,7 +119,7 @@ impl HostQuery {
         let query = Rc::new(ShardQuery {
             vector: self.vector,
             k: self.k,
-            filter: self.filter.map(|equals| Filter { equals }),
+            filter: self.filter,
             exclude: (!self.exclude.is_empty()).then(|| {
                 std::sync::Arc::new(Exclusions::new(self.exclude_generation, &self.exclude))
             }),
