@@ -8,8 +8,9 @@ use crate::shard::{Metric, Quant, ShardMeta};
 
 /// Manifest layout version; bump when fields change meaning (2: a shard's `checksum` is its
 /// payload checksum, the one its header records, no longer a hash of the whole file; 3: the
-/// manifest records its `placement`, which older readers would leave out of the content hash).
-pub const MANIFEST_FORMAT_VERSION: u32 = 3;
+/// manifest records its `placement`, which older readers would leave out of the content hash;
+/// 4: it lists its `filter_fields`, likewise).
+pub const MANIFEST_FORMAT_VERSION: u32 = 4;
 /// The oldest manifest layout still read, so that indexes published before an upgrade keep
 /// serving: version 1's `checksum` is the hash of the whole shard file.
 const OLDEST_READABLE_FORMAT_VERSION: u32 = 1;

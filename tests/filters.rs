@@ -446,3 +446,39 @@ fn selectivity_table() {
         );
     }
 }
+
+#[test]
+fn build_lists_every_metadata_field_and_refilter_changes_the_list_over_the_same_shards() {
+    let mut rng = Random(3);
+    let metadata: Vec<Map<String, Value>> = (0..60).map(|_| random_metadata(&mut rng)).collect();
+    let vectors: Vec<Vec<f32>> = (0..60)
+        .map(|_| (0..4).map(|_| rng.unit() + 0.01).collect())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (passages, raw) = write_corpus(dir.path(), &metadata, &vectors);
+    let out = dir.path().join("index");
+    let built = build_index(&config(&passages, &raw, 4, 2, &out)).unwrap();
+    let present: BTreeSet<String> = metadata.iter().flat_map(|m| m.keys().cloned()).collect();
+    assert_eq!(built.filter_fields, Some(present.into_iter().collect()));
+
+    let narrowed = dir.path().join("narrowed");
+    let fields = ["s".to_string(), " b".to_string(), "s".to_string()];
+    let manifest = edgerag::build::refilter_index(&out, &narrowed, &fields).unwrap();
+    assert_eq!(manifest.filter_fields, Some(vec!["b".to_string(), "s".to_string()]));
+    assert_ne!(manifest.version, built.version);
+    let files = |m: &edgerag::manifest::Manifest| m.shards.iter().map(|s| s.file.clone()).collect::<Vec<_>>();
+    assert_eq!(files(&manifest), files(&built), "the same shard files");
+    let reopened = IndexDir::open(&narrowed).unwrap();
+    assert_eq!(reopened.manifest, manifest);
+    // Every field is still stored: matches return what filters may no longer name.
+    let stored: BTreeSet<String> = (0..reopened.shards.len())
+        .flat_map(|s| {
+            let shard = &reopened.shards[s];
+            (0..shard.meta().count)
+                .flat_map(|ord| shard.passage(ord).unwrap().metadata.keys().cloned().collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(stored.contains("i") && stored.contains("f"), "{stored:?}");
+    assert!(edgerag::build::refilter_index(&out, &narrowed, &["$x".to_string()]).is_err());
+}

@@ -97,7 +97,8 @@ enum Command {
         /// Search only the N shards whose centroids are nearest the query (default: all).
         #[arg(long)]
         probe: Option<usize>,
-        /// Metadata equality filter as a JSON object, e.g. '{"source":"library/os.html"}'.
+        /// Metadata filter as a JSON object (the README's filter language), e.g.
+        /// '{"source":"library/os.html"}' or '{"year":{"$gte":2020}}'.
         #[arg(long)]
         filter: Option<String>,
         #[arg(long)]
@@ -105,6 +106,17 @@ enum Command {
     },
     /// Recall@k against exact ground truth and latency, per ef.
     Eval(EvalArgs),
+    /// Write a new version of an index directory whose filterable metadata fields are
+    /// `--filter-fields`: the same shard files, a new manifest (no re-embedding, no graph build).
+    Refilter {
+        #[arg(long)]
+        index: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Comma-separated metadata fields search filters may name.
+        #[arg(long, value_delimiter = ',', required = true)]
+        filter_fields: Vec<String>,
+    },
     /// Verify a shard blob or an index directory (payload checksums, archive, structure) and describe it.
     Inspect { path: PathBuf },
     /// Upload an index directory through a worker's admin routes (admin key in
@@ -254,6 +266,11 @@ fn main() -> ExitCode {
         }
         Command::Eval(args) => run_eval(&args),
         Command::Inspect { path } => run_inspect(&path),
+        Command::Refilter {
+            index,
+            out,
+            filter_fields,
+        } => run_refilter(&index, &out, &filter_fields),
         Command::BenchLoad {
             index,
             queries,
@@ -281,6 +298,13 @@ fn main() -> ExitCode {
 fn run_build(config: &BuildConfig) -> CliResult {
     let started = Instant::now();
     let manifest = build_index(config)?;
+    say_built(&manifest, started);
+    Ok(())
+}
+
+fn run_refilter(index: &Path, out: &Path, filter_fields: &[String]) -> CliResult {
+    let started = Instant::now();
+    let manifest = edgerag::build::refilter_index(index, out, filter_fields)?;
     say_built(&manifest, started);
     Ok(())
 }

@@ -24,7 +24,6 @@ pub fn assemble_shard(
     rows: &[usize],
     graph: &ExportedGraph,
     names: ShardNames<'_>,
-    filter_fields: &[String],
     metric: Metric,
     quant: Quant,
 ) -> Result<ShardData, BuildError> {
@@ -41,7 +40,7 @@ pub fn assemble_shard(
         vectors: quantise(corpus, &ordered, quant)?,
         texts: string_column(ordered.iter().map(|&row| corpus.texts[row].as_str())),
         ids: stored_ids(corpus, &ordered),
-        metadata: metadata_columns(corpus, &ordered, filter_fields),
+        metadata: metadata_columns(corpus, &ordered),
     })
 }
 
@@ -98,16 +97,10 @@ fn stored_ids(corpus: &Corpus, ordered: &[usize]) -> StoredIds {
     }
 }
 
-/// One column per field of `filter_fields` that some passage of this shard has.
-fn metadata_columns(
-    corpus: &Corpus,
-    ordered: &[usize],
-    filter_fields: &[String],
-) -> Vec<MetadataColumn> {
+fn metadata_columns(corpus: &Corpus, ordered: &[usize]) -> Vec<MetadataColumn> {
     let fields: BTreeSet<&String> = ordered
         .iter()
         .flat_map(|&row| corpus.metadata[row].keys())
-        .filter(|field| filter_fields.binary_search(field).is_ok())
         .collect();
     fields
         .into_iter()

@@ -52,9 +52,9 @@ pub struct IndexShape {
     pub placement: Placement,
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
-    /// Comma-separated metadata fields search filters may name, kept as shard columns and
-    /// listed in the manifest (default: every metadata field of the corpus). A filter on any
-    /// other field is refused by the API.
+    /// Comma-separated metadata fields search filters may name, listed in the manifest
+    /// (default: every metadata field of the corpus). A filter on any other field is refused
+    /// by the API. Every field stays stored in the shards either way (matches return it).
     #[arg(long, value_delimiter = ',')]
     pub filter_fields: Option<Vec<String>>,
     /// Graph-building threads (default: one per core); 1 gives the same bytes and version for
@@ -156,7 +156,6 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
             rows,
             &graph,
             names,
-            &filter_fields,
             config.shape.metric,
             config.shape.quant,
         )?;
@@ -205,6 +204,44 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
     Ok(manifest)
 }
 
+/// A new version of the index in `from` whose filterable fields are `fields`, written to `out`:
+/// the same shard files (every metadata field is stored in them whatever the list), a manifest
+/// with the new list and so a new version. No re-embedding, no graph build.
+pub fn refilter_index(
+    from: &std::path::Path,
+    out: &std::path::Path,
+    fields: &[String],
+) -> Result<Manifest, BuildError> {
+    let index = IndexDir::open(from)?;
+    let mut manifest = index.manifest.clone();
+    let blobs = manifest
+        .shards
+        .iter()
+        .map(|entry| {
+            let path = from.join(&entry.file);
+            std::fs::read(&path)
+                .map(|bytes| (entry.file.clone(), bytes))
+                .map_err(BuildError::io(&path))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // Format 1 named each shard by the hash of its whole file; the current one by the payload
+    // checksum its header records (the blobs passed `IndexDir::open`, so they have one).
+    for (entry, (_, bytes)) in manifest.shards.iter_mut().zip(&blobs) {
+        if let Some(checksum) = format::Header::declared_checksum(bytes) {
+            entry.checksum = format!("{checksum:016x}");
+        }
+    }
+    manifest.filter_fields = Some(declared_fields(fields)?);
+    manifest.format_version = MANIFEST_FORMAT_VERSION;
+    manifest.version = manifest.content_version();
+    manifest.validate().map_err(|source| BuildError::Manifest {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    output::write_index(out, &blobs, &manifest)?;
+    Ok(manifest)
+}
+
 /// The fields filters may name, sorted: `declared` (`--filter-fields`), else every metadata
 /// field some passage of the corpus has (but those starting with `$`, which a filter cannot
 /// name: `$` starts its operators). A declared field no passage has is kept (passages written
@@ -222,6 +259,11 @@ fn filter_fields(
             .collect();
         return Ok(fields.into_iter().cloned().collect());
     };
+    declared_fields(declared)
+}
+
+/// `--filter-fields` as given: trimmed, sorted, distinct, none empty or starting with `$`.
+fn declared_fields(declared: &[String]) -> Result<Vec<String>, BuildError> {
     let fields: std::collections::BTreeSet<String> =
         declared.iter().map(|f| f.trim().to_string()).collect();
     if let Some(field) = fields.iter().find(|f| f.is_empty() || f.starts_with('$')) {
