@@ -352,14 +352,14 @@ mod tests {
         )
         .unwrap();
         let declared = ["lang".to_string(), "year".to_string()];
-        let error = SearchRequest::check_filter_fields(r.filter.as_ref(), Some(&declared))
+        let error = SearchRequest::check_filter_fields(r.filter.as_ref(), Some(&declared[..]))
             .unwrap_err();
         assert_eq!(error.status(), 422);
         assert!(error.to_string().contains(r#""yeer""#), "{error}");
         assert!(SearchRequest::check_filter_fields(r.filter.as_ref(), None).is_ok());
         let known = parse_search(JSON, br#"{"index":"d","vector":[1],"filter":{"year":1}}"#)
             .unwrap();
-        assert!(SearchRequest::check_filter_fields(known.filter.as_ref(), Some(&declared)).is_ok());
+        assert!(SearchRequest::check_filter_fields(known.filter.as_ref(), Some(&declared[..])).is_ok());
     }
 
     #[test]
