@@ -474,9 +474,10 @@ impl PassMask {
             };
         }
         let mut words = vec![u64::MAX; count.div_ceil(64)];
-        if count % 64 != 0 {
+        let tail = count % 64;
+        if tail != 0 {
             if let Some(last) = words.last_mut() {
-                *last = (1u64 << (count % 64)) - 1;
+                *last = (1u64 << tail) - 1;
             }
         }
         PassMask {
