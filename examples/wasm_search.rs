@@ -4,7 +4,9 @@
 #![cfg(target_arch = "wasm32")]
 
 use edgerag::index::LocalIndex;
+use edgerag::lexical::{QueryTerms, RRF_K_DEFAULT};
 use edgerag::manifest::Manifest;
+use edgerag::retrieve::{Ranking, SearchMode, ShardQuery};
 use edgerag::shard::{SearchParams, ShardHit};
 use wasm_bindgen::prelude::*;
 
@@ -64,6 +66,21 @@ impl Probe {
         };
         self.last = self.index.search(query, &params)?;
         Ok(self.last.len())
+    }
+
+    /// A lexical search of every shard for `text`, merged and resolved, as `shardc query --text T
+    /// --json` prints it: `{"matches": [...]}` (timed whole, passages and JSON included).
+    pub fn lexical_json(&self, text: &str, k: usize) -> Result<String, JsError> {
+        let query = ShardQuery {
+            vector: None,
+            lexical: Some(QueryTerms::parse(text)),
+            k,
+            filter: None,
+            exclude: None,
+        };
+        let ranking = Ranking::new(SearchMode::Lexical, k, RRF_K_DEFAULT);
+        let matches = self.index.answer(&query, k, None, ranking)?;
+        Ok(serde_json::json!({ "matches": matches }).to_string())
     }
 
     /// The last search's matches as `shardc query --json` prints them: `{"matches": [...]}`.

@@ -28,12 +28,14 @@ pub fn normalise_text(text: &str) -> String {
 /// Where the results of `request` against `version` of its index are cached. `embedding_model`
 /// is the model a text query is embedded with (part of what the text means).
 pub fn search_key(request: &SearchRequest, version: &str, embedding_model: &str) -> String {
+    let bits = |vector: &[f32]| vector.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     let query = match &request.query {
-        Query::Vector(vector) => {
-            serde_json::json!({ "vector_bits": vector.iter().map(|x| x.to_bits()).collect::<Vec<_>>() })
-        }
+        Query::Vector(vector) => serde_json::json!({ "vector_bits": bits(vector) }),
         Query::Text(text) => {
             serde_json::json!({ "text": normalise_text(text), "model": embedding_model })
+        }
+        Query::VectorAndText(vector, text) => {
+            serde_json::json!({ "vector_bits": bits(vector), "text": normalise_text(text) })
         }
     };
     let shape = serde_json::json!({
@@ -42,6 +44,8 @@ pub fn search_key(request: &SearchRequest, version: &str, embedding_model: &str)
         "ef": request.effective_ef(),
         "probe": request.probe,
         "filter": request.filter.as_ref().map(|f| Value::Object(f.as_json().clone())),
+        "mode": request.mode,
+        "rrf_k": request.rrf_k,
     });
     format!(
         "{CACHE_ORIGIN}/search/{}/{}/{}",
@@ -160,9 +164,18 @@ mod tests {
                 "v1",
             ),
             key(r#"{"index":"docs","text":"1 0.5"}"#, "v1"),
+            key(r#"{"index":"docs","vector":[1,0.5],"text":"q"}"#, "v1"),
         ];
         for (i, other) in others.iter().enumerate() {
             assert_ne!(&base, other, "variant {i}");
+        }
+        let text = key(r#"{"index":"docs","text":"q"}"#, "v1");
+        for other in [
+            key(r#"{"index":"docs","text":"q","mode":"lexical"}"#, "v1"),
+            key(r#"{"index":"docs","text":"q","mode":"vector"}"#, "v1"),
+            key(r#"{"index":"docs","text":"q","rrf_k":1}"#, "v1"),
+        ] {
+            assert_ne!(text, other);
         }
         let request = parse_search(Some("application/json"), br#"{"index":"docs","text":"q"}"#)
             .expect("valid");

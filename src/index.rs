@@ -7,7 +7,7 @@ use std::rc::Rc;
 use futures::FutureExt;
 
 use crate::manifest::{Manifest, ManifestError};
-use crate::retrieve::{self, InMemory, Match, NoDeadline, ShardQuery};
+use crate::retrieve::{self, Gathered, InMemory, Match, NoDeadline, Ranking, ShardQuery, Written};
 use crate::shard::{merge_top_k, SearchParams, Shard, ShardError, ShardHit};
 
 /// Why a set of blobs does not open as the index its manifest describes.
@@ -65,15 +65,65 @@ impl LocalIndex {
         params: &SearchParams,
         probe: Option<usize>,
     ) -> Result<Vec<ShardHit>, ShardError> {
-        let visits = retrieve::plan(&self.manifest, query, probe, params);
-        let query = Rc::new(ShardQuery {
-            vector: query.to_vec(),
+        let query = ShardQuery {
+            vector: Some(query.to_vec()),
+            lexical: None,
             k: params.k,
             filter: params.filter.clone(),
             exclude: params.exclude.clone(),
-        });
-        // Every visit of held shards is answered at once, so the engine never waits.
-        let gathered = retrieve::gather(
+        };
+        let gathered = self.gather(&query, params.ef, probe)?;
+        let merged = gathered.merge(params.k).map_err(failed)?;
+        if !merged.failed.is_empty() {
+            return Err(failed(merged.failed));
+        }
+        Ok(merged.vector.into_iter().map(|(hit, ())| hit).collect())
+    }
+
+    /// The worker's answer to `query` (vector, lexical or both, as `ranking.mode` says): the
+    /// engine's merged rankings resolved to passages and ranked, fused for a hybrid search.
+    pub fn answer(
+        &self,
+        query: &ShardQuery,
+        ef: usize,
+        probe: Option<usize>,
+        ranking: Ranking,
+    ) -> Result<Vec<Match>, ShardError> {
+        let gathered = self.gather(query, ef, probe)?;
+        let resolved = gathered
+            .resolve(
+                &self.in_memory(),
+                &self.manifest,
+                ranking.depth.max(query.k),
+            )
+            .map_err(|all| ShardError::Inconsistent(all.to_string()))?;
+        if !resolved.failed.is_empty() {
+            let reasons: Vec<String> = resolved
+                .failed
+                .iter()
+                .map(|(shard, why)| format!("{shard}: {why}"))
+                .collect();
+            return Err(ShardError::Inconsistent(reasons.join("; ")));
+        }
+        Ok(retrieve::rank(
+            resolved,
+            Written::default(),
+            self.manifest.metric,
+            ranking,
+        ))
+    }
+
+    /// Every planned visit of `query`, answered at once (held shards never make the engine wait).
+    fn gather(
+        &self,
+        query: &ShardQuery,
+        ef: usize,
+        probe: Option<usize>,
+    ) -> Result<Gathered<InMemory<'_>>, ShardError> {
+        let vector = query.vector.as_deref().unwrap_or(&[]);
+        let visits = retrieve::plan(&self.manifest, vector, probe, &query.params(ef));
+        let query = Rc::new(query.clone());
+        retrieve::gather(
             &self.in_memory(),
             &NoDeadline,
             visits,
@@ -81,12 +131,7 @@ impl LocalIndex {
             f64::INFINITY,
         )
         .now_or_never()
-        .ok_or_else(|| ShardError::Inconsistent("an in-memory search waited".into()))?;
-        let merged = gathered.merge(params.k).map_err(failed)?;
-        if !merged.failed.is_empty() {
-            return Err(failed(merged.failed));
-        }
-        Ok(merged.top.into_iter().map(|(hit, ())| hit).collect())
+        .ok_or_else(|| ShardError::Inconsistent("an in-memory search waited".into()))
     }
 
     /// Brute force over every shard's stored vectors.

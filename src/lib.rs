@@ -4,6 +4,8 @@
 //! - [`clock`]: the one clock trait, a monotonic reading and a timer, that every layer which
 //!   waits is given, so deadlines and backoff run natively in virtual time (pure).
 //! - [`shard`]: the versioned zero-copy shard format and the search over it (pure Rust, wasm-safe).
+//! - [`lexical`]: the one tokenizer, BM25 scoring and reciprocal rank fusion (pure, wasm-safe);
+//!   the postings themselves are part of the shard format.
 //! - [`manifest`]: the index manifest that names versions, shards, centroids, regions and checksums.
 //! - [`api`]: HTTP request parsing/validation and RFC 9457 problem documents (pure).
 //! - [`ratelimit`]: the per-key token bucket, clock passed in (pure).
@@ -41,6 +43,7 @@ pub mod balancer;
 pub mod cache_key;
 pub mod clock;
 pub mod index;
+pub mod lexical;
 pub mod manifest;
 pub mod metrics;
 pub mod pages;

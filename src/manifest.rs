@@ -92,6 +92,11 @@ pub struct Manifest {
     /// no shard has a column for matches as missing on every passage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter_fields: Option<Vec<String>>,
+    /// The corpus counts of the lexical postings' BM25 (passages, tokens), as every shard
+    /// records them too. Absent (and left out of the JSON) in manifests of indexes without
+    /// postings: an index created empty, or built before shard format 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lexical: Option<crate::lexical::CorpusStats>,
 }
 
 /// Where a build puts each shard's replicas.
@@ -208,6 +213,7 @@ impl Manifest {
             placement: Some(Placement::Replicate),
             embedding_model,
             filter_fields: None,
+            lexical: None,
         };
         manifest.version = manifest.content_version();
         manifest.validate()?;
@@ -480,6 +486,7 @@ mod tests {
             placement: Some(Placement::Spread),
             embedding_model: None,
             filter_fields: None,
+            lexical: None,
         };
         manifest.version = manifest.content_version();
         manifest

@@ -6,10 +6,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::search::check_query_text;
+use super::search::{check_query_text, search_mode, Query, SearchRequest, TEXT_MODE_DEFAULT};
 use super::{parse_json, ApiError, Match, K_MAX};
 use crate::balancer::{BalancerError, FailureKind};
+use crate::lexical::RRF_K_DEFAULT;
 use crate::rag::{format_event, ChatCompletionRequest, EmbeddingsRequest, Passage, RagError};
+use crate::retrieve::SearchMode;
 
 /// Chat histories are longer than search bodies; 1 MiB of text is beyond any context window.
 pub const INFERENCE_BODY_LIMIT: usize = 1 << 20;
@@ -38,6 +40,9 @@ pub struct RagRequest {
     pub max_tokens: Option<u32>,
     /// Retrieve from a view that includes every write up to this seq.
     pub min_seq: Option<u64>,
+    /// The retrieval's ranking, as `/v1/search` takes it (default: hybrid).
+    pub mode: Option<SearchMode>,
+    pub rrf_k: Option<u32>,
 }
 
 pub fn parse_rag(content_type: Option<&str>, body: &[u8]) -> Result<RagRequest, ApiError> {
@@ -53,7 +58,26 @@ pub fn parse_rag(content_type: Option<&str>, body: &[u8]) -> Result<RagRequest, 
     }
     non_empty_model(&request.model)?;
     let query = check_query_text("query", request.query)?;
-    Ok(RagRequest { query, ..request })
+    let (mode, rrf_k) = search_mode(&Query::Text(query.clone()), request.mode, request.rrf_k)?;
+    Ok(RagRequest {
+        query,
+        mode: Some(mode),
+        rrf_k: Some(rrf_k),
+        ..request
+    })
+}
+
+impl RagRequest {
+    /// The retrieval a RAG request asks for: its query text, ranked as `mode` and `rrf_k` say
+    /// (validated by [`parse_rag`], else the defaults).
+    pub fn search(&self) -> SearchRequest {
+        SearchRequest {
+            min_seq: self.min_seq,
+            mode: self.mode.unwrap_or(TEXT_MODE_DEFAULT),
+            rrf_k: self.rrf_k.unwrap_or(RRF_K_DEFAULT),
+            ..SearchRequest::text(&self.index, &self.query, self.k)
+        }
+    }
 }
 
 /// `POST /v1/chat/completions`: the completion to forward, and the index to augment it from.
@@ -61,6 +85,10 @@ pub fn parse_rag(content_type: Option<&str>, body: &[u8]) -> Result<RagRequest, 
 pub struct ChatRequest {
     pub completion: ChatCompletionRequest,
     pub index: Option<String>,
+    /// The retrieval's ranking (the `mode` and `rrf_k` extension members, as `/v1/search`
+    /// takes them; removed like `index`).
+    pub mode: SearchMode,
+    pub rrf_k: u32,
 }
 
 /// Parses an OpenAI chat completion request. The index comes from the body's `index` member (an
@@ -99,7 +127,34 @@ pub fn parse_chat(
     if index.is_some() && completion.last_user_index().is_none() {
         return Err(RagError::NoUserMessage.into());
     }
-    Ok(ChatRequest { completion, index })
+    let mode = match completion.extra.remove("mode") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(
+            serde_json::from_value::<SearchMode>(value.clone()).map_err(|_| {
+                ApiError::Invalid(format!(
+                    "`mode` must be \"vector\", \"lexical\" or \"hybrid\", got {value}"
+                ))
+            })?,
+        ),
+    };
+    let rrf_k = match completion.extra.remove("rrf_k") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(
+            value
+                .as_u64()
+                .and_then(|k| u32::try_from(k).ok())
+                .ok_or_else(|| {
+                    ApiError::Invalid(format!("`rrf_k` must be an integer, got {value}"))
+                })?,
+        ),
+    };
+    let (mode, rrf_k) = search_mode(&Query::Text(String::new()), mode, rrf_k)?;
+    Ok(ChatRequest {
+        completion,
+        index,
+        mode,
+        rrf_k,
+    })
 }
 
 pub fn parse_embeddings(
@@ -404,6 +459,7 @@ mod tests {
             text: format!("text {id}"),
             metadata,
             shard: "s-0".into(),
+            stages: None,
         }
     }
 

@@ -3,7 +3,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{parse_json, ApiError};
-pub use crate::retrieve::Match;
+pub use crate::lexical::RRF_K_DEFAULT;
+pub use crate::retrieve::{Match, SearchMode};
 use crate::shard::Filter;
 
 pub const K_DEFAULT: usize = 10;
@@ -18,12 +19,41 @@ pub const BODY_LIMIT: usize = 128 * 1024;
 /// hundred tokens, so a longer query only costs the embeddings origin.
 pub const QUERY_CHARS_MAX: usize = 4096;
 
-/// The query: a vector, or text that the embeddings pool turns into one.
+/// The query: a vector, text (which the embeddings pool turns into a vector when a vector
+/// ranking is asked for, and whose words a lexical ranking matches), or both (a hybrid search
+/// with the caller's own vector).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Query {
     Vector(Vec<f32>),
     Text(String),
+    VectorAndText(Vec<f32>, String),
 }
+
+impl Query {
+    /// The caller's vector, if it sent one.
+    pub fn vector(&self) -> Option<&[f32]> {
+        match self {
+            Query::Vector(vector) | Query::VectorAndText(vector, _) => Some(vector),
+            Query::Text(_) => None,
+        }
+    }
+
+    /// The caller's text, if it sent any.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Query::Text(text) | Query::VectorAndText(_, text) => Some(text),
+            Query::Vector(_) => None,
+        }
+    }
+}
+
+/// How a text query is ranked when the request names no `mode`: hybrid, which puts a passage
+/// of the query's own section in the top 5 more often than either ranking alone on the pydocs
+/// questions (README, "Hybrid search"). A vector alone is ranked by vector; a vector with text,
+/// hybrid.
+pub const TEXT_MODE_DEFAULT: SearchMode = SearchMode::Hybrid;
+/// Largest reciprocal-rank-fusion constant accepted.
+pub const RRF_K_MAX: u32 = 10_000;
 
 /// A validated search request (schema rules only; `check_dims` needs the index).
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +70,10 @@ pub struct SearchRequest {
     pub filter: Option<Filter>,
     /// The answer must include every write up to this seq (a write's acknowledgement).
     pub min_seq: Option<u64>,
+    /// Which rankings answer: vector, lexical or both fused.
+    pub mode: SearchMode,
+    /// The fusion constant of a hybrid search (reciprocal rank fusion's k).
+    pub rrf_k: u32,
 }
 
 #[derive(Deserialize)]
@@ -54,6 +88,40 @@ struct SearchBody {
     probe: Option<usize>,
     filter: Option<Map<String, Value>>,
     min_seq: Option<u64>,
+    mode: Option<SearchMode>,
+    rrf_k: Option<u32>,
+}
+
+/// The ranking a query asks for, checked against what it sent: a lexical or hybrid ranking
+/// needs text, and a vector with text is a hybrid search.
+pub(crate) fn search_mode(
+    query: &Query,
+    mode: Option<SearchMode>,
+    rrf_k: Option<u32>,
+) -> Result<(SearchMode, u32), ApiError> {
+    let mode = match (query, mode) {
+        (Query::Vector(_), None) => SearchMode::Vector,
+        (Query::Text(_), None) => TEXT_MODE_DEFAULT,
+        (Query::VectorAndText(..), None) => SearchMode::Hybrid,
+        (Query::Vector(_), Some(SearchMode::Lexical | SearchMode::Hybrid)) => {
+            return Err(ApiError::Invalid(
+                "a lexical or hybrid search matches words: send `text` too".into(),
+            ))
+        }
+        (Query::VectorAndText(..), Some(SearchMode::Vector | SearchMode::Lexical)) => {
+            return Err(ApiError::Invalid(
+                "`vector` with `text` is a hybrid search; send one of them for a vector or lexical search".into(),
+            ))
+        }
+        (_, Some(mode)) => mode,
+    };
+    let rrf_k = rrf_k.unwrap_or(RRF_K_DEFAULT);
+    if !(1..=RRF_K_MAX).contains(&rrf_k) {
+        return Err(ApiError::Invalid(format!(
+            "`rrf_k` must be in 1..={RRF_K_MAX}, got {rrf_k}"
+        )));
+    }
+    Ok((mode, rrf_k))
 }
 
 /// Checks the media type and size, then parses and validates the body.
@@ -62,12 +130,17 @@ pub fn parse_search(content_type: Option<&str>, body: &[u8]) -> Result<SearchReq
     let query = match (body.vector, body.text) {
         (Some(vector), None) => Query::Vector(finite_f32(&vector)?),
         (None, Some(text)) => Query::Text(check_query_text("text", text)?),
-        _ => {
-            return Err(ApiError::Invalid(
-                "give exactly one of `vector` and `text`".into(),
-            ))
+        (Some(vector), Some(text)) => {
+            Query::VectorAndText(finite_f32(&vector)?, check_query_text("text", text)?)
         }
+        (None, None) => return Err(ApiError::Invalid("give `vector`, `text` or both".into())),
     };
+    let (mode, rrf_k) = search_mode(&query, body.mode, body.rrf_k)?;
+    if mode == SearchMode::Lexical && body.probe.is_some() {
+        return Err(ApiError::Invalid(
+            "`probe` picks shards by the query vector; a lexical search reads every shard".into(),
+        ));
+    }
     let k = body.k.unwrap_or(K_DEFAULT);
     if !(1..=K_MAX).contains(&k) {
         return Err(ApiError::Invalid(format!(
@@ -92,6 +165,8 @@ pub fn parse_search(content_type: Option<&str>, body: &[u8]) -> Result<SearchReq
         probe: body.probe,
         filter: body.filter.map(parse_filter).transpose()?,
         min_seq: body.min_seq,
+        mode,
+        rrf_k,
     })
 }
 
@@ -145,6 +220,8 @@ impl SearchRequest {
             probe: None,
             filter: None,
             min_seq: None,
+            mode: TEXT_MODE_DEFAULT,
+            rrf_k: RRF_K_DEFAULT,
         }
     }
 
@@ -274,10 +351,6 @@ mod tests {
         assert_eq!(status(JSON, r#"{"index":"d","vector":["x"]}"#), 422);
         assert_eq!(status(JSON, r#"{"index":"d","vector":[]}"#), 422);
         assert_eq!(status(JSON, r#"{"index":"d"}"#), 422);
-        assert_eq!(
-            status(JSON, r#"{"index":"d","vector":[1],"text":"q"}"#),
-            422
-        );
         let big = format!(r#"{{"index":"d","vector":[{}1]}}"#, "1,".repeat(BODY_LIMIT));
         assert_eq!(status(JSON, &big), 413);
     }
@@ -336,12 +409,18 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(error.status(), 422);
-        assert!(error.to_string().contains("filter.$or[0].year.$foo"), "{error}");
+        assert!(
+            error.to_string().contains("filter.$or[0].year.$foo"),
+            "{error}"
+        );
         assert_eq!(
             status(JSON, r#"{"index":"d","vector":[1],"filter":{"$and":[]}}"#),
             422
         );
-        assert_eq!(status(JSON, r#"{"index":"d","vector":[1],"filter":[1]}"#), 422);
+        assert_eq!(
+            status(JSON, r#"{"index":"d","vector":[1],"filter":[1]}"#),
+            422
+        );
     }
 
     #[test]
@@ -352,14 +431,56 @@ mod tests {
         )
         .unwrap();
         let declared = ["lang".to_string(), "year".to_string()];
-        let error = SearchRequest::check_filter_fields(r.filter.as_ref(), Some(&declared[..]))
-            .unwrap_err();
+        let error =
+            SearchRequest::check_filter_fields(r.filter.as_ref(), Some(&declared[..])).unwrap_err();
         assert_eq!(error.status(), 422);
         assert!(error.to_string().contains(r#""yeer""#), "{error}");
         assert!(SearchRequest::check_filter_fields(r.filter.as_ref(), None).is_ok());
-        let known = parse_search(JSON, br#"{"index":"d","vector":[1],"filter":{"year":1}}"#)
-            .unwrap();
-        assert!(SearchRequest::check_filter_fields(known.filter.as_ref(), Some(&declared[..])).is_ok());
+        let known =
+            parse_search(JSON, br#"{"index":"d","vector":[1],"filter":{"year":1}}"#).unwrap();
+        assert!(
+            SearchRequest::check_filter_fields(known.filter.as_ref(), Some(&declared[..])).is_ok()
+        );
+    }
+
+    #[test]
+    fn the_mode_follows_the_query_unless_named_and_must_fit_it() {
+        let parsed = |body: &str| parse_search(JSON, body.as_bytes());
+        let mode = |body: &str| parsed(body).map(|r| (r.mode, r.rrf_k));
+        assert_eq!(
+            mode(r#"{"index":"d","vector":[1]}"#).unwrap(),
+            (SearchMode::Vector, RRF_K_DEFAULT)
+        );
+        assert_eq!(
+            mode(r#"{"index":"d","text":"q"}"#).unwrap().0,
+            TEXT_MODE_DEFAULT
+        );
+        let both = parsed(r#"{"index":"d","vector":[1],"text":"q","rrf_k":5}"#).unwrap();
+        assert_eq!((both.mode, both.rrf_k), (SearchMode::Hybrid, 5));
+        assert_eq!(both.query, Query::VectorAndText(vec![1.0], "q".into()));
+        assert_eq!(
+            mode(r#"{"index":"d","text":"q","mode":"vector"}"#)
+                .unwrap()
+                .0,
+            SearchMode::Vector
+        );
+        assert_eq!(
+            mode(r#"{"index":"d","text":"q","mode":"lexical"}"#)
+                .unwrap()
+                .0,
+            SearchMode::Lexical
+        );
+        for refused in [
+            r#"{"index":"d","vector":[1],"mode":"lexical"}"#,
+            r#"{"index":"d","vector":[1],"mode":"hybrid"}"#,
+            r#"{"index":"d","vector":[1],"text":"q","mode":"vector"}"#,
+            r#"{"index":"d","text":"q","mode":"lexical","probe":1}"#,
+            r#"{"index":"d","text":"q","rrf_k":0}"#,
+            r#"{"index":"d","text":"q","rrf_k":10001}"#,
+            r#"{"index":"d","text":"q","mode":"fuzzy"}"#,
+        ] {
+            assert_eq!(parsed(refused).unwrap_err().status(), 422, "{refused}");
+        }
     }
 
     #[test]

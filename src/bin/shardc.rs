@@ -82,8 +82,17 @@ enum Command {
         #[arg(long)]
         index: PathBuf,
         /// Raw little-endian f32 rows of the index's dimension.
+        #[arg(long, required_unless_present = "text")]
+        vector_file: Option<PathBuf>,
+        /// Query text, for a lexical search (or, with `--vector-file`, a hybrid one).
         #[arg(long)]
-        vector_file: PathBuf,
+        text: Option<String>,
+        /// vector, lexical or hybrid (default: what the query gives: vector for a vector,
+        /// lexical for text, hybrid for both).
+        #[arg(long)]
+        mode: Option<String>,
+        #[arg(long, default_value_t = edgerag::lexical::RRF_K_DEFAULT)]
+        rrf_k: u32,
         #[arg(long, default_value_t = 0)]
         row: usize,
         /// Search with every row of the file in turn, one answer each (with `--json`, a line
@@ -117,6 +126,9 @@ enum Command {
         #[arg(long, value_delimiter = ',', required = true)]
         filter_fields: Vec<String>,
     },
+    /// Section questions answered by each ranking (vector, lexical, hybrid): how often a top-k
+    /// passage comes from the question's own section (same `source` and `title` metadata).
+    EvalSections(EvalSectionsArgs),
     /// Verify a shard blob or an index directory (payload checksums, archive, structure) and describe it.
     Inspect { path: PathBuf },
     /// Upload an index directory through a worker's admin routes (admin key in
@@ -219,6 +231,33 @@ struct EvalArgs {
     json: bool,
 }
 
+#[derive(clap::Args)]
+struct EvalSectionsArgs {
+    #[arg(long)]
+    index: PathBuf,
+    /// JSONL questions, each with `text`, `source` and `title`.
+    #[arg(long)]
+    queries: PathBuf,
+    /// The questions' embeddings, one little-endian f32 row each (without them only the
+    /// lexical ranking is measured).
+    #[arg(long)]
+    vectors: Option<PathBuf>,
+    #[arg(long, default_value_t = 5)]
+    k: usize,
+    #[arg(long, default_value_t = 64)]
+    ef: usize,
+    #[arg(long, default_value_t = edgerag::lexical::RRF_K_DEFAULT)]
+    rrf_k: u32,
+    /// How many of each ranking's best a hybrid search fuses (default: the worker's).
+    #[arg(long)]
+    depth: Option<usize>,
+    /// Use only the first N questions.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Build(config) => run_build(&BuildConfig {
@@ -247,6 +286,9 @@ fn main() -> ExitCode {
         Command::Query {
             index,
             vector_file,
+            text,
+            mode,
+            rrf_k,
             row,
             all_rows,
             k,
@@ -257,14 +299,18 @@ fn main() -> ExitCode {
         } => {
             let params = QueryParams {
                 rows: if all_rows { None } else { Some(row) },
+                text,
+                mode,
+                rrf_k,
                 k,
                 ef,
                 probe,
                 filter,
             };
-            run_query(&index, &vector_file, &params, json)
+            run_query(&index, vector_file.as_deref(), &params, json)
         }
         Command::Eval(args) => run_eval(&args),
+        Command::EvalSections(args) => run_eval_sections(&args),
         Command::Inspect { path } => run_inspect(&path),
         Command::Refilter {
             index,
@@ -618,42 +664,67 @@ fn read_rows<T>(
 struct QueryParams {
     /// One row of the vector file, or (None) every row.
     rows: Option<usize>,
+    text: Option<String>,
+    mode: Option<String>,
+    rrf_k: u32,
     k: usize,
     ef: usize,
     probe: Option<usize>,
     filter: Option<String>,
 }
 
-fn run_query(index: &Path, vector_file: &Path, params: &QueryParams, as_json: bool) -> CliResult {
+fn run_query(
+    index: &Path,
+    vector_file: Option<&Path>,
+    params: &QueryParams,
+    as_json: bool,
+) -> CliResult {
+    use edgerag::lexical::QueryTerms;
+    use edgerag::retrieve::{Ranking, SearchMode, ShardQuery};
     let index = IndexDir::open(index)?;
-    let rows = read_rows(vector_file, index.manifest.dims, f32::from_le_bytes)?;
-    let asked = match params.rows {
-        Some(row) if row >= rows.len() => {
-            return Err(format!(
-                "{} has {} rows, no row {row}",
-                vector_file.display(),
-                rows.len()
-            )
-            .into())
-        }
-        Some(row) => row..row + 1,
-        None => 0..rows.len(),
+    let rows = match vector_file {
+        Some(file) => read_rows(file, index.manifest.dims, f32::from_le_bytes)?,
+        None => Vec::new(),
     };
+    let asked = match (vector_file, params.rows) {
+        (None, _) => 0..1,
+        (Some(file), Some(row)) if row >= rows.len() => {
+            return Err(format!("{} has {} rows, no row {row}", file.display(), rows.len()).into())
+        }
+        (Some(_), Some(row)) => row..row + 1,
+        (Some(_), None) => 0..rows.len(),
+    };
+    let mode = match (&params.mode, vector_file, &params.text) {
+        (Some(mode), _, _) => serde_json::from_value::<SearchMode>(json!(mode))
+            .map_err(|_| format!("--mode must be vector, lexical or hybrid, not {mode:?}"))?,
+        (None, Some(_), None) => SearchMode::Vector,
+        (None, Some(_), Some(_)) => SearchMode::Hybrid,
+        (None, None, _) => SearchMode::Lexical,
+    };
+    if mode.uses_vector() && vector_file.is_none() {
+        return Err(format!("--mode {mode:?} needs --vector-file").into());
+    }
+    if mode.uses_lexical() && params.text.is_none() {
+        return Err(format!("--mode {mode:?} needs --text").into());
+    }
     let filter = params
         .filter
         .as_deref()
         .map(serde_json::from_str::<Filter>)
         .transpose()
         .map_err(|e| format!("--filter must be a JSON object: {e}"))?;
-    let search = SearchParams {
-        k: params.k,
-        ef: params.ef,
-        filter,
-        exclude: None,
-    };
+    let ranking = Ranking::new(mode, params.k, params.rrf_k);
     for row in asked {
-        let hits = index.search_shards(&rows[row], &search, params.probe)?;
-        let matches = index.matches(&hits)?;
+        let query = ShardQuery {
+            vector: mode.uses_vector().then(|| rows[row].clone()),
+            lexical: mode
+                .uses_lexical()
+                .then(|| QueryTerms::parse(params.text.as_deref().unwrap_or(""))),
+            k: ranking.depth,
+            filter: filter.clone(),
+            exclude: None,
+        };
+        let matches = index.answer(&query, params.ef, params.probe, ranking)?;
         match (as_json, params.rows) {
             (true, Some(_)) => println!("{}", json!({ "matches": matches })),
             (true, None) => println!("{}", json!({ "row": row, "matches": matches })),
@@ -770,6 +841,97 @@ fn run_eval(args: &EvalArgs) -> CliResult {
                 "ef={label:<6} recall@{k}={recall:.4} p50={:.1}us p99={:.1}us qps={qps:.0}",
                 percentile(0.5),
                 percentile(0.99)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run_eval_sections(args: &EvalSectionsArgs) -> CliResult {
+    use edgerag::lexical::QueryTerms;
+    use edgerag::retrieve::{Ranking, SearchMode, ShardQuery};
+    let index = IndexDir::open(&args.index)?;
+    let text = std::fs::read_to_string(&args.queries)
+        .map_err(|e| format!("{}: {e}", args.queries.display()))?;
+    let mut questions = Vec::new();
+    for (line, raw) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let value: serde_json::Value = serde_json::from_str(raw)
+            .map_err(|e| format!("{} line {}: {e}", args.queries.display(), line + 1))?;
+        let field = |name: &str| {
+            value[name].as_str().map(str::to_owned).ok_or_else(|| {
+                format!(
+                    "{} line {}: no string `{name}`",
+                    args.queries.display(),
+                    line + 1
+                )
+            })
+        };
+        questions.push((field("text")?, field("source")?, field("title")?));
+    }
+    let vectors = match &args.vectors {
+        Some(path) => Some(read_rows(path, index.manifest.dims, f32::from_le_bytes)?),
+        None => None,
+    };
+    if let Some(vectors) = &vectors {
+        if vectors.len() != questions.len() {
+            return Err(format!(
+                "{} questions but {} vectors",
+                questions.len(),
+                vectors.len()
+            )
+            .into());
+        }
+    }
+    questions.truncate(args.limit.unwrap_or(questions.len()));
+    let mut modes = vec![SearchMode::Lexical];
+    if vectors.is_some() {
+        modes.splice(0..0, [SearchMode::Vector]);
+        modes.push(SearchMode::Hybrid);
+    }
+    for mode in modes {
+        let mut ranking = Ranking::new(mode, args.k, args.rrf_k);
+        if let Some(depth) = args.depth.filter(|_| mode == SearchMode::Hybrid) {
+            ranking.depth = depth.max(args.k);
+        }
+        let (mut hits, mut micros) = (0usize, 0f64);
+        for (i, (text, source, title)) in questions.iter().enumerate() {
+            let query = ShardQuery {
+                vector: match (&vectors, mode.uses_vector()) {
+                    (Some(vectors), true) => Some(vectors[i].clone()),
+                    _ => None,
+                },
+                lexical: mode.uses_lexical().then(|| QueryTerms::parse(text)),
+                k: ranking.depth,
+                filter: None,
+                exclude: None,
+            };
+            let started = Instant::now();
+            let found = index.answer(&query, args.ef, None, ranking)?;
+            micros += started.elapsed().as_secs_f64() * 1e6;
+            let own_section = |m: &edgerag::retrieve::Match| {
+                m.metadata.get("source").and_then(|v| v.as_str()) == Some(source.as_str())
+                    && m.metadata.get("title").and_then(|v| v.as_str()) == Some(title.as_str())
+            };
+            hits += usize::from(found.iter().any(own_section));
+        }
+        let n = questions.len().max(1) as f64;
+        let (hit_rate, mean_us) = (hits as f64 / n, micros / n);
+        let name = serde_json::to_value(mode)?;
+        if args.json {
+            println!(
+                "{}",
+                json!({"mode": name, "k": args.k, "questions": questions.len(), "hit_rate": hit_rate, "mean_us": mean_us})
+            );
+        } else {
+            println!(
+                "{:<8} hit@{}={hit_rate:.4} mean={mean_us:.1}us ({} questions)",
+                name.as_str().unwrap_or(""),
+                args.k,
+                questions.len()
             );
         }
     }

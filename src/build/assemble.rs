@@ -1,10 +1,12 @@
-//! Lays one shard's documents out in graph order and quantises their vectors into a [`ShardData`].
+//! Lays one shard's documents out in graph order, quantises their vectors and indexes their
+//! texts' terms into a [`ShardData`].
 
 use std::collections::BTreeSet;
 
 use super::corpus::Corpus;
 use super::error::BuildError;
 use super::graph::ExportedGraph;
+use super::postings::{shard_postings, CorpusTerms};
 use crate::shard::format::{
     MetadataColumn, ShardData, StoredIds, StoredVectors, StringColumn, NO_VALUE,
 };
@@ -26,6 +28,7 @@ pub fn assemble_shard(
     names: ShardNames<'_>,
     metric: Metric,
     quant: Quant,
+    terms: &CorpusTerms,
 ) -> Result<ShardData, BuildError> {
     let ordered: Vec<usize> = graph.order.iter().map(|&position| rows[position]).collect();
     Ok(ShardData {
@@ -41,6 +44,7 @@ pub fn assemble_shard(
         texts: string_column(ordered.iter().map(|&row| corpus.texts[row].as_str())),
         ids: stored_ids(corpus, &ordered),
         metadata: metadata_columns(corpus, &ordered),
+        lexical: shard_postings(corpus, &ordered, terms),
     })
 }
 

@@ -17,6 +17,7 @@ mod index_dir;
 pub mod ingest;
 pub mod output;
 mod partition;
+mod postings;
 pub mod remote_embedder;
 pub mod sync;
 
@@ -123,6 +124,7 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
         config.shape.metric,
         config.shape.seed,
     );
+    let corpus_terms = postings::corpus_terms(&corpus);
     let mut entries = Vec::with_capacity(config.shape.shards);
     let mut blobs = Vec::with_capacity(config.shape.shards);
     for (index, rows) in partition.members.iter().enumerate() {
@@ -158,6 +160,7 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
             names,
             config.shape.metric,
             config.shape.quant,
+            &corpus_terms,
         )?;
         let blob = format::encode_blob(&data).map_err(|source| BuildError::Shard {
             shard: shard_name.clone(),
@@ -194,6 +197,7 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
         placement: Some(config.shape.placement),
         embedding_model: config.embedding_model.clone(),
         filter_fields: Some(filter_fields),
+        lexical: Some(corpus_terms.stats),
     };
     manifest.version = manifest.content_version();
     manifest.validate().map_err(|source| BuildError::Manifest {

@@ -34,14 +34,7 @@ pub async fn rag(req: &Incoming, ctx: &mut Ctx) -> Result<Response, ApiError> {
     let request = parse_rag(content_type.as_deref(), &body)?;
     // A bad model is refused before the embedding and the search are paid for.
     ctx.origins()?.check_model(Kind::Chat, &request.model)?;
-    let found = search::run(
-        ctx,
-        &SearchRequest {
-            min_seq: request.min_seq,
-            ..SearchRequest::text(&request.index, &request.query, request.k)
-        },
-    )
-    .await?;
+    let found = search::run(ctx, &request.search()).await?;
     let completion = ChatCompletionRequest {
         model: request.model,
         messages: vec![ChatMessage::new("user", &request.query)],
@@ -61,14 +54,23 @@ pub async fn rag(req: &Incoming, ctx: &mut Ctx) -> Result<Response, ApiError> {
 pub async fn chat(req: &Incoming, ctx: &mut Ctx) -> Result<Response, ApiError> {
     let (content_type, body) = read_body(req, ctx, INFERENCE_BODY_LIMIT).await?;
     let index_header = req.header("x-rag-index");
-    let ChatRequest { completion, index } =
-        parse_chat(content_type.as_deref(), &body, index_header.as_deref())?;
+    let ChatRequest {
+        completion,
+        index,
+        mode,
+        rrf_k,
+    } = parse_chat(content_type.as_deref(), &body, index_header.as_deref())?;
     ctx.origins()?.check_model(Kind::Chat, &completion.model)?;
     let Some(index) = index else {
         return answer(ctx, completion, None, SourcesEvent::Omit).await;
     };
     let query = completion.last_user_text().unwrap_or_default();
-    let found = search::run(ctx, &SearchRequest::text(&index, &query, CHAT_K)).await?;
+    let search = SearchRequest {
+        mode,
+        rrf_k,
+        ..SearchRequest::text(&index, &query, CHAT_K)
+    };
+    let found = search::run(ctx, &search).await?;
     // OpenAI SDKs hand every SSE event to the caller as a chunk, so a `sources` event would break
     // them here; non-streamed answers still carry `sources` (an extra member the SDKs keep).
     answer(

@@ -12,10 +12,11 @@ use super::clock::WorkerClock;
 use super::{host, now_ms, observe, read_body, writes, Ctx, Incoming, Mode};
 use crate::api::{parse_search, ApiError, Query, SearchRequest, SearchResponse, BODY_LIMIT};
 use crate::cache_key::{embedding_key, normalise_text, search_key};
+use crate::lexical::QueryTerms;
 use crate::metrics::{EMBEDDING_DURATION, SEARCH_DURATION};
 use crate::rag::{EmbeddingInput, EmbeddingsRequest, EmbeddingsResponse};
 use crate::retrieve::{
-    self, with_writes, Gathered, Loaded, Remote, Resolved, ShardQuery, Shards, WRITES_SHARD,
+    self, Gathered, Loaded, Ranking, Remote, Resolved, ShardQuery, Shards, Written, WRITES_SHARD,
 };
 use crate::shard::Metric;
 use crate::store::Pinned;
@@ -35,7 +36,7 @@ pub async fn run(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchRespons
     let min_seq = request.min_seq.max(ctx.min_seq);
     let (pinned, writes) = writes::pin_with_writes(ctx, &request.index, min_seq).await?;
     // A bad vector is refused before the cache is consulted (a text query's, once it is embedded).
-    if let Query::Vector(vector) = &request.query {
+    if let Some(vector) = request.query.vector() {
         check_vector(vector, &pinned)?;
     }
     SearchRequest::check_filter_fields(
@@ -75,26 +76,33 @@ async fn search(
     pinned: Rc<Pinned>,
     writes: Option<Rc<Delta>>,
 ) -> Result<SearchResponse, ApiError> {
-    let vector = match &request.query {
+    let vector = match (&request.query, request.mode.uses_vector()) {
+        (_, false) => None,
         // Checked by `run` before the cache lookup.
-        Query::Vector(vector) => vector.clone(),
-        Query::Text(text) => {
+        (Query::Vector(vector) | Query::VectorAndText(vector, _), true) => Some(vector.clone()),
+        (Query::Text(text), true) => {
             let vector = embed(ctx, text, model).await?;
             check_vector(&vector, &pinned)?;
-            vector
+            Some(vector)
         }
+    };
+    let lexical = match request.query.text() {
+        Some(text) if request.mode.uses_lexical() => Some(QueryTerms::parse(text)),
+        _ => None,
     };
     let started = now_ms();
     let home = ctx.home(&pinned.manifest.regions);
+    let ranking = Ranking::new(request.mode, request.k, request.rrf_k);
     let query = Rc::new(ShardQuery {
         vector,
-        k: request.k,
+        lexical,
+        k: ranking.depth,
         filter: request.filter.clone(),
         exclude: writes.as_ref().and_then(|w| w.exclusions()),
     });
     let visits = retrieve::plan(
         &pinned.manifest,
-        &query.vector,
+        query.vector.as_deref().unwrap_or(&[]),
         request.probe,
         &query.params(request.effective_ef()),
     );
@@ -109,7 +117,7 @@ async fn search(
                 home,
             };
             let gathered = retrieve::gather(&shards, &WorkerClock, visits, &query, deadline).await;
-            let resolved = finish(ctx, &gathered, &shards, &pinned, request.k);
+            let resolved = finish(ctx, &gathered, &shards, &pinned, ranking.depth);
             if !gathered.unfinished.is_empty() {
                 let unfinished = gathered.unfinished;
                 ctx.request
@@ -125,22 +133,23 @@ async fn search(
                 region: home,
             };
             let gathered = retrieve::gather(&shards, &WorkerClock, visits, &query, deadline).await;
-            finish(ctx, &gathered, &shards, &pinned, request.k)
+            finish(ctx, &gathered, &shards, &pinned, ranking.depth)
         }
     }?;
-    let mut failed_shards: Vec<String> =
-        resolved.failed.into_iter().map(|(name, _)| name).collect();
+    let mut resolved = resolved;
+    let mut failed_shards: Vec<String> = std::mem::take(&mut resolved.failed)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
     let merging = now_ms();
     let written = match &writes {
-        Some(w) => w
-            .search(&query.vector, request.k, query.filter.as_ref())
-            .map_err(ApiError::Invalid)?,
+        Some(w) => written(w, &query, &resolved.doc_freq, &pinned)?,
         None => {
             failed_shards.push(WRITES_SHARD.to_string());
-            Vec::new()
+            Written::default()
         }
     };
-    let matches = with_writes(resolved.found, written, pinned.manifest.metric, request.k);
+    let matches = retrieve::rank(resolved, written, pinned.manifest.metric, ranking);
     ctx.timing.merge += now_ms() - merging;
     observe::record(|m| m.observe(&SEARCH_DURATION, &[], observe::seconds(now_ms() - started)));
     Ok(SearchResponse {
@@ -152,6 +161,31 @@ async fn search(
         seq: writes.as_ref().map_or(0, |w| w.seq),
         pending_writes: writes.as_ref().map_or(0, |w| w.pending_writes() as u64),
     })
+}
+
+/// The written passages' hits of each ranking `query` asks for; `doc_freq` are the compiled
+/// shards' document frequencies of its terms.
+fn written(
+    writes: &Delta,
+    query: &ShardQuery,
+    doc_freq: &[u32],
+    pinned: &Pinned,
+) -> Result<Written, ApiError> {
+    let filter = query.filter.as_ref();
+    let vector = match &query.vector {
+        Some(vector) => writes
+            .search(vector, query.k, filter)
+            .map_err(ApiError::Invalid)?,
+        None => Vec::new(),
+    };
+    let lexical = match &query.lexical {
+        Some(terms) => {
+            let compiled = pinned.manifest.lexical.unwrap_or_default();
+            writes.search_lexical(terms, query.k, filter, compiled, doc_freq)
+        }
+        None => Vec::new(),
+    };
+    Ok(Written { vector, lexical })
 }
 
 /// The exact merge and its passages; the shards that did not answer are logged with the reason.

@@ -559,6 +559,7 @@ mod tests {
             placement: Some(placement),
             embedding_model: None,
             filter_fields: None,
+            lexical: None,
         };
         m.version = m.content_version();
         (m, blobs)

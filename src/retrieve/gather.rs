@@ -1,5 +1,6 @@
 //! The engine's middle: run the planned visits with bounded concurrency until all have answered
-//! or the deadline passes, then merge exactly over the shards that answered and resolve.
+//! or the deadline passes, then merge each ranking exactly over the shards that answered and
+//! resolve.
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -44,16 +45,23 @@ pub struct Gathered<S: Shards> {
     pub unfinished: Unfinished<S::Pending>,
 }
 
-/// The exact top-k over the shards that answered, best first.
+/// The exact top-k of each ranking over the shards that answered, best first, and the
+/// query terms' document frequencies (the same in every shard).
 pub struct Merged<'a, H> {
-    pub top: Vec<(ShardHit, &'a H)>,
+    pub vector: Vec<(ShardHit, &'a H)>,
+    pub lexical: Vec<(ShardHit, &'a H)>,
+    pub doc_freq: Vec<u32>,
     /// Manifest positions of shards that failed or missed the deadline, with the reason.
     pub failed: Vec<(usize, String)>,
 }
 
-/// The merged top-k resolved to passages, and the shards that did not answer.
+/// The merged top-k of each ranking resolved to passages, the query terms' document
+/// frequencies, and the shards that did not answer.
+#[derive(Default)]
 pub struct Resolved {
-    pub found: Vec<(ShardHit, Match)>,
+    pub vector: Vec<(ShardHit, Match)>,
+    pub lexical: Vec<(ShardHit, Match)>,
+    pub doc_freq: Vec<u32>,
     /// Names of the shards that failed or missed the deadline, with the reason.
     pub failed: Vec<(String, String)>,
 }
@@ -157,15 +165,30 @@ impl<S: Shards> Gathered<S> {
         if !self.planned.iter().any(answered) && !failed.is_empty() {
             return Err(failed);
         }
-        let usable = self
+        let usable: Vec<(usize, &Answered<S::Held>)> = self
             .answers
             .iter()
-            .filter(|(i, _)| !dropped.contains_key(i));
-        let top = merge_top_k(usable.map(|(&i, a)| (i, a.hits.as_slice())), k)
-            .into_iter()
-            .filter_map(|hit| self.answers.get(&hit.shard).map(|a| (hit, &a.held)))
+            .filter(|(i, _)| !dropped.contains_key(i))
+            .map(|(&i, a)| (i, a))
             .collect();
-        Ok(Merged { top, failed })
+        let top = |ranking: fn(&Answered<S::Held>) -> &[crate::shard::Hit]| {
+            merge_top_k(usable.iter().map(|&(i, a)| (i, ranking(a))), k)
+                .into_iter()
+                .filter_map(|hit| self.answers.get(&hit.shard).map(|a| (hit, &a.held)))
+                .collect()
+        };
+        let doc_freq = usable
+            .iter()
+            .map(|(_, a)| &a.hits.doc_freq)
+            .find(|df| !df.is_empty())
+            .cloned()
+            .unwrap_or_default();
+        Ok(Merged {
+            vector: top(|a| &a.hits.vector),
+            lexical: top(|a| &a.hits.lexical),
+            doc_freq,
+            failed,
+        })
     }
 
     /// Merges and resolves the winners to passages; shards are named as `manifest` names them.
@@ -191,18 +214,32 @@ impl<S: Shards> Gathered<S> {
             let merged = self
                 .merge_without(k, &dropped)
                 .map_err(|failed| AllFailed(named(failed)))?;
-            let mut found = Vec::with_capacity(merged.top.len());
-            for (hit, held) in merged.top {
-                match shards.resolve(held, &hit) {
-                    Ok(m) => found.push((hit, m)),
-                    Err(why) => {
-                        dropped.insert(hit.shard, why);
-                        continue 'merge;
+            let mut lists = [Vec::new(), Vec::new()];
+            // Each ranking's public score: the metric's similarity, or the BM25 score.
+            let scores: [&dyn Fn(f32) -> f32; 2] = [&|d| manifest.metric.score(d), &|d| -d];
+            for ((list, top), score) in lists
+                .iter_mut()
+                .zip([merged.vector, merged.lexical])
+                .zip(scores)
+            {
+                for (hit, held) in top {
+                    match shards.resolve(held, &hit) {
+                        Ok(mut m) => {
+                            m.score = score(hit.distance);
+                            list.push((hit, m))
+                        }
+                        Err(why) => {
+                            dropped.insert(hit.shard, why);
+                            continue 'merge;
+                        }
                     }
                 }
             }
+            let [vector, lexical] = lists;
             return Ok(Resolved {
-                found,
+                vector,
+                lexical,
+                doc_freq: merged.doc_freq,
                 failed: named(merged.failed),
             });
         }

@@ -30,11 +30,9 @@ impl Shards for InMemory<'_> {
     type Pending = Ready<Result<Answered<()>, String>>;
 
     fn visit(&self, visit: Visit, query: &Rc<ShardQuery>) -> Self::Pending {
-        let searched = self.shard(visit.shard).and_then(|shard| {
-            shard
-                .search(&query.vector, &query.params(visit.ef))
-                .map_err(|e| e.to_string())
-        });
+        let searched = self
+            .shard(visit.shard)
+            .and_then(|shard| query.search(shard, visit.ef).map_err(|e| e.to_string()));
         ready(searched.map(|hits| Answered {
             hits,
             held: (),

@@ -34,16 +34,15 @@ impl<S: Source, C: Clock> Shards for Loaded<S, C> {
                 .map_err(|e| e.to_string())?;
             let started = clock.now_ms();
             let shard = &got.value.shard;
-            let hits = shard
-                .search(&query.vector, &query.params(visit.ef))
-                .map_err(|e| e.to_string())?;
+            let hits = query.search(shard, visit.ef).map_err(|e| e.to_string())?;
             let name = &pinned.manifest.shards[visit.shard].name;
+            // The score is the ranking's to give (`rank`); a passage is read once for both.
             let held = hits
-                .iter()
-                .map(|hit| {
-                    let passage = shard.passage(hit.ord).map_err(|e| e.to_string())?;
-                    let score = pinned.manifest.metric.score(hit.distance);
-                    Ok((hit.ord, Match::new(passage, score, name)))
+                .ords()
+                .into_iter()
+                .map(|ord| {
+                    let passage = shard.passage(ord).map_err(|e| e.to_string())?;
+                    Ok((ord, Match::new(passage, 0.0, name)))
                 })
                 .collect::<Result<Passages, String>>()?;
             let mut timing = Timing {

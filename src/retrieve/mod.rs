@@ -1,9 +1,10 @@
 //! The one retrieval engine. Every caller — [`LocalIndex`](crate::index::LocalIndex) (`shardc`,
 //! the tests, the wasm probe), the worker in both serving modes and the `ShardHost` object —
 //! runs the same steps: [`plan`] which shards a query visits, [`gather`] their answers with at
-//! most [`MAX_IN_FLIGHT`] visits at once within a deadline, merge the exact top-k over the shards
-//! that answered ([`Gathered::merge`]), and resolve the winners to passages
-//! ([`Gathered::resolve`]).
+//! most [`MAX_IN_FLIGHT`] visits at once within a deadline, merge the exact top-k of each ranking
+//! (vector, lexical) over the shards that answered ([`Gathered::merge`]), resolve the winners to
+//! passages ([`Gathered::resolve`]), and [`rank`] them with the live-written passages, fusing the
+//! two rankings of a hybrid search.
 //!
 //! Where a shard's answer comes from is a [`Shards`] backend: shards already open in this
 //! process ([`InMemory`]), shards loaded through the isolate's byte-bounded
@@ -15,6 +16,7 @@ mod gather;
 mod in_memory;
 mod loaded;
 mod plan;
+mod rank;
 mod remote;
 #[cfg(test)]
 mod tests;
@@ -25,20 +27,29 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::shard::{DocId, Exclusions, Filter, Hit, Passage, SearchParams};
+use crate::lexical::QueryTerms;
+use crate::shard::{
+    DocId, Exclusions, Filter, Hit, LexicalHits, Passage, SearchParams, Shard, ShardError,
+};
 use crate::timing::Timing;
 
 pub use gather::{failure_reasons, gather, AllFailed, Gathered, Merged, Resolved, Unfinished};
 pub use in_memory::{InMemory, NoDeadline};
 pub use loaded::Loaded;
 pub use plan::{plan, Visit, MAX_IN_FLIGHT};
+pub use rank::{rank, Ranking, SearchMode, StageRank, Stages, Written, FUSION_DEPTH};
 pub use remote::{HostAnswer, HostMatch, HostQuery, Remote, ShardHosts};
 
-/// What every visited shard is asked: the query vector, `k`, the filter and the ids live writes
-/// replaced or deleted (never returned from a shard). The beam width is the visit's ([`Visit::ef`]).
+/// What every visited shard is asked: the query vector and/or the query's terms (a hybrid
+/// search has both, and each shard answers both rankings in one visit), `k`, the filter and the
+/// ids live writes replaced or deleted (never returned from a shard). The beam width is the
+/// visit's ([`Visit::ef`]).
 #[derive(Debug, Clone)]
 pub struct ShardQuery {
-    pub vector: Vec<f32>,
+    /// `None` for a lexical search.
+    pub vector: Option<Vec<f32>>,
+    /// `None` for a vector search.
+    pub lexical: Option<QueryTerms>,
     pub k: usize,
     pub filter: Option<Filter>,
     pub exclude: Option<Arc<Exclusions>>,
@@ -53,12 +64,54 @@ impl ShardQuery {
             exclude: self.exclude.clone(),
         }
     }
+
+    /// Both rankings of one shard: what every backend's visit runs once it holds the shard.
+    pub fn search(&self, shard: &Shard, ef: usize) -> Result<StageHits, ShardError> {
+        let params = self.params(ef);
+        let vector = match &self.vector {
+            Some(vector) => shard.search(vector, &params)?,
+            None => Vec::new(),
+        };
+        let lexical = match &self.lexical {
+            Some(terms) => shard.search_lexical(terms, &params)?,
+            None => LexicalHits::default(),
+        };
+        Ok(StageHits {
+            vector,
+            lexical: lexical.hits,
+            doc_freq: lexical.doc_freq,
+        })
+    }
 }
 
-/// One shard's answer: its hits (best first), what resolves them to passages once the merge has
+/// One shard's rankings, each best first (a lexical hit's distance is its negated BM25 score),
+/// and the index-wide document frequency of each query term.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StageHits {
+    pub vector: Vec<Hit>,
+    pub lexical: Vec<Hit>,
+    pub doc_freq: Vec<u32>,
+}
+
+impl StageHits {
+    /// Every ordinal either ranking lists, once.
+    pub fn ords(&self) -> Vec<u32> {
+        let mut ords: Vec<u32> = self
+            .vector
+            .iter()
+            .chain(&self.lexical)
+            .map(|h| h.ord)
+            .collect();
+        ords.sort_unstable();
+        ords.dedup();
+        ords
+    }
+}
+
+/// One shard's answer: its rankings, what resolves their hits to passages once the merge has
 /// chosen the winners, and what getting it cost.
 pub struct Answered<H> {
-    pub hits: Vec<Hit>,
+    pub hits: StageHits,
     pub held: H,
     pub timing: Timing,
 }
@@ -84,6 +137,9 @@ pub struct Match {
     pub text: String,
     pub metadata: Map<String, Value>,
     pub shard: String,
+    /// Where the passage ranked in each ranking a lexical or hybrid search fused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<Stages>,
 }
 
 impl Match {
@@ -99,38 +155,13 @@ impl Match {
             text: passage.text,
             metadata: passage.metadata,
             shard: shard.to_string(),
+            stages: None,
         }
     }
 }
 
 /// The shard this API names for a passage found among the live writes.
 pub const WRITES_SHARD: &str = "writes";
-
-/// The exact top-k over the compiled shards' merged answer (`found`, which already left out the
-/// written ids) and the written passages' hits: a write is found exactly where it ranks.
-pub fn with_writes(
-    found: Vec<(crate::shard::ShardHit, Match)>,
-    written: Vec<crate::write::delta::WrittenHit>,
-    metric: crate::shard::Metric,
-    k: usize,
-) -> Vec<Match> {
-    let compiled = found.into_iter().map(|(hit, m)| (hit.distance, m));
-    let written = written.into_iter().map(|hit| {
-        let passage = Passage {
-            id: hit.id,
-            text: hit.text,
-            metadata: hit.metadata,
-        };
-        (
-            hit.distance,
-            Match::new(passage, metric.score(hit.distance), WRITES_SHARD),
-        )
-    });
-    let mut all: Vec<(f32, Match)> = compiled.chain(written).collect();
-    // Stable: equal distances keep the shards' order, then the writes'.
-    all.sort_by(|a, b| a.0.total_cmp(&b.0));
-    all.into_iter().take(k).map(|(_, m)| m).collect()
-}
 
 /// A shard's hits with their passages read at once, so that the shard itself can be released
 /// right after its search (what [`Loaded`] and [`Remote`] keep).

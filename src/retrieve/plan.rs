@@ -80,6 +80,7 @@ mod tests {
             placement: None,
             embedding_model: None,
             filter_fields: None,
+            lexical: None,
         }
     }
 

@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     failure_reasons, gather, passage_of, Answered, Loaded, Match, Passages, ShardQuery, Shards,
-    Visit,
+    StageHits, Visit,
 };
 use crate::clock::Clock;
+use crate::lexical::QueryTerms;
 use crate::shard::{DocId, Exclusions, Filter, Hit, ShardHit};
 use crate::store::Source;
 use crate::timing::Timing;
@@ -24,7 +25,10 @@ pub struct HostQuery {
     pub shard: usize,
     /// The region whose replica the host serves (and whose bucket it reads first).
     pub region: String,
-    pub vector: Vec<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector: Option<Vec<f32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lexical: Option<QueryTerms>,
     pub k: usize,
     pub ef: usize,
     /// Serialised as its JSON object; a host parses and validates it on arrival.
@@ -45,7 +49,12 @@ pub struct HostMatch {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostAnswer {
+    /// The vector ranking.
     pub matches: Vec<HostMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lexical: Vec<HostMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub doc_freq: Vec<u32>,
     pub timing: Timing,
 }
 
@@ -75,6 +84,7 @@ impl<H: ShardHosts> Shards for Remote<H> {
             shard: visit.shard,
             region: self.region.clone(),
             vector: query.vector.clone(),
+            lexical: query.lexical.clone(),
             k: query.k,
             ef: visit.ef,
             filter: query.filter.clone(),
@@ -83,17 +93,24 @@ impl<H: ShardHosts> Shards for Remote<H> {
         };
         Box::pin(async move {
             let answer = hosts.ask(question).await?;
-            let hits = answer
-                .matches
-                .iter()
-                .map(|m| Hit {
-                    ord: m.ord,
-                    distance: m.distance,
-                })
-                .collect();
+            let ranking = |matches: &[HostMatch]| {
+                matches
+                    .iter()
+                    .map(|m| Hit {
+                        ord: m.ord,
+                        distance: m.distance,
+                    })
+                    .collect()
+            };
+            let hits = StageHits {
+                vector: ranking(&answer.matches),
+                lexical: ranking(&answer.lexical),
+                doc_freq: answer.doc_freq,
+            };
             let held = answer
                 .matches
                 .into_iter()
+                .chain(answer.lexical)
                 .map(|m| (m.ord, m.found))
                 .collect();
             Ok(Answered {
@@ -118,6 +135,7 @@ impl HostQuery {
     ) -> Result<HostAnswer, String> {
         let query = Rc::new(ShardQuery {
             vector: self.vector,
+            lexical: self.lexical,
             k: self.k,
             filter: self.filter,
             exclude: (!self.exclude.is_empty()).then(|| {
@@ -133,17 +151,24 @@ impl HostQuery {
         let merged = gathered
             .merge(self.k)
             .map_err(|failed| failure_reasons(&failed))?;
-        let matches = merged
-            .top
-            .into_iter()
-            .map(|(hit, held)| {
-                Ok(HostMatch {
-                    ord: hit.ord,
-                    distance: hit.distance,
-                    found: passage_of(held, hit.ord)?,
+        let ranking = |top: Vec<(ShardHit, &Passages)>| {
+            top.into_iter()
+                .map(|(hit, held)| {
+                    Ok(HostMatch {
+                        ord: hit.ord,
+                        distance: hit.distance,
+                        found: passage_of(held, hit.ord)?,
+                    })
                 })
-            })
-            .collect::<Result<_, String>>()?;
-        Ok(HostAnswer { matches, timing })
+                .collect::<Result<Vec<_>, String>>()
+        };
+        let matches = ranking(merged.vector)?;
+        let lexical = ranking(merged.lexical)?;
+        Ok(HostAnswer {
+            matches,
+            lexical,
+            doc_freq: merged.doc_freq,
+            timing,
+        })
     }
 }

@@ -228,7 +228,8 @@ fn queries(manifest: &Manifest) -> Vec<Vec<f32>> {
 
 fn query(vector: &[f32], k: usize) -> Rc<ShardQuery> {
     Rc::new(ShardQuery {
-        vector: vector.to_vec(),
+        vector: Some(vector.to_vec()),
+        lexical: None,
         k,
         filter: None,
         exclude: None,
@@ -289,7 +290,7 @@ fn store_backed_search_equals_local_index_exactly() {
             clock.block_on(async move { search_loaded(&store, &source2, "docs", v, 5000.0).await });
         let resolved = resolved.unwrap();
         assert!(resolved.failed.is_empty());
-        let got: Vec<Match> = resolved.found.into_iter().map(|(_, m)| m).collect();
+        let got: Vec<Match> = resolved.vector.into_iter().map(|(_, m)| m).collect();
         assert_eq!(got, expected);
         assert_eq!(got.len(), 10);
     }
@@ -357,7 +358,7 @@ fn remote_hosts_answer_exactly_what_the_local_index_does() {
         });
         let got: Vec<Match> = resolved
             .unwrap()
-            .found
+            .vector
             .into_iter()
             .map(|(_, m)| m)
             .collect();
@@ -386,7 +387,7 @@ fn a_corrupt_replica_is_skipped_for_the_other_regions_good_copy() {
         .block_on(async move { search_loaded(&store2, &source2, "docs", vector, 5000.0).await });
     let resolved = resolved.unwrap();
     assert!(resolved.failed.is_empty(), "{:?}", resolved.failed);
-    assert_eq!(resolved.found.len(), 10);
+    assert_eq!(resolved.vector.len(), 10);
     // Shard 0 is served from enam's copy, read after weur's corrupt one.
     let (store2, source2, clock2) = (store.clone(), source.clone(), clock.clone());
     let region = clock.block_on(async move {
@@ -416,7 +417,7 @@ fn a_corrupt_replica_is_skipped_for_the_other_regions_good_copy() {
         why.contains("weur") && why.contains("enam") && why.contains("checksum"),
         "{why}"
     );
-    assert!(resolved.found.iter().all(|(h, _)| h.shard == 1));
+    assert!(resolved.vector.iter().all(|(h, _)| h.shard == 1));
 }
 
 #[test]
@@ -450,8 +451,8 @@ fn a_shard_slower_than_the_deadline_makes_a_named_partial_answer_and_lands_for_t
             "deadline exceeded".to_string()
         )]
     );
-    assert!(partial.found.iter().all(|(h, _)| h.shard != 2));
-    assert_eq!(partial.found.len(), 10);
+    assert!(partial.vector.iter().all(|(h, _)| h.shard != 2));
+    assert_eq!(partial.vector.len(), 10);
     assert!(
         elapsed < 110.0,
         "answered at the deadline, not after the slow shard ({elapsed} ms)"
@@ -601,7 +602,7 @@ fn a_query_over_three_times_the_budget_stays_inside_it_and_exact() {
         let expected = local
             .matches(&local.search(vector, &params(10)).unwrap())
             .unwrap();
-        let got: Vec<&Match> = resolved.found.iter().map(|(_, m)| m).collect();
+        let got: Vec<&Match> = resolved.vector.iter().map(|(_, m)| m).collect();
         assert_eq!(got, expected.iter().collect::<Vec<_>>());
     }
 }
@@ -658,11 +659,23 @@ fn written_passages_rank_among_the_shards_hits_by_distance() {
         metadata: Map::new(),
     };
     let found = vec![compiled(0, 0.1, 1), compiled(1, 0.3, 2)];
-    let merged = with_writes(found.clone(), vec![written.clone()], Metric::Cosine, 2);
+    let with_writes = |found: Vec<(ShardHit, Match)>, written: Vec<WrittenHit>, k: usize| {
+        let resolved = Resolved {
+            vector: found,
+            ..Resolved::default()
+        };
+        let written = Written {
+            vector: written,
+            lexical: Vec::new(),
+        };
+        let ranking = Ranking::new(SearchMode::Vector, k, 60);
+        rank(resolved, written, Metric::Cosine, ranking)
+    };
+    let merged = with_writes(found.clone(), vec![written.clone()], 2);
     let ids: Vec<Value> = merged.iter().map(|m| m.id.clone()).collect();
     assert_eq!(ids, vec![Value::from(1), Value::from("w")]);
     assert_eq!(merged[1].shard, WRITES_SHARD);
     assert!((merged[1].score - 0.8).abs() < 1e-6);
-    let all = with_writes(found, vec![written], Metric::Cosine, 10);
+    let all = with_writes(found, vec![written], 10);
     assert_eq!(all.len(), 3, "k bounds the answer, not the parts");
 }

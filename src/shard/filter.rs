@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 
 use super::error::ShardError;
-use super::format::{inconsistent, native_u32, ArchivedMetadataColumn, ArchivedStringColumn, NO_VALUE};
+use super::format::{
+    inconsistent, native_u32, ArchivedMetadataColumn, ArchivedStringColumn, NO_VALUE,
+};
 
 /// Nesting of `$and` / `$or` / `$not` a filter may have.
 pub const FILTER_DEPTH_MAX: usize = 8;
@@ -56,7 +58,10 @@ enum Expr {
     And(Vec<Expr>),
     Or(Vec<Expr>),
     Not(Box<Expr>),
-    Condition { field: String, test: Test },
+    Condition {
+        field: String,
+        test: Test,
+    },
 }
 
 /// What one field's value must satisfy; `None` is a document without the field.
@@ -65,7 +70,10 @@ enum Test {
     Eq(Value),
     Ne(Value),
     /// The stored value ordered against the operand (a number or a string) must be one of `accept`.
-    Compare { operand: Value, accept: Accept },
+    Compare {
+        operand: Value,
+        accept: Accept,
+    },
     In(Vec<Value>),
     Nin(Vec<Value>),
     Exists(bool),
@@ -222,7 +230,10 @@ impl Parser {
         match value {
             Value::Object(json) if json.is_empty() => Err(error(path, "is an empty filter")),
             Value::Object(json) => self.filter(json, path, depth + 1),
-            other => Err(error(path, format!("must be a filter object, not {}", kind(other)))),
+            other => Err(error(
+                path,
+                format!("must be a filter object, not {}", kind(other)),
+            )),
         }
     }
 
@@ -615,9 +626,8 @@ fn passing_values(test: &Test, values: &ArchivedStringColumn) -> Result<Vec<bool
     (0..values.len())
         .map(|id| {
             let text = values.get(id)?;
-            let value: Value = serde_json::from_str(text).map_err(|e| {
-                inconsistent(format!("metadata value {text:?} is not JSON: {e}"))
-            })?;
+            let value: Value = serde_json::from_str(text)
+                .map_err(|e| inconsistent(format!("metadata value {text:?} is not JSON: {e}")))?;
             Ok(test.matches(Some(&value)))
         })
         .collect()
@@ -669,12 +679,24 @@ mod tests {
         assert!(passes(json!({"year": {"$eq": 2021.0}}), doc.clone()));
         assert!(!passes(json!({"year": "2021"}), doc.clone()));
         assert!(passes(json!({"draft": false}), doc.clone()));
-        assert!(passes(json!({"year": {"$gte": 2020, "$lt": 2022}}), doc.clone()));
+        assert!(passes(
+            json!({"year": {"$gte": 2020, "$lt": 2022}}),
+            doc.clone()
+        ));
         assert!(!passes(json!({"year": {"$gt": 2021}}), doc.clone()));
-        assert!(passes(json!({"lang": {"$lt": "fr", "$gte": "de"}}), doc.clone()));
+        assert!(passes(
+            json!({"lang": {"$lt": "fr", "$gte": "de"}}),
+            doc.clone()
+        ));
         assert!(passes(json!({"lang": {"$in": ["de", "en"]}}), doc.clone()));
-        assert!(!passes(json!({"lang": {"$nin": ["de", "en"]}}), doc.clone()));
-        assert!(passes(json!({"$or": [{"lang": "fr"}, {"year": 2021}]}), doc.clone()));
+        assert!(!passes(
+            json!({"lang": {"$nin": ["de", "en"]}}),
+            doc.clone()
+        ));
+        assert!(passes(
+            json!({"$or": [{"lang": "fr"}, {"year": 2021}]}),
+            doc.clone()
+        ));
         assert!(!passes(json!({"$not": {"lang": "en"}}), doc.clone()));
         assert!(passes(json!({}), doc));
     }
@@ -716,25 +738,61 @@ mod tests {
 
     #[test]
     fn fields_lists_every_named_field() {
-        let filter = parse(json!({"a": 1, "$or": [{"b": {"$gt": 1}}, {"$not": {"c": 2}}]})).unwrap();
-        assert_eq!(filter.fields().into_iter().collect::<Vec<_>>(), ["a", "b", "c"]);
+        let filter =
+            parse(json!({"a": 1, "$or": [{"b": {"$gt": 1}}, {"$not": {"c": 2}}]})).unwrap();
+        assert_eq!(
+            filter.fields().into_iter().collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
     }
 
     #[test]
     fn bad_filters_are_refused_naming_the_path() {
         let cases = [
-            (json!({"year": {"$gte": 1, "$foo": 2}}), "filter.year.$foo", "unknown operator"),
+            (
+                json!({"year": {"$gte": 1, "$foo": 2}}),
+                "filter.year.$foo",
+                "unknown operator",
+            ),
             (json!({"$nor": []}), "filter.$nor", "unknown operator"),
             (json!({"$and": []}), "filter.$and", "at least one"),
             (json!({"$or": {"a": 1}}), "filter.$or", "array of filters"),
-            (json!({"$or": [{"a": 1}, 3]}), "filter.$or[1]", "filter object"),
+            (
+                json!({"$or": [{"a": 1}, 3]}),
+                "filter.$or[1]",
+                "filter object",
+            ),
             (json!({"$not": {}}), "filter.$not", "empty filter"),
-            (json!({"year": {"$lt": true}}), "filter.year.$lt", "number or a string"),
-            (json!({"year": {"$lt": [1]}}), "filter.year.$lt", "number or a string"),
-            (json!({"lang": {"$in": "en"}}), "filter.lang.$in", "array of values"),
-            (json!({"lang": {"$exists": 1}}), "filter.lang.$exists", "true or false"),
-            (json!({"lang": {"$eq": 1, "x": 2}}), "filter.lang.x", "not an operator"),
-            (json!({"a b": {"$gt": null}}), r#"filter["a b"].$gt"#, "number or a string"),
+            (
+                json!({"year": {"$lt": true}}),
+                "filter.year.$lt",
+                "number or a string",
+            ),
+            (
+                json!({"year": {"$lt": [1]}}),
+                "filter.year.$lt",
+                "number or a string",
+            ),
+            (
+                json!({"lang": {"$in": "en"}}),
+                "filter.lang.$in",
+                "array of values",
+            ),
+            (
+                json!({"lang": {"$exists": 1}}),
+                "filter.lang.$exists",
+                "true or false",
+            ),
+            (
+                json!({"lang": {"$eq": 1, "x": 2}}),
+                "filter.lang.x",
+                "not an operator",
+            ),
+            (
+                json!({"a b": {"$gt": null}}),
+                r#"filter["a b"].$gt"#,
+                "number or a string",
+            ),
         ];
         for (filter, path, message) in cases {
             let error = parse(filter.clone()).unwrap_err();
@@ -752,7 +810,9 @@ mod tests {
         assert!(parse(deep.clone()).is_ok());
         let error = parse(json!({"$and": [deep]})).unwrap_err();
         assert!(error.message.contains("nest at most"), "{error}");
-        let many: Vec<Value> = (0..=FILTER_CONDITIONS_MAX).map(|i| json!({"a": i})).collect();
+        let many: Vec<Value> = (0..=FILTER_CONDITIONS_MAX)
+            .map(|i| json!({"a": i}))
+            .collect();
         let error = parse(json!({"$or": many})).unwrap_err();
         assert!(error.message.contains("at most"), "{error}");
         let values: Vec<Value> = (0..=FILTER_IN_VALUES_MAX).map(|i| json!(i)).collect();

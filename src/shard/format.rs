@@ -10,7 +10,8 @@ use super::error::ShardError;
 
 pub const MAGIC: [u8; 8] = *b"EDGRSHRD";
 /// 2: layer 0 has a per-shard degree (`ShardData::degree`) instead of a fixed 64 slots.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: lexical postings (`ShardData::lexical`).
+pub const FORMAT_VERSION: u32 = 3;
 pub const HEADER_LEN: usize = 32;
 /// No flags are defined yet; a reader rejects any it does not know.
 pub const KNOWN_FLAGS: u32 = 0;
@@ -159,6 +160,40 @@ pub struct ShardData {
     pub texts: StringColumn,
     pub ids: StoredIds,
     pub metadata: Vec<MetadataColumn>,
+    pub lexical: LexicalData,
+}
+
+/// The inverted index of the shard's texts, for BM25 (see [`crate::lexical`]): a sorted term
+/// dictionary, each term's postings (document ordinals ascending, with the term's count in
+/// each), and every document's length in tokens. Document frequencies and the corpus counts are
+/// the whole index's, so every shard scores with the same statistics.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Default,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub struct LexicalData {
+    /// Passages in the whole index.
+    pub index_docs: u64,
+    /// Tokens over all passages of the whole index.
+    pub index_tokens: u64,
+    /// Distinct terms, sorted by bytes.
+    pub terms: StringColumn,
+    /// `doc_freq[t]`: passages of the whole index containing term `t`.
+    pub doc_freq: Vec<u32>,
+    /// Term `t`'s postings are `docs[starts[t]..starts[t + 1]]` (and the same range of `counts`).
+    pub starts: Vec<u32>,
+    pub docs: Vec<u32>,
+    /// Occurrences of the term in the document, saturating at 255 (BM25 saturates long before).
+    pub counts: Vec<u8>,
+    /// `doc_tokens[ord]`: the document's length in tokens.
+    pub doc_tokens: Vec<u32>,
 }
 
 /// Quantised passage vectors, `count × dims` flat.
@@ -343,6 +378,20 @@ pub(crate) fn check_structure(data: &ArchivedShardData) -> Result<(), ShardError
     for column in data.metadata.iter() {
         check_len("metadata column", column.doc_values.len(), Some(count))?;
     }
+    let lexical = &data.lexical;
+    let terms = lexical.terms.len();
+    check_len("term frequencies", lexical.doc_freq.len(), Some(terms))?;
+    check_len(
+        "postings starts",
+        lexical.starts.len(),
+        terms.checked_add(1),
+    )?;
+    check_len(
+        "postings counts",
+        lexical.counts.len(),
+        Some(lexical.docs.len()),
+    )?;
+    check_len("document lengths", lexical.doc_tokens.len(), Some(count))?;
     Ok(())
 }
 

@@ -1,13 +1,15 @@
 //! One shard of an index: a validated, immutable blob that is searched and read in place.
 //!
 //! Submodules: [`format`] (blob layout), [`quant`] (quantisation and distance kernels),
-//! `search` (HNSW over the archive), `filter` (the metadata filter language and its evaluation), `merge` (top-k across shards),
+//! `search` (HNSW over the archive), `lexical` (BM25 over the postings), `filter` (the
+//! metadata filter language and its evaluation), `merge` (top-k across shards),
 //! `metric` (metric and quantisation names), `error` (the one error type).
 
 mod error;
 mod exclude;
 mod filter;
 pub mod format;
+mod lexical;
 mod merge;
 mod metric;
 pub mod quant;
@@ -24,6 +26,7 @@ pub use filter::{
     canonical_json, Filter, FilterError, FILTER_CONDITIONS_MAX, FILTER_DEPTH_MAX,
     FILTER_IN_VALUES_MAX,
 };
+pub use lexical::LexicalHits;
 pub use merge::{merge_top_k, ShardHit};
 pub use metric::{Metric, Quant};
 pub use search::Hit;
@@ -264,12 +267,35 @@ impl Shard {
         let mask = mask.as_deref();
         let index = self.index();
         let ef = params.ef.max(params.k);
-        if let Some(mask) = mask.filter(|m| may_scan && search::exact_scan_is_cheaper(m.passing, index.count, ef)) {
+        if let Some(mask) =
+            mask.filter(|m| may_scan && search::exact_scan_is_cheaper(m.passing, index.count, ef))
+        {
             return Ok(index.exact(&query, params.k, Some(mask)));
         }
         match self.scratch.try_lock() {
             Ok(mut scratch) => index.search(&query, params.k, ef, mask, &mut scratch),
             Err(_) => index.search(&query, params.k, ef, mask, &mut Scratch::default()),
+        }
+    }
+
+    /// The passages scoring best by BM25 for `query`, best first (distance = −score), with the
+    /// index-wide document frequency of each query term; `k`, the filter and the excluded ids
+    /// as in `params` (its beam width unused). Exact: every posting of every query term is read.
+    pub fn search_lexical(
+        &self,
+        query: &crate::lexical::QueryTerms,
+        params: &SearchParams,
+    ) -> Result<LexicalHits, ShardError> {
+        let mask = self.pass_mask(params.filter.as_ref(), params.exclude.as_deref())?;
+        lexical::search(&self.data().lexical, query, params.k, mask.as_deref())
+    }
+
+    /// The index-wide corpus counts the shard's BM25 scores use.
+    pub fn corpus_stats(&self) -> crate::lexical::CorpusStats {
+        let lexical = &self.data().lexical;
+        crate::lexical::CorpusStats {
+            docs: lexical.index_docs.to_native(),
+            tokens: lexical.index_tokens.to_native(),
         }
     }
 

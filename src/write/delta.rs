@@ -16,6 +16,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use super::{Put, Since};
+use crate::lexical::{self, CorpusStats, QueryTerms};
 use crate::shard::{quant, DocId, Exclusions, Filter, Metric};
 
 /// Rows from which a segment is no longer merged with its neighbours.
@@ -25,16 +26,37 @@ pub const SEALED_ROWS: usize = 2048;
 /// share of the segment and the `Arc` and `String` headers (an estimate on the high side).
 const ENTRY_OVERHEAD_BYTES: usize = 128;
 
-/// A written passage's text and metadata (its vector is in its segment's block).
+/// A written passage's text and metadata (its vector is in its segment's block), and its
+/// text's terms (sorted, with counts) and length in tokens, for lexical search.
 #[derive(Debug)]
 struct Passage {
     text: String,
     metadata: serde_json::Map<String, serde_json::Value>,
+    terms: Vec<(String, u32)>,
+    tokens: u32,
 }
 
 impl Passage {
+    fn new(text: String, metadata: serde_json::Map<String, serde_json::Value>) -> Passage {
+        let (terms, tokens) = lexical::term_counts(&lexical::indexed_text(&text, &metadata));
+        Passage {
+            text,
+            metadata,
+            terms,
+            tokens,
+        }
+    }
+
+    /// Occurrences of `term` in the passage.
+    fn count(&self, term: &str) -> u32 {
+        self.terms
+            .binary_search_by(|(t, _)| t.as_str().cmp(term))
+            .map_or(0, |at| self.terms[at].1)
+    }
+
     fn bytes(&self) -> usize {
         self.text.len()
+            + self.terms.iter().map(|(t, _)| t.len() + 28).sum::<usize>()
             + self
                 .metadata
                 .iter()
@@ -239,10 +261,7 @@ impl Delta {
                 (Some(vector), Some(put)) => Some(fresh.push(
                     id.clone(),
                     &vector,
-                    Arc::new(Passage {
-                        text: put.text.clone(),
-                        metadata: put.metadata.clone(),
-                    }),
+                    Arc::new(Passage::new(put.text.clone(), put.metadata.clone())),
                 )),
                 _ => None,
             };
@@ -383,38 +402,101 @@ impl Delta {
             ));
         }
         let query = prepared(self.metric, query)?;
-        // A max-heap of the best k so far.
-        let mut best: BinaryHeap<Ranked> = BinaryHeap::with_capacity(k + 1);
-        for held in &self.segments {
-            let segment = held.segment.as_ref();
-            let vectors = segment.vectors.chunks_exact(self.dims);
-            for (row, vector) in vectors.enumerate() {
-                if !held.live[row] {
-                    continue;
-                }
-                let passage = &segment.passages[row];
-                if filter.is_some_and(|f| !f.matches(&passage.metadata)) {
-                    continue;
-                }
-                let distance = self.metric.distance_f32(&query, vector);
-                if best.len() == k && best.peek().is_some_and(|worst| distance > worst.distance) {
-                    continue;
-                }
-                let ranked = Ranked {
-                    distance,
-                    id: &segment.ids[row],
-                    passage,
-                };
-                if best.len() < k {
-                    best.push(ranked);
-                } else if best.peek().is_some_and(|worst| ranked < *worst) {
-                    best.pop();
-                    best.push(ranked);
+        Ok(self.best(k, filter, |segment, row, _| {
+            Some(
+                self.metric
+                    .distance_f32(&query, self.row_vector(segment, row)),
+            )
+        }))
+    }
+
+    /// The `k` written passages that score best by BM25 for `query` and pass `filter`, best
+    /// first (distance = −score), by a scan of the passages' term counts. `compiled` are the
+    /// compiled shards' corpus counts and `doc_freq` their document frequency of each query
+    /// term (in `query`'s order; shorter or empty when no shard answered): the written
+    /// passages are added to both, so a written passage scores as it would once compacted.
+    pub fn search_lexical(
+        &self,
+        query: &QueryTerms,
+        k: usize,
+        filter: Option<&Filter>,
+        compiled: CorpusStats,
+        doc_freq: &[u32],
+    ) -> Vec<WrittenHit> {
+        if k == 0 || self.segments.is_empty() || query.is_empty() {
+            return Vec::new();
+        }
+        let mut stats = compiled;
+        let mut written_df = vec![0u64; query.terms.len()];
+        for (segment, row) in self.live_rows() {
+            let passage = &segment.passages[row];
+            stats.docs += 1;
+            stats.tokens += u64::from(passage.tokens);
+            for (df, (term, _)) in written_df.iter_mut().zip(&query.terms) {
+                if passage.count(term) > 0 {
+                    *df += 1;
                 }
             }
         }
-        Ok(best
-            .into_sorted_vec()
+        let weights: Vec<f32> = query
+            .terms
+            .iter()
+            .zip(&written_df)
+            .enumerate()
+            .map(|(i, ((_, weight), written))| {
+                let df = written + u64::from(doc_freq.get(i).copied().unwrap_or(0));
+                lexical::idf(stats.docs, df) * *weight as f32
+            })
+            .collect();
+        let mean_length = stats.mean_length();
+        self.best(k, filter, |_, _, passage| {
+            let score: f32 = query
+                .terms
+                .iter()
+                .zip(&weights)
+                .map(|((term, _), &weight)| match passage.count(term) {
+                    0 => 0.0,
+                    tf => lexical::term_score(weight, tf, passage.tokens, mean_length),
+                })
+                .sum();
+            (score > 0.0).then_some(-score)
+        })
+    }
+
+    /// The `k` live passages passing `filter` with the smallest distance `distance` gives
+    /// (`None`: not a candidate), best first.
+    fn best(
+        &self,
+        k: usize,
+        filter: Option<&Filter>,
+        mut distance: impl FnMut(&Segment, usize, &Passage) -> Option<f32>,
+    ) -> Vec<WrittenHit> {
+        // A max-heap of the best k so far.
+        let mut best: BinaryHeap<Ranked> = BinaryHeap::with_capacity(k + 1);
+        for (segment, row) in self.live_rows() {
+            let passage = &segment.passages[row];
+            if filter.is_some_and(|f| !f.matches(&passage.metadata)) {
+                continue;
+            }
+            let Some(distance) = distance(segment, row, passage) else {
+                continue;
+            };
+            if best.len() == k && best.peek().is_some_and(|worst| distance > worst.distance) {
+                continue;
+            }
+            let ranked = Ranked {
+                distance,
+                id: &segment.ids[row],
+                passage,
+            };
+            if best.len() < k {
+                best.push(ranked);
+            } else if best.peek().is_some_and(|worst| ranked < *worst) {
+                best.pop();
+                best.push(ranked);
+            }
+        }
+        best.into_sorted_vec()
             .into_iter()
             .map(|r| WrittenHit {
                 distance: r.distance,
@@ -422,7 +504,7 @@ impl Delta {
                 text: r.passage.text.clone(),
                 metadata: r.passage.metadata.clone(),
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -647,7 +729,8 @@ mod tests {
         let replaced = view
             .apply(&since(vec![put(2, 1, &[1.0, 0.0], "a")], 2))
             .unwrap();
-        assert_eq!(replaced.bytes(), bytes - 3);
+        // Three bytes fewer of text, and of its one term.
+        assert_eq!(replaced.bytes(), bytes - 3 - 3);
         assert!(bytes >= ENTRY_OVERHEAD_BYTES);
         let reset = Since {
             reset: true,

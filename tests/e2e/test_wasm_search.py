@@ -73,3 +73,28 @@ def test_wasm_search_equals_native(index):
                 assert (g["text"], g["metadata"], g["shard"]) == (w["text"], w["metadata"], w["shard"])
     # Both shards must have contributed somewhere, or the merge went untested.
     assert len({m["shard"] for ef in EFS for matches in wasm[ef] for m in matches}) == 2
+
+
+def test_wasm_lexical_search_equals_native(index):
+    """BM25 over the postings: the same ids in the same order, texts, metadata and shards in wasm as
+    natively, and the same scores to 1e-6 (the one logarithm, of the IDF, comes from each target's
+    own libm, computed in f64 and rounded to f32, so it may differ in the last bit)."""
+    texts = os.path.join(DEMO, "queries.jsonl")
+    out = subprocess.run([os.path.join(ROOT, "scripts", "wasm-search"), "--index", index, "--texts", texts,
+                          "--k", str(K), "--limit", str(ROWS), "--matches"],
+                         cwd=ROOT, check=True, text=True, stdout=subprocess.PIPE).stdout
+    line = next(json.loads(l) for l in out.splitlines() if l.startswith("{"))
+    assert line["mode"] == "lexical" and line["queries"] == ROWS
+    with open(texts) as f:
+        questions = [json.loads(l)["text"] for l in f if l.strip()][:ROWS]
+    shards = set()
+    for question, got in zip(questions, line["results"]):
+        want = json.loads(shardc("query", "--index", index, "--text", question, "--k", str(K), "--json"))["matches"]
+        assert len(want) == K, question
+        assert [m["id"] for m in got["matches"]] == [m["id"] for m in want], question
+        for g, w in zip(got["matches"], want):
+            assert abs(g["score"] - w["score"]) <= 1e-6 * max(1.0, abs(w["score"])), (question, g["id"])
+            assert (g["text"], g["metadata"], g["shard"]) == (w["text"], w["metadata"], w["shard"])
+            assert g["stages"]["lexical"]["rank"] == w["stages"]["lexical"]["rank"]
+        shards.update(m["shard"] for m in want)
+    assert len(shards) == 2, "both shards contributed"

@@ -11,15 +11,17 @@ from .types import Source, sources_from_json
 
 def search_body(index: str, text: Optional[str], vector: Optional[Sequence[float]], k: Optional[int],
                 ef: Optional[int], probe: Optional[int], filter: Optional[Mapping[str, Any]],
-                min_seq: Optional[int] = None) -> Dict[str, Any]:
-    if (text is None) == (vector is None):
-        raise ValueError("search takes exactly one of text= or vector=")
+                min_seq: Optional[int] = None, mode: Optional[str] = None,
+                rrf_k: Optional[int] = None) -> Dict[str, Any]:
+    if text is None and vector is None:
+        raise ValueError("search takes text=, vector= or both (a hybrid search with your own vector)")
     body: Dict[str, Any] = {"index": index}
     if text is not None:
         body["text"] = text
-    else:
-        body["vector"] = [float(x) for x in vector or ()]
-    for name, value in (("k", k), ("ef", ef), ("probe", probe), ("min_seq", min_seq)):
+    if vector is not None:
+        body["vector"] = [float(x) for x in vector]
+    for name, value in (("k", k), ("ef", ef), ("probe", probe), ("min_seq", min_seq), ("mode", mode),
+                        ("rrf_k", rrf_k)):
         if value is not None:
             body[name] = value
     if filter is not None:

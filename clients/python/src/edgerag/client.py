@@ -147,11 +147,14 @@ class Client:
 
     def search(self, index: str, text: Optional[str] = None, *, vector: Optional[Sequence[float]] = None,
                k: Optional[int] = None, ef: Optional[int] = None, probe: Optional[int] = None,
-               filter: Optional[Mapping[str, Any]] = None, min_seq: Optional[int] = None) -> SearchResult:
-        """The k nearest passages to `text` (embedded by the worker) or to `vector`; with `min_seq`,
-        from a view that includes every write up to that seq."""
-        return SearchResult.from_json(self._call("/v1/search", wire.search_body(index, text, vector, k, ef, probe,
-                                                                                 filter, min_seq)))
+               filter: Optional[Mapping[str, Any]] = None, min_seq: Optional[int] = None,
+               mode: Optional[str] = None, rrf_k: Optional[int] = None) -> SearchResult:
+        """The k best passages for `text` (embedded by the worker for a vector ranking, matched by
+        words for a lexical one), `vector`, or both; `mode` is "vector", "lexical" or "hybrid"
+        (the worker's default: hybrid for text, vector for a vector); with `min_seq`, from a view
+        that includes every write up to that seq."""
+        body = wire.search_body(index, text, vector, k, ef, probe, filter, min_seq, mode, rrf_k)
+        return SearchResult.from_json(self._call("/v1/search", body))
 
     def create_index(self, name: str, dims: int, *, metric: Optional[str] = None, quant: Optional[str] = None,
                      regions: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -208,8 +211,9 @@ class AsyncClient:
 
     async def search(self, index: str, text: Optional[str] = None, *, vector: Optional[Sequence[float]] = None,
                      k: Optional[int] = None, ef: Optional[int] = None, probe: Optional[int] = None,
-                     filter: Optional[Mapping[str, Any]] = None, min_seq: Optional[int] = None) -> SearchResult:
-        body = wire.search_body(index, text, vector, k, ef, probe, filter, min_seq)
+                     filter: Optional[Mapping[str, Any]] = None, min_seq: Optional[int] = None,
+                     mode: Optional[str] = None, rrf_k: Optional[int] = None) -> SearchResult:
+        body = wire.search_body(index, text, vector, k, ef, probe, filter, min_seq, mode, rrf_k)
         return SearchResult.from_json(await self._call("/v1/search", body))
 
     async def create_index(self, name: str, dims: int, *, metric: Optional[str] = None,

@@ -10,18 +10,21 @@ DocId = Union[int, str]
 @dataclass(frozen=True)
 class Match:
     """One search hit: `score` is cosine similarity, dot product or euclidean distance (the
-    index's metric), `shard` the shard that held it."""
+    index's metric) for a vector search, BM25 for a lexical one and the fused reciprocal-rank
+    score for a hybrid one; `shard` the shard that held it; `stages` (lexical and hybrid
+    searches) its `{"rank", "score"}` in the `vector` and `lexical` rankings it was in."""
 
     id: DocId
     score: float
     text: str
     metadata: Dict[str, Any]
     shard: str
+    stages: Optional[Dict[str, Dict[str, float]]] = None
 
     @classmethod
     def from_json(cls, m: Mapping[str, Any]) -> "Match":
         return cls(id=m["id"], score=float(m["score"]), text=m["text"], metadata=dict(m.get("metadata") or {}),
-                   shard=m["shard"])
+                   shard=m["shard"], stages=m.get("stages"))
 
 
 @dataclass(frozen=True)
