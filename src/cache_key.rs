@@ -43,7 +43,7 @@ pub fn search_key(request: &SearchRequest, version: &str, embedding_model: &str)
         "k": request.k,
         "ef": request.effective_ef(),
         "probe": request.probe,
-        "filter": request.filter.clone().map(Value::Object),
+        "filter": request.filter.as_ref().map(|f| Value::Object(f.as_json().clone())),
         "mode": request.mode,
         "rrf_k": request.rrf_k,
     });

@@ -8,8 +8,9 @@ use crate::shard::{Metric, Quant, ShardMeta};
 
 /// Manifest layout version; bump when fields change meaning (2: a shard's `checksum` is its
 /// payload checksum, the one its header records, no longer a hash of the whole file; 3: the
-/// manifest records its `placement`, which older readers would leave out of the content hash).
-pub const MANIFEST_FORMAT_VERSION: u32 = 3;
+/// manifest records its `placement`, which older readers would leave out of the content hash;
+/// 4: it lists its `filter_fields`, likewise).
+pub const MANIFEST_FORMAT_VERSION: u32 = 4;
 /// The oldest manifest layout still read, so that indexes published before an upgrade keep
 /// serving: version 1's `checksum` is the hash of the whole shard file.
 const OLDEST_READABLE_FORMAT_VERSION: u32 = 1;
@@ -84,6 +85,13 @@ pub struct Manifest {
     /// hash) when the build was not told: then the worker's `EMBEDDING_MODEL` is assumed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding_model: Option<String>,
+    /// The metadata fields a search filter may name, sorted: those the build kept as shard
+    /// columns (`shardc build --filter-fields`). Absent (and left out of the JSON, so older
+    /// manifests keep their content hash) for indexes built before it was recorded and for
+    /// indexes created empty through the API: then a filter may name any field, and one that
+    /// no shard has a column for matches as missing on every passage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_fields: Option<Vec<String>>,
     /// The corpus counts of the lexical postings' BM25 (passages, tokens), as every shard
     /// records them too. Absent (and left out of the JSON) in manifests of indexes without
     /// postings: an index created empty, or built before shard format 3.
@@ -204,6 +212,7 @@ impl Manifest {
             regions,
             placement: Some(Placement::Replicate),
             embedding_model,
+            filter_fields: None,
             lexical: None,
         };
         manifest.version = manifest.content_version();
@@ -292,6 +301,19 @@ impl Manifest {
             return invalid(format!(
                 "region {region:?} is empty or appears twice in the manifest's regions"
             ));
+        }
+        if let Some(fields) = &self.filter_fields {
+            if let Some(field) = fields.windows(2).find(|w| w[0] >= w[1]) {
+                return invalid(format!(
+                    "filter_fields must be sorted and distinct: {:?} comes before {:?}",
+                    field[0], field[1]
+                ));
+            }
+            if let Some(field) = fields.iter().find(|f| f.is_empty() || f.starts_with('$')) {
+                return invalid(format!(
+                    "filter field {field:?} is empty or starts with `$` (the filter language's operators)"
+                ));
+            }
         }
         let total: u64 = self.shards.iter().map(|s| u64::from(s.count)).sum();
         if total != self.count {
@@ -463,6 +485,7 @@ mod tests {
             regions: vec!["weur".into(), "enam".into()],
             placement: Some(Placement::Spread),
             embedding_model: None,
+            filter_fields: None,
             lexical: None,
         };
         manifest.version = manifest.content_version();

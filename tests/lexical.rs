@@ -88,6 +88,7 @@ fn build(dir: &Path, shards: usize) -> IndexDir {
             placement: Placement::Replicate,
             seed: 3,
             threads: Some(1),
+            filter_fields: None,
         },
         name: "lexical".into(),
         out: out.clone(),

@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 use super::{parse_json, ApiError};
 pub use crate::lexical::RRF_K_DEFAULT;
 pub use crate::retrieve::{Match, SearchMode};
+use crate::shard::Filter;
 
 pub const K_DEFAULT: usize = 10;
 pub const K_MAX: usize = 100;
@@ -64,8 +65,9 @@ pub struct SearchRequest {
     pub ef: Option<usize>,
     /// Search only the `probe` shards with the nearest centroids; all shards when absent.
     pub probe: Option<usize>,
-    /// Metadata equality: every key must equal the given JSON value.
-    pub filter: Option<Map<String, Value>>,
+    /// The metadata filter, parsed (its fields are checked against the index by
+    /// [`SearchRequest::check_filter_fields`]).
+    pub filter: Option<Filter>,
     /// The answer must include every write up to this seq (a write's acknowledgement).
     pub min_seq: Option<u64>,
     /// Which rankings answer: vector, lexical or both fused.
@@ -161,11 +163,16 @@ pub fn parse_search(content_type: Option<&str>, body: &[u8]) -> Result<SearchReq
         k,
         ef: body.ef,
         probe: body.probe,
-        filter: body.filter,
+        filter: body.filter.map(parse_filter).transpose()?,
         min_seq: body.min_seq,
         mode,
         rrf_k,
     })
+}
+
+/// A filter object parsed by the filter language; what is wrong is a 422 naming its path.
+fn parse_filter(json: Map<String, Value>) -> Result<Filter, ApiError> {
+    Filter::parse(json).map_err(|e| ApiError::Invalid(e.to_string()))
 }
 
 /// The query text, within [`QUERY_CHARS_MAX`].
@@ -222,6 +229,38 @@ impl SearchRequest {
         self.ef.unwrap_or(EF_DEFAULT.max(self.k))
     }
 
+    /// A filter may name only fields the index declares filterable (`filterable`; `None`, for an
+    /// index built before they were recorded, accepts any field): a field the index does not
+    /// have is refused, never answered with silently empty results.
+    pub fn check_filter_fields(
+        filter: Option<&Filter>,
+        filterable: Option<&[String]>,
+    ) -> Result<(), ApiError> {
+        let (Some(filter), Some(filterable)) = (filter, filterable) else {
+            return Ok(());
+        };
+        let unknown: Vec<&str> = filter
+            .fields()
+            .into_iter()
+            .filter(|field| !filterable.iter().any(|f| f.as_str() == *field))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        fn quoted<'a>(fields: impl Iterator<Item = &'a str>) -> String {
+            fields
+                .map(|f| format!("{f:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+        Err(ApiError::Invalid(format!(
+            "`filter` names {} {}, which the index cannot filter on; its filterable fields are [{}]",
+            if unknown.len() == 1 { "the field" } else { "the fields" },
+            quoted(unknown.iter().copied()),
+            quoted(filterable.iter().map(String::as_str)),
+        )))
+    }
+
     /// The vector must have the index's dimensionality.
     pub fn check_dims(vector: &[f32], dims: usize) -> Result<(), ApiError> {
         if vector.len() != dims {
@@ -259,6 +298,10 @@ pub struct IndexSummary {
     pub vectors: u64,
     pub bytes: u64,
     pub regions: Vec<String>,
+    /// The metadata fields a search `filter` may name (absent for an index built before they
+    /// were recorded: then any field is accepted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter_fields: Option<Vec<String>>,
     /// The model text queries and text upserts of this index are embedded with.
     pub embedding_model: String,
     /// The index's live writes.
@@ -285,7 +328,7 @@ mod tests {
         assert_eq!(r.k, K_DEFAULT);
         assert_eq!(r.query, Query::Vector(vec![1.0, 0.5]));
         assert_eq!((r.ef, r.probe), (Some(40), Some(2)));
-        assert_eq!(r.filter.unwrap()["a"], 1);
+        assert_eq!(r.filter.unwrap().as_json()["a"], 1);
     }
 
     #[test]
@@ -355,6 +398,48 @@ mod tests {
         assert!(
             error.to_string().contains(&QUERY_CHARS_MAX.to_string()),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn bad_filters_are_422_naming_the_path() {
+        let error = parse_search(
+            JSON,
+            br#"{"index":"d","vector":[1],"filter":{"$or":[{"year":{"$gte":"x","$foo":1}}]}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(error.status(), 422);
+        assert!(
+            error.to_string().contains("filter.$or[0].year.$foo"),
+            "{error}"
+        );
+        assert_eq!(
+            status(JSON, r#"{"index":"d","vector":[1],"filter":{"$and":[]}}"#),
+            422
+        );
+        assert_eq!(
+            status(JSON, r#"{"index":"d","vector":[1],"filter":[1]}"#),
+            422
+        );
+    }
+
+    #[test]
+    fn filter_fields_the_index_lacks_are_422_naming_them() {
+        let r = parse_search(
+            JSON,
+            br#"{"index":"d","vector":[1],"filter":{"lang":"en","$not":{"yeer":{"$gt":1}}}}"#,
+        )
+        .unwrap();
+        let declared = ["lang".to_string(), "year".to_string()];
+        let error =
+            SearchRequest::check_filter_fields(r.filter.as_ref(), Some(&declared[..])).unwrap_err();
+        assert_eq!(error.status(), 422);
+        assert!(error.to_string().contains(r#""yeer""#), "{error}");
+        assert!(SearchRequest::check_filter_fields(r.filter.as_ref(), None).is_ok());
+        let known =
+            parse_search(JSON, br#"{"index":"d","vector":[1],"filter":{"year":1}}"#).unwrap();
+        assert!(
+            SearchRequest::check_filter_fields(known.filter.as_ref(), Some(&declared[..])).is_ok()
         );
     }
 

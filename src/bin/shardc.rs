@@ -106,7 +106,8 @@ enum Command {
         /// Search only the N shards whose centroids are nearest the query (default: all).
         #[arg(long)]
         probe: Option<usize>,
-        /// Metadata equality filter as a JSON object, e.g. '{"source":"library/os.html"}'.
+        /// Metadata filter as a JSON object (the README's filter language), e.g.
+        /// '{"source":"library/os.html"}' or '{"year":{"$gte":2020}}'.
         #[arg(long)]
         filter: Option<String>,
         #[arg(long)]
@@ -114,6 +115,17 @@ enum Command {
     },
     /// Recall@k against exact ground truth and latency, per ef.
     Eval(EvalArgs),
+    /// Write a new version of an index directory whose filterable metadata fields are
+    /// `--filter-fields`: the same shard files, a new manifest (no re-embedding, no graph build).
+    Refilter {
+        #[arg(long)]
+        index: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Comma-separated metadata fields search filters may name.
+        #[arg(long, value_delimiter = ',', required = true)]
+        filter_fields: Vec<String>,
+    },
     /// Section questions answered by each ranking (vector, lexical, hybrid): how often a top-k
     /// passage comes from the question's own section (same `source` and `title` metadata).
     EvalSections(EvalSectionsArgs),
@@ -300,6 +312,11 @@ fn main() -> ExitCode {
         Command::Eval(args) => run_eval(&args),
         Command::EvalSections(args) => run_eval_sections(&args),
         Command::Inspect { path } => run_inspect(&path),
+        Command::Refilter {
+            index,
+            out,
+            filter_fields,
+        } => run_refilter(&index, &out, &filter_fields),
         Command::BenchLoad {
             index,
             queries,
@@ -327,6 +344,13 @@ fn main() -> ExitCode {
 fn run_build(config: &BuildConfig) -> CliResult {
     let started = Instant::now();
     let manifest = build_index(config)?;
+    say_built(&manifest, started);
+    Ok(())
+}
+
+fn run_refilter(index: &Path, out: &Path, filter_fields: &[String]) -> CliResult {
+    let started = Instant::now();
+    let manifest = edgerag::build::refilter_index(index, out, filter_fields)?;
     say_built(&manifest, started);
     Ok(())
 }

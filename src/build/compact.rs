@@ -120,6 +120,7 @@ impl ExportedCorpus {
                 placement: self.header.placement,
                 seed: DEFAULT_SEED,
                 threads: None,
+                filter_fields: self.header.filter_fields.clone(),
             },
             name: self.header.index.clone(),
             out: out.to_path_buf(),
@@ -150,6 +151,7 @@ mod tests {
             placement: Placement::Replicate,
             shards: 3,
             embedding_model: Some("m".into()),
+            filter_fields: None,
         }
     }
 

@@ -412,6 +412,7 @@ mod tests {
                 placement: Placement::Replicate,
                 threads: Some(1),
                 seed: DEFAULT_SEED,
+                filter_fields: None,
             },
             progress: false,
         }

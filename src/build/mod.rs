@@ -53,6 +53,11 @@ pub struct IndexShape {
     pub placement: Placement,
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
+    /// Comma-separated metadata fields search filters may name, listed in the manifest
+    /// (default: every metadata field of the corpus). A filter on any other field is refused
+    /// by the API. Every field stays stored in the shards either way (matches return it).
+    #[arg(long, value_delimiter = ',')]
+    pub filter_fields: Option<Vec<String>>,
     /// Graph-building threads (default: one per core); 1 gives the same bytes and version for
     /// the same input and seed (instant-distance inserts in parallel, so with more threads the
     /// graph and version vary).
@@ -112,6 +117,7 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
         .num_threads(config.shape.threads.unwrap_or(0))
         .build()
         .map_err(|e| BuildError::Invalid(format!("graph thread pool: {e}")))?;
+    let filter_fields = filter_fields(&corpus, config.shape.filter_fields.as_deref())?;
     let partition = partition::balanced_kmeans(
         &corpus,
         config.shape.shards,
@@ -190,6 +196,7 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
         regions: config.shape.regions.clone(),
         placement: Some(config.shape.placement),
         embedding_model: config.embedding_model.clone(),
+        filter_fields: Some(filter_fields),
         lexical: Some(corpus_terms.stats),
     };
     manifest.version = manifest.content_version();
@@ -199,6 +206,76 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
     })?;
     output::write_index(&config.out, &blobs, &manifest)?;
     Ok(manifest)
+}
+
+/// A new version of the index in `from` whose filterable fields are `fields`, written to `out`:
+/// the same shard files (every metadata field is stored in them whatever the list), a manifest
+/// with the new list and so a new version. No re-embedding, no graph build.
+pub fn refilter_index(
+    from: &std::path::Path,
+    out: &std::path::Path,
+    fields: &[String],
+) -> Result<Manifest, BuildError> {
+    let index = IndexDir::open(from)?;
+    let mut manifest = index.manifest.clone();
+    let blobs = manifest
+        .shards
+        .iter()
+        .map(|entry| {
+            let path = from.join(&entry.file);
+            std::fs::read(&path)
+                .map(|bytes| (entry.file.clone(), bytes))
+                .map_err(BuildError::io(&path))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // Format 1 named each shard by the hash of its whole file; the current one by the payload
+    // checksum its header records (the blobs passed `IndexDir::open`, so they have one).
+    for (entry, (_, bytes)) in manifest.shards.iter_mut().zip(&blobs) {
+        if let Some(checksum) = format::Header::declared_checksum(bytes) {
+            entry.checksum = format!("{checksum:016x}");
+        }
+    }
+    manifest.filter_fields = Some(declared_fields(fields)?);
+    manifest.format_version = MANIFEST_FORMAT_VERSION;
+    manifest.version = manifest.content_version();
+    manifest.validate().map_err(|source| BuildError::Manifest {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    output::write_index(out, &blobs, &manifest)?;
+    Ok(manifest)
+}
+
+/// The fields filters may name, sorted: `declared` (`--filter-fields`), else every metadata
+/// field some passage of the corpus has (but those starting with `$`, which a filter cannot
+/// name: `$` starts its operators). A declared field no passage has is kept (passages written
+/// later may have it).
+fn filter_fields(
+    corpus: &corpus::Corpus,
+    declared: Option<&[String]>,
+) -> Result<Vec<String>, BuildError> {
+    let Some(declared) = declared else {
+        let fields: std::collections::BTreeSet<&String> = corpus
+            .metadata
+            .iter()
+            .flat_map(|m| m.keys())
+            .filter(|f| !f.starts_with('$'))
+            .collect();
+        return Ok(fields.into_iter().cloned().collect());
+    };
+    declared_fields(declared)
+}
+
+/// `--filter-fields` as given: trimmed, sorted, distinct, none empty or starting with `$`.
+fn declared_fields(declared: &[String]) -> Result<Vec<String>, BuildError> {
+    let fields: std::collections::BTreeSet<String> =
+        declared.iter().map(|f| f.trim().to_string()).collect();
+    if let Some(field) = fields.iter().find(|f| f.is_empty() || f.starts_with('$')) {
+        return Err(BuildError::Invalid(format!(
+            "--filter-fields {field:?}: a field name is not empty and does not start with `$` (the filter operators)"
+        )));
+    }
+    Ok(fields.into_iter().collect())
 }
 
 fn check_config(config: &BuildConfig) -> Result<(), BuildError> {

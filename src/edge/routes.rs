@@ -136,6 +136,7 @@ async fn index_summary(ctx: &Ctx, name: &str) -> Result<IndexSummary, ApiError> 
         vectors: m.count,
         bytes: m.shards.iter().map(|s| s.bytes).sum(),
         regions: m.regions.clone(),
+        filter_fields: m.filter_fields.clone(),
         embedding_model: super::search::text_model(ctx, m),
         writes: Writers::new(&ctx.env)?.of(name).state().await?,
     })

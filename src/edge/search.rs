@@ -18,7 +18,7 @@ use crate::rag::{EmbeddingInput, EmbeddingsRequest, EmbeddingsResponse};
 use crate::retrieve::{
     self, Gathered, Loaded, Ranking, Remote, Resolved, ShardQuery, Shards, Written, WRITES_SHARD,
 };
-use crate::shard::{Filter, Metric};
+use crate::shard::Metric;
 use crate::store::Pinned;
 use crate::write::Delta;
 
@@ -39,6 +39,10 @@ pub async fn run(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchRespons
     if let Some(vector) = request.query.vector() {
         check_vector(vector, &pinned)?;
     }
+    SearchRequest::check_filter_fields(
+        request.filter.as_ref(),
+        pinned.manifest.filter_fields.as_deref(),
+    )?;
     // Answers are cached per version and per view of the writes.
     let view_name = match &writes {
         Some(w) => format!("{}+{}", pinned.version, w.seq),
@@ -93,7 +97,7 @@ async fn search(
         vector,
         lexical,
         k: ranking.depth,
-        filter: request.filter.clone().map(|equals| Filter { equals }),
+        filter: request.filter.clone(),
         exclude: writes.as_ref().and_then(|w| w.exclusions()),
     });
     let visits = retrieve::plan(

@@ -558,6 +558,7 @@ mod tests {
             regions,
             placement: Some(placement),
             embedding_model: None,
+            filter_fields: None,
             lexical: None,
         };
         m.version = m.content_version();

@@ -79,6 +79,7 @@ mod tests {
             regions: vec!["weur".into()],
             placement: None,
             embedding_model: None,
+            filter_fields: None,
             lexical: None,
         }
     }

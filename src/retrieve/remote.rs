@@ -6,7 +6,6 @@ use std::rc::Rc;
 
 use futures::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
 use super::{
     failure_reasons, gather, passage_of, Answered, Loaded, Match, Passages, ShardQuery, Shards,
@@ -32,7 +31,8 @@ pub struct HostQuery {
     pub lexical: Option<QueryTerms>,
     pub k: usize,
     pub ef: usize,
-    pub filter: Option<Map<String, Value>>,
+    /// Serialised as its JSON object; a host parses and validates it on arrival.
+    pub filter: Option<Filter>,
     /// Ids live writes replaced or deleted, and the generation naming that set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<DocId>,
@@ -87,7 +87,7 @@ impl<H: ShardHosts> Shards for Remote<H> {
             lexical: query.lexical.clone(),
             k: query.k,
             ef: visit.ef,
-            filter: query.filter.as_ref().map(|f| f.equals.clone()),
+            filter: query.filter.clone(),
             exclude: query.exclude.as_ref().map(|e| e.ids()).unwrap_or_default(),
             exclude_generation: query.exclude.as_ref().map_or(0, |e| e.generation),
         };
@@ -137,7 +137,7 @@ impl HostQuery {
             vector: self.vector,
             lexical: self.lexical,
             k: self.k,
-            filter: self.filter.map(|equals| Filter { equals }),
+            filter: self.filter,
             exclude: (!self.exclude.is_empty()).then(|| {
                 std::sync::Arc::new(Exclusions::new(self.exclude_generation, &self.exclude))
             }),

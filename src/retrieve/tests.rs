@@ -61,6 +61,7 @@ fn build(dir: &Path, name: &str, shards: usize, seed: u64) -> (Manifest, Vec<Vec
             placement: Placement::Replicate,
             seed: 42,
             threads: Some(1),
+            filter_fields: None,
         },
         name: name.into(),
         out: out.clone(),

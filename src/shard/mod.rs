@@ -1,8 +1,8 @@
 //! One shard of an index: a validated, immutable blob that is searched and read in place.
 //!
 //! Submodules: [`format`] (blob layout), [`quant`] (quantisation and distance kernels),
-//! `search` (HNSW over the archive), `lexical` (BM25 over the postings), `filter` (metadata
-//! equality), `merge` (top-k across shards),
+//! `search` (HNSW over the archive), `lexical` (BM25 over the postings), `filter` (the
+//! metadata filter language and its evaluation), `merge` (top-k across shards),
 //! `metric` (metric and quantisation names), `error` (the one error type).
 
 mod error;
@@ -22,7 +22,10 @@ use serde::{Deserialize, Serialize};
 
 pub use error::ShardError;
 pub use exclude::Exclusions;
-pub use filter::{canonical_json, Filter};
+pub use filter::{
+    canonical_json, Filter, FilterError, FILTER_CONDITIONS_MAX, FILTER_DEPTH_MAX,
+    FILTER_IN_VALUES_MAX,
+};
 pub use lexical::LexicalHits;
 pub use merge::{merge_top_k, ShardHit};
 pub use metric::{Metric, Quant};
@@ -235,16 +238,43 @@ impl Shard {
         Ok(mask)
     }
 
-    /// Approximate nearest passages by the graph, best first. A link to a node that does not
+    /// Approximate nearest passages by the graph, best first; when few documents pass the
+    /// filter and exclusions (`search::exact_scan_is_cheaper`), an exact scan of those instead,
+    /// which fills `k` where a masked graph search would not. A link to a node that does not
     /// exist (only a corrupt archive has one) is an [`ShardError::Inconsistent`] error.
     pub fn search(&self, query: &[f32], params: &SearchParams) -> Result<Vec<Hit>, ShardError> {
+        self.search_with(query, params, true)
+    }
+
+    /// [`Shard::search`] by the graph whatever passes: what the switch to an exact scan is
+    /// measured against (`tests/filters.rs`).
+    pub fn search_graph(
+        &self,
+        query: &[f32],
+        params: &SearchParams,
+    ) -> Result<Vec<Hit>, ShardError> {
+        self.search_with(query, params, false)
+    }
+
+    fn search_with(
+        &self,
+        query: &[f32],
+        params: &SearchParams,
+        may_scan: bool,
+    ) -> Result<Vec<Hit>, ShardError> {
         let query = self.prepare_query(query)?;
         let mask = self.pass_mask(params.filter.as_ref(), params.exclude.as_deref())?;
         let mask = mask.as_deref();
         let index = self.index();
+        let ef = params.ef.max(params.k);
+        if let Some(mask) =
+            mask.filter(|m| may_scan && search::exact_scan_is_cheaper(m.passing, index.count, ef))
+        {
+            return Ok(index.exact(&query, params.k, Some(mask)));
+        }
         match self.scratch.try_lock() {
-            Ok(mut scratch) => index.search(&query, params.k, params.ef, mask, &mut scratch),
-            Err(_) => index.search(&query, params.k, params.ef, mask, &mut Scratch::default()),
+            Ok(mut scratch) => index.search(&query, params.k, ef, mask, &mut scratch),
+            Err(_) => index.search(&query, params.k, ef, mask, &mut Scratch::default()),
         }
     }
 

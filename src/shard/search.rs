@@ -1,6 +1,6 @@
 //! HNSW search over the archived graph, in place: greedy descent (ef = 1) through the upper layers
 //! from entry point 0, then a beam search with width ef on layer 0; optionally restricted by a
-//! filter pass mask, switching to an exact scan when few documents pass. Neighbour ordinals are
+//! filter pass mask; the exact scan that replaces it when few documents pass. Neighbour ordinals are
 //! checked as they are read (one compare per link, never mispredicted on a sound shard), so that
 //! opening a shard need not scan every link.
 
@@ -98,7 +98,8 @@ impl SearchIndex<'_> {
         prefetch(vector, bytes);
     }
 
-    /// The `k` closest documents (that pass `mask`), best first, by the graph.
+    /// The `k` closest documents (that pass `mask`), best first, by the graph (whatever the
+    /// mask passes: [`exact_scan_is_cheaper`] is the caller's decision).
     pub(crate) fn search(
         &self,
         query: &[f32],
@@ -111,11 +112,6 @@ impl SearchIndex<'_> {
             return Ok(Vec::new());
         }
         let ef = ef.max(k);
-        if let Some(mask) = mask {
-            if exact_scan_is_cheaper(mask.passing, self.count, ef) {
-                return Ok(self.exact(query, k, Some(mask)));
-            }
-        }
         let entry = self.descend(query)?;
         self.beam_layer0(query, entry, ef, mask, scratch)?;
         let mut hits: Vec<Hit> = scratch.results.drain().collect();
@@ -295,7 +291,7 @@ fn bad_link(layer: usize, from: u32, to: u32, nodes: usize) -> ShardError {
 
 /// A filtered beam search visits roughly ef / selectivity nodes; scanning the passing documents
 /// costs `passing`. Scan when few pass (under 1 in 16, or a handful of beams' worth).
-fn exact_scan_is_cheaper(passing: usize, count: usize, ef: usize) -> bool {
+pub(crate) fn exact_scan_is_cheaper(passing: usize, count: usize, ef: usize) -> bool {
     passing * 16 <= count || passing <= ef * 4
 }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use super::{Put, Since};
 use crate::lexical::{self, CorpusStats, QueryTerms};
-use crate::shard::{canonical_json, quant, DocId, Exclusions, Filter, Metric};
+use crate::shard::{quant, DocId, Exclusions, Filter, Metric};
 
 /// Rows from which a segment is no longer merged with its neighbours.
 pub const SEALED_ROWS: usize = 2048;
@@ -471,26 +471,12 @@ impl Delta {
         filter: Option<&Filter>,
         mut distance: impl FnMut(&Segment, usize, &Passage) -> Option<f32>,
     ) -> Vec<WrittenHit> {
-        let wanted: Option<Vec<(&String, String)>> = filter.map(|f| {
-            f.equals
-                .iter()
-                .map(|(field, value)| (field, canonical_json(value)))
-                .collect()
-        });
         // A max-heap of the best k so far.
         let mut best: BinaryHeap<Ranked> = BinaryHeap::with_capacity(k + 1);
         for (segment, row) in self.live_rows() {
             let passage = &segment.passages[row];
-            if let Some(wanted) = &wanted {
-                let passes = wanted.iter().all(|(field, value)| {
-                    passage
-                        .metadata
-                        .get(*field)
-                        .is_some_and(|v| canonical_json(v) == *value)
-                });
-                if !passes {
-                    continue;
-                }
+            if filter.is_some_and(|f| !f.matches(&passage.metadata)) {
+                continue;
             }
             let Some(distance) = distance(segment, row, passage) else {
                 continue;
@@ -673,9 +659,7 @@ mod tests {
         let hits = view.search(&[10.2, 1.0], 3, None).unwrap();
         let ids: Vec<DocId> = hits.iter().map(|h| h.id.clone()).collect();
         assert_eq!(ids, vec![DocId::Int(10), DocId::Int(11), DocId::Int(9)]);
-        let filter = Filter {
-            equals: json!({"n": 1}).as_object().unwrap().clone(),
-        };
+        let filter: Filter = serde_json::from_value(json!({"n": 1})).unwrap();
         let odd = view.search(&[10.2, 1.0], 2, Some(&filter)).unwrap();
         let ids: Vec<DocId> = odd.iter().map(|h| h.id.clone()).collect();
         assert_eq!(ids, vec![DocId::Int(11), DocId::Int(9)]);

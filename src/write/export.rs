@@ -28,6 +28,9 @@ pub struct ExportHeader {
     pub shards: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding_model: Option<String>,
+    /// The base version's filterable fields (absent when its manifest has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_fields: Option<Vec<String>>,
 }
 
 impl ExportHeader {
@@ -43,6 +46,7 @@ impl ExportHeader {
             placement: manifest.placement(),
             shards: manifest.shards.len(),
             embedding_model: manifest.embedding_model.clone(),
+            filter_fields: manifest.filter_fields.clone(),
         }
     }
 
