@@ -246,9 +246,19 @@
     return el("code", { class: "source", text: source });
   }
 
-  function scoreNode(score) {
+  // A lexical or hybrid match's rank in each ranking it was in (its score is BM25 or fused, not
+  // a cosine, so it gets no meter).
+  function stageNodes(stages) {
+    if (!stages) return [];
+    return ["vector", "lexical"].filter((name) => stages[name]).map((name) =>
+      el("span", { class: "chip stage", title: `${name} score ${Number(stages[name].score).toFixed(3)}`,
+        text: `${name} #${stages[name].rank}` }));
+  }
+
+  /** `similarity`: the score is the metric's (a cosine gets a meter), not BM25 or fused. */
+  function scoreNode(score, similarity) {
     const node = el("span", { class: "score" }, "score ", el("b", { text: Number(score).toFixed(3) }));
-    if (indexMetric === "cosine") {
+    if (indexMetric === "cosine" && similarity) {
       const fill = el("span");
       fill.style.width = `${Math.max(0, Math.min(1, score)) * 100}%`;
       node.prepend(el("span", { class: "meter", "aria-hidden": "true" }, fill));
@@ -263,7 +273,8 @@
         el("span", { class: "src-title", text: s.title || s.source })),
       el("div", { class: "src-meta" },
         sourceNode(s.source),
-        s.score === undefined ? null : scoreNode(s.score),
+        // The answer's passages come from a hybrid search of the question: fused scores.
+        s.score === undefined ? null : scoreNode(s.score, false),
         s.shard ? el("span", { class: "chip", text: s.shard }) : null,
         el("span", { class: "mono", text: `id ${s.id}` })))));
   }
@@ -407,7 +418,7 @@
     hideMessage(box);
     const index = chosenIndex(box);
     if (!index) return;
-    const body = { index, text: $("query").value.trim(), k: Number($("search-k").value) };
+    const body = { index, text: $("query").value.trim(), mode: $("mode").value, k: Number($("search-k").value) };
     const ef = optionalNumber("ef");
     const probe = optionalNumber("probe");
     if (ef !== undefined) body.ef = ef;
@@ -419,7 +430,7 @@
       if (!filter || typeof filter !== "object" || Array.isArray(filter)) {
         showMessage(box, new Problem(0, {
           title: "The filter is not a JSON object",
-          detail: 'Write metadata equality as an object, e.g. {"source": "tutorial/inputoutput.html"}.',
+          detail: 'Write the filter as an object, e.g. {"source": "tutorial/inputoutput.html"} or {"year": {"$gte": 2020}}.',
         }));
         $("filter").focus();
         return;
@@ -469,7 +480,8 @@
           el("span", { class: "src-title", text: metadata.title || source || `id ${m.id}` })),
         el("div", { class: "src-meta" },
           source ? sourceNode(source) : null,
-          scoreNode(m.score),
+          scoreNode(m.score, !m.stages),
+          ...stageNodes(m.stages),
           el("span", { class: "chip", text: m.shard }),
           el("span", { class: "mono", text: `id ${m.id}` }),
           narrow),

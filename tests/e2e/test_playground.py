@@ -186,14 +186,14 @@ def test_search_works_by_keyboard_on_a_phone_sized_screen(rag, page):
 
     p.get_by_label("Query text").fill("virtual environments")
     p.get_by_label("k", exact=True).fill("4")
-    p.get_by_label("Filter (JSON, metadata equality)").fill("{not json")
+    p.get_by_label("Filter (JSON)").fill("{not json")
     p.get_by_label("Query text").press("Enter")
     expect(p.locator("#search-msg")).to_contain_text("The filter is not a JSON object")
 
     status, _, found = worker.call("POST", "/v1/search", dict(index="docs", text="virtual environments", k=4))
     assert status == 200, found
     source = found["matches"][0]["metadata"]["source"]
-    p.get_by_label("Filter (JSON, metadata equality)").fill(json.dumps({"source": source}))
+    p.get_by_label("Filter (JSON)").fill(json.dumps({"source": source}))
     p.get_by_label("Query text").press("Enter")
     expect(p.locator("#matches li")).to_have_count(4)
     status, _, filtered = worker.call("POST", "/v1/search", dict(index="docs", text="virtual environments", k=4,
@@ -201,6 +201,19 @@ def test_search_works_by_keyboard_on_a_phone_sized_screen(rag, page):
     for item, match in zip(p.locator("#matches li").all(), filtered["matches"]):
         assert f"id {match['id']}" in item.inner_text() and source in item.inner_text()
     expect(p.locator("#search-timing .legend")).to_contain_text("search")
+    # The mode picks the ranking; each match shows its rank in it.
+    p.get_by_label("Filter (JSON)").fill("")
+    p.get_by_label("Mode").select_option("lexical")
+    p.get_by_label("Query text").press("Enter")
+    status, _, lexical = worker.call("POST", "/v1/search", dict(index="docs", text="virtual environments", k=4,
+                                                                mode="lexical"))
+    assert status == 200, lexical
+    expect(p.locator("#matches li .stage").first).to_have_text("lexical #1")
+    items = p.locator("#matches li").all()
+    assert len(items) == len(lexical["matches"]) == 4
+    for rank, (item, match) in enumerate(zip(items, lexical["matches"]), 1):
+        text = item.inner_text()
+        assert f"id {match['id']}" in text and f"lexical #{rank}" in text and "vector #" not in text, text
     # Nothing is wider than the screen.
     assert p.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
     assert not tab.errors, tab.errors
