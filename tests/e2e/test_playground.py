@@ -203,7 +203,7 @@ def test_search_works_by_keyboard_on_a_phone_sized_screen(rag, page):
     expect(p.locator("#search-timing .legend")).to_contain_text("search")
     # The mode picks the ranking; each match shows its rank in it.
     p.get_by_label("Filter (JSON)").fill("")
-    p.get_by_label("Mode").select_option("lexical")
+    p.get_by_label("Mode", exact=True).select_option("lexical")
     p.get_by_label("Query text").press("Enter")
     status, _, lexical = worker.call("POST", "/v1/search", dict(index="docs", text="virtual environments", k=4,
                                                                 mode="lexical"))
