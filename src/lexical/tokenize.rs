@@ -27,105 +27,83 @@ pub fn tokenize(text: &str) -> Vec<String> {
 
 /// Calls `emit` with each term of `text` (see [`tokenize`]), without collecting them.
 pub fn each_term(text: &str, mut emit: impl FnMut(&str)) {
-    let mut word = String::new();
-    // The compound being built: its words joined by the connectors seen, and how many words.
-    let mut compound = String::new();
-    let mut compound_words = 0usize;
-    // Connector characters seen since the last word (only `.`, `_`, `-`, `::` join).
-    let mut pending = String::new();
+    let mut state = Words::default();
     let mut chars = text.chars().peekable();
-
-    let finish_compound = |compound: &mut String, words: &mut usize, emit: &mut dyn FnMut(&str)| {
-        if *words > 1 && compound.len() <= TERM_BYTES_MAX {
-            emit(compound);
-        }
-        compound.clear();
-        *words = 0;
-    };
-
     while let Some(c) = chars.next() {
         if is_ideograph(c) {
-            flush_word(
-                &mut word,
-                &mut compound,
-                &mut compound_words,
-                &mut pending,
-                &mut emit,
-            );
-            finish_compound(&mut compound, &mut compound_words, &mut emit);
-            pending.clear();
+            state.flush_word(&mut emit);
+            state.finish_compound(&mut emit);
             let mut single = String::new();
             single.extend(c.to_lowercase());
             emit(&single);
             continue;
         }
         if c.is_alphanumeric() {
-            word.extend(c.to_lowercase());
+            state.word.extend(c.to_lowercase());
             continue;
         }
-        if !word.is_empty() {
-            flush_word(
-                &mut word,
-                &mut compound,
-                &mut compound_words,
-                &mut pending,
-                &mut emit,
-            );
-        }
+        state.flush_word(&mut emit);
         let joins = match c {
-            '.' | '_' | '-' => pending.is_empty(),
-            ':' => pending.is_empty() && chars.peek() == Some(&':'),
+            '.' | '_' | '-' => state.pending.is_empty(),
+            ':' => state.pending.is_empty() && chars.peek() == Some(&':'),
             _ => false,
         };
-        if joins && compound_words > 0 {
-            pending.push(c);
+        if joins && state.compound_words > 0 {
+            state.pending.push(c);
             if c == ':' {
                 chars.next();
-                pending.push(':');
+                state.pending.push(':');
             }
         } else {
-            finish_compound(&mut compound, &mut compound_words, &mut emit);
-            pending.clear();
+            state.finish_compound(&mut emit);
         }
     }
-    flush_word(
-        &mut word,
-        &mut compound,
-        &mut compound_words,
-        &mut pending,
-        &mut emit,
-    );
-    finish_compound(&mut compound, &mut compound_words, &mut emit);
+    state.flush_word(&mut emit);
+    state.finish_compound(&mut emit);
 }
 
-/// Emits the finished `word` and extends the compound with it (after the pending connector).
-fn flush_word(
-    word: &mut String,
-    compound: &mut String,
-    compound_words: &mut usize,
-    pending: &mut String,
-    emit: &mut impl FnMut(&str),
-) {
-    if word.is_empty() {
-        return;
-    }
-    if word.len() <= TERM_BYTES_MAX {
-        emit(word);
-    }
-    if *compound_words >= COMPOUND_WORDS_MAX {
-        // Too long to be one identifier: start over from this word.
-        if *compound_words > 1 && compound.len() <= TERM_BYTES_MAX {
-            emit(compound);
+/// The tokenizer's state between characters.
+#[derive(Default)]
+struct Words {
+    /// The word being read.
+    word: String,
+    /// The compound being built: its words joined by the connectors seen, and how many words.
+    compound: String,
+    compound_words: usize,
+    /// Connector characters seen since the last word (only `.`, `_`, `-`, `::` join).
+    pending: String,
+}
+
+impl Words {
+    /// Emits the finished word (if any) and extends the compound with it (after the pending
+    /// connector).
+    fn flush_word(&mut self, emit: &mut impl FnMut(&str)) {
+        if self.word.is_empty() {
+            return;
         }
-        compound.clear();
-        *compound_words = 0;
-        pending.clear();
+        if self.word.len() <= TERM_BYTES_MAX {
+            emit(&self.word);
+        }
+        if self.compound_words >= COMPOUND_WORDS_MAX {
+            // Too long to be one identifier: start over from this word.
+            self.finish_compound(emit);
+        }
+        self.compound.push_str(&self.pending);
+        self.compound.push_str(&self.word);
+        self.compound_words += 1;
+        self.pending.clear();
+        self.word.clear();
     }
-    compound.push_str(pending);
-    compound.push_str(word);
-    *compound_words += 1;
-    pending.clear();
-    word.clear();
+
+    /// Emits the compound if it joins two words or more, and starts a new one.
+    fn finish_compound(&mut self, emit: &mut impl FnMut(&str)) {
+        if self.compound_words > 1 && self.compound.len() <= TERM_BYTES_MAX {
+            emit(&self.compound);
+        }
+        self.compound.clear();
+        self.compound_words = 0;
+        self.pending.clear();
+    }
 }
 
 /// Scripts written without spaces between words, where each character is a word (UAX #29).
