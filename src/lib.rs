@@ -22,6 +22,8 @@
 //! - [`balancer`]: inference-origin pools: routing strategies, health, retry budget, affinity (pure, clock passed in),
 //!   and `balancer::dispatch`, the async retry/lease loop over a transport trait and a clock trait.
 //! - [`rag`]: OpenAI wire types, prompt building within a token budget, SSE parsing and formatting (pure).
+//! - [`rerank`]: the `rerank` option, the reranker pool's wire shapes (TEI, Cohere/Jina) and
+//!   the reordering of a search's matches by its scores (pure).
 //! - [`publish`]: what a version needs in which region before it may go live, blob checks as
 //!   they stream in, lifecycle decisions (pure); its `client` is `shardc publish` (native only).
 //! - [`cache_key`]: the Cache API keys of search results and query embeddings, by index version (pure).
@@ -51,6 +53,7 @@ pub mod playground;
 pub mod publish;
 pub mod rag;
 pub mod ratelimit;
+pub mod rerank;
 pub mod retrieve;
 pub mod shard;
 pub mod store;

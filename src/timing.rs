@@ -13,14 +13,15 @@ pub struct Timing {
     pub merge: f64,
     pub embed: f64,
     pub origin: f64,
+    pub rerank: f64,
 }
 
 impl Timing {
     /// The `Server-Timing` header value.
     pub fn header(&self) -> String {
         format!(
-            "fetch;dur={:.3}, validate;dur={:.3}, search;dur={:.3}, merge;dur={:.3}, embed;dur={:.3}, origin;dur={:.3}",
-            self.fetch, self.validate, self.search, self.merge, self.embed, self.origin
+            "fetch;dur={:.3}, validate;dur={:.3}, search;dur={:.3}, merge;dur={:.3}, embed;dur={:.3}, origin;dur={:.3}, rerank;dur={:.3}",
+            self.fetch, self.validate, self.search, self.merge, self.embed, self.origin, self.rerank
         )
     }
 

@@ -6,11 +6,14 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::search::{check_query_text, search_mode, Query, SearchRequest, TEXT_MODE_DEFAULT};
+use super::search::{
+    check_query_text, check_rerank, search_mode, Query, SearchRequest, TEXT_MODE_DEFAULT,
+};
 use super::{parse_json, ApiError, Match, K_MAX};
 use crate::balancer::{BalancerError, FailureKind};
 use crate::lexical::RRF_K_DEFAULT;
 use crate::rag::{format_event, ChatCompletionRequest, EmbeddingsRequest, Passage, RagError};
+use crate::rerank::RerankOption;
 use crate::retrieve::SearchMode;
 
 /// Chat histories are longer than search bodies; 1 MiB of text is beyond any context window.
@@ -43,6 +46,8 @@ pub struct RagRequest {
     /// The retrieval's ranking, as `/v1/search` takes it (default: hybrid).
     pub mode: Option<SearchMode>,
     pub rrf_k: Option<u32>,
+    /// Reorder the retrieved passages by a reranker model before they reach the prompt.
+    pub rerank: Option<RerankOption>,
 }
 
 pub fn parse_rag(content_type: Option<&str>, body: &[u8]) -> Result<RagRequest, ApiError> {
@@ -59,6 +64,9 @@ pub fn parse_rag(content_type: Option<&str>, body: &[u8]) -> Result<RagRequest, 
     non_empty_model(&request.model)?;
     let query = check_query_text("query", request.query)?;
     let (mode, rrf_k) = search_mode(&Query::Text(query.clone()), request.mode, request.rrf_k)?;
+    if let Some(rerank) = &request.rerank {
+        check_rerank(rerank, &Query::Text(query.clone()), request.k)?;
+    }
     Ok(RagRequest {
         query,
         mode: Some(mode),
@@ -75,6 +83,7 @@ impl RagRequest {
             min_seq: self.min_seq,
             mode: self.mode.unwrap_or(TEXT_MODE_DEFAULT),
             rrf_k: self.rrf_k.unwrap_or(RRF_K_DEFAULT),
+            rerank: self.rerank.clone(),
             ..SearchRequest::text(&self.index, &self.query, self.k)
         }
     }
@@ -85,10 +94,11 @@ impl RagRequest {
 pub struct ChatRequest {
     pub completion: ChatCompletionRequest,
     pub index: Option<String>,
-    /// The retrieval's ranking (the `mode` and `rrf_k` extension members, as `/v1/search`
-    /// takes them; removed like `index`).
+    /// The retrieval's ranking (the `mode`, `rrf_k` and `rerank` extension members, as
+    /// `/v1/search` takes them; removed like `index`).
     pub mode: SearchMode,
     pub rrf_k: u32,
+    pub rerank: Option<RerankOption>,
 }
 
 /// Parses an OpenAI chat completion request. The index comes from the body's `index` member (an
@@ -149,11 +159,22 @@ pub fn parse_chat(
         ),
     };
     let (mode, rrf_k) = search_mode(&Query::Text(String::new()), mode, rrf_k)?;
+    let rerank = match completion.extra.remove("rerank") {
+        None | Some(Value::Null) => None,
+        Some(value) => {
+            let rerank: RerankOption = serde_json::from_value(value)
+                .map_err(|e| ApiError::Invalid(format!("`rerank`: {e}")))?;
+            // A chat retrieves RAG_K_DEFAULT passages (the `k` of the edge's chat retrieval).
+            check_rerank(&rerank, &Query::Text(String::new()), RAG_K_DEFAULT)?;
+            Some(rerank)
+        }
+    };
     Ok(ChatRequest {
         completion,
         index,
         mode,
         rrf_k,
+        rerank,
     })
 }
 

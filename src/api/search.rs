@@ -4,6 +4,7 @@ use serde_json::{Map, Value};
 
 use super::{parse_json, ApiError};
 pub use crate::lexical::RRF_K_DEFAULT;
+use crate::rerank::RerankOption;
 pub use crate::retrieve::{Match, SearchMode};
 use crate::shard::Filter;
 
@@ -74,6 +75,8 @@ pub struct SearchRequest {
     pub mode: SearchMode,
     /// The fusion constant of a hybrid search (reciprocal rank fusion's k).
     pub rrf_k: u32,
+    /// Reorder the `k` found by a reranker model (`rerank.top_n` of them kept).
+    pub rerank: Option<RerankOption>,
 }
 
 #[derive(Deserialize)]
@@ -90,6 +93,7 @@ struct SearchBody {
     min_seq: Option<u64>,
     mode: Option<SearchMode>,
     rrf_k: Option<u32>,
+    rerank: Option<RerankOption>,
 }
 
 /// The ranking a query asks for, checked against what it sent: a lexical or hybrid ranking
@@ -157,6 +161,9 @@ pub fn parse_search(content_type: Option<&str>, body: &[u8]) -> Result<SearchReq
     if body.probe == Some(0) {
         return Err(ApiError::Invalid("`probe` must be at least 1".into()));
     }
+    if let Some(rerank) = &body.rerank {
+        check_rerank(rerank, &query, k)?;
+    }
     Ok(SearchRequest {
         index: body.index,
         query,
@@ -167,7 +174,19 @@ pub fn parse_search(content_type: Option<&str>, body: &[u8]) -> Result<SearchReq
         min_seq: body.min_seq,
         mode,
         rrf_k,
+        rerank: body.rerank,
     })
+}
+
+/// A reranker scores the candidates against the query's words: it needs `text`, and `top_n`
+/// within `k`.
+pub(crate) fn check_rerank(rerank: &RerankOption, query: &Query, k: usize) -> Result<(), ApiError> {
+    if query.text().is_none() {
+        return Err(ApiError::Invalid(
+            "`rerank` scores passages against the query's words: send `text` too".into(),
+        ));
+    }
+    rerank.check(k).map_err(ApiError::Invalid)
 }
 
 /// A filter object parsed by the filter language; what is wrong is a 422 naming its path.
@@ -222,6 +241,7 @@ impl SearchRequest {
             min_seq: None,
             mode: TEXT_MODE_DEFAULT,
             rrf_k: RRF_K_DEFAULT,
+            rerank: None,
         }
     }
 

@@ -5,11 +5,23 @@ use serde_json::{Map, Value};
 
 use super::BalancerError;
 
-/// What an origin serves: OpenAI chat completions or embeddings.
+/// What an origin serves: OpenAI chat completions, embeddings, or reranking (TEI's or the
+/// Cohere/Jina-style API, see [`crate::rerank`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Chat,
     Embeddings,
+    Rerank,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Chat => "chat",
+            Kind::Embeddings => "embeddings",
+            Kind::Rerank => "rerank",
+        }
+    }
 }
 
 /// How a pool picks among its healthy candidates.
@@ -175,10 +187,11 @@ fn parse_origin(at: &str, item: &Value) -> Result<OriginConfig, BalancerError> {
     let kind = match required_str(obj, at, "kind")?.as_str() {
         "chat" => Kind::Chat,
         "embeddings" => Kind::Embeddings,
+        "rerank" => Kind::Rerank,
         other => {
             return Err(err(
                 &field("kind"),
-                format!("must be \"chat\" or \"embeddings\", got {other:?}"),
+                format!("must be \"chat\", \"embeddings\" or \"rerank\", got {other:?}"),
             ))
         }
     };

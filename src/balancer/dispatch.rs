@@ -304,10 +304,7 @@ fn origin_headers(
 }
 
 fn unavailable(call: &Call, summary: &str, last_failure: &str) -> BalancerError {
-    let kind = match call.kind {
-        Kind::Chat => "chat",
-        Kind::Embeddings => "embeddings",
-    };
+    let kind = call.kind.name();
     let last = if last_failure.is_empty() {
         String::new()
     } else {

@@ -99,6 +99,7 @@ mod native {
     struct Metrics {
         chat_requests: AtomicU64,
         embedding_requests: AtomicU64,
+        rerank_requests: AtomicU64,
         rate_limited: AtomicU64,
         failures: AtomicU64,
         prefix_hits: AtomicU64,
@@ -447,6 +448,95 @@ mod native {
         .into_response())
     }
 
+    /// A deterministic reranker: a document's score is the share of the query's distinct words
+    /// (lowercased alphanumeric runs) it contains. TEI's shape at `/rerank` (`{query, texts}` in,
+    /// `[{index, score}]` out, every text), Cohere's and Jina's at `/v1/rerank` (`{query,
+    /// documents, top_n}` in, `{results: [{index, relevance_score}]}` out, the best `top_n`).
+    async fn rerank_tei(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, OriginError> {
+        let request = rerank_request(&app, &body, "texts")?;
+        let scores = rerank_scores(&request.query, &request.documents);
+        let items: Vec<_> = scores
+            .into_iter()
+            .map(|(index, score)| json!({"index": index, "score": score}))
+            .collect();
+        Ok(Json(items).into_response())
+    }
+
+    async fn rerank_cohere(
+        State(app): State<Arc<App>>,
+        body: Bytes,
+    ) -> Result<Response, OriginError> {
+        let request = rerank_request(&app, &body, "documents")?;
+        let top_n = request.top_n.unwrap_or(request.documents.len());
+        let results: Vec<_> = rerank_scores(&request.query, &request.documents)
+            .into_iter()
+            .take(top_n)
+            .map(|(index, score)| json!({"index": index, "relevance_score": score}))
+            .collect();
+        Ok(Json(json!({"id": "devorigin-rerank", "results": results})).into_response())
+    }
+
+    struct RerankRequest {
+        query: String,
+        documents: Vec<String>,
+        top_n: Option<usize>,
+    }
+
+    /// The query and the documents (under `field`, as the shape names them) of a rerank request.
+    fn rerank_request(
+        app: &Arc<App>,
+        body: &[u8],
+        field: &str,
+    ) -> Result<RerankRequest, OriginError> {
+        app.metrics.rerank_requests.fetch_add(1, Ordering::Relaxed);
+        let bad = |why: String| OriginError::BadRequest(format!("invalid rerank request: {why}"));
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+        let query = value["query"]
+            .as_str()
+            .ok_or_else(|| bad("`query` must be a string".into()))?
+            .to_string();
+        let documents = value[field]
+            .as_array()
+            .and_then(|items| {
+                items
+                    .iter()
+                    .map(|d| d.as_str().map(str::to_string))
+                    .collect()
+            })
+            .ok_or_else(|| bad(format!("`{field}` must be a list of strings")))?;
+        let top_n = value["top_n"].as_u64().map(|n| n as usize);
+        drop(app.admit()?);
+        Ok(RerankRequest {
+            query,
+            documents,
+            top_n,
+        })
+    }
+
+    /// Each document's share of the query's distinct words, best first (ties by position).
+    fn rerank_scores(query: &str, documents: &[String]) -> Vec<(usize, f64)> {
+        let words = |text: &str| -> std::collections::BTreeSet<String> {
+            text.to_lowercase()
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        let wanted = words(query);
+        let mut scores: Vec<(usize, f64)> = documents
+            .iter()
+            .enumerate()
+            .map(|(i, doc)| {
+                let have = words(doc);
+                let shared = wanted.iter().filter(|w| have.contains(*w)).count();
+                (i, shared as f64 / wanted.len().max(1) as f64)
+            })
+            .collect();
+        scores.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        scores
+    }
+
     async fn models(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         let model =
             |id: &str| json!({"id": id, "object": "model", "created": 0, "owned_by": "devorigin"});
@@ -521,7 +611,10 @@ mod native {
              devorigin_completion_tokens_total {}\n\
              # HELP devorigin_embedded_tokens_total Tokens embedded.\n\
              # TYPE devorigin_embedded_tokens_total counter\n\
-             devorigin_embedded_tokens_total {}\n",
+             devorigin_embedded_tokens_total {}\n\
+             # HELP devorigin_rerank_requests_total Rerank requests received.\n\
+             # TYPE devorigin_rerank_requests_total counter\n\
+             devorigin_rerank_requests_total {}\n",
             get(&m.chat_requests),
             get(&m.embedding_requests),
             app.inflight.load(Ordering::SeqCst),
@@ -530,6 +623,7 @@ mod native {
             get(&m.prefix_hits),
             get(&m.completion_tokens),
             get(&m.embedded_tokens),
+            get(&m.rerank_requests),
         );
         ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
     }
@@ -585,6 +679,8 @@ mod native {
         let router = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/embeddings", post(embeddings))
+            .route("/rerank", post(rerank_tei))
+            .route("/v1/rerank", post(rerank_cohere))
             .route("/v1/models", get(models))
             .route("/metrics", get(metrics))
             .route("/debug/requests", get(debug_requests))

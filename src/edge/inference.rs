@@ -59,6 +59,7 @@ pub async fn chat(req: &Incoming, ctx: &mut Ctx) -> Result<Response, ApiError> {
         index,
         mode,
         rrf_k,
+        rerank,
     } = parse_chat(content_type.as_deref(), &body, index_header.as_deref())?;
     ctx.origins()?.check_model(Kind::Chat, &completion.model)?;
     let Some(index) = index else {
@@ -68,6 +69,7 @@ pub async fn chat(req: &Incoming, ctx: &mut Ctx) -> Result<Response, ApiError> {
     let search = SearchRequest {
         mode,
         rrf_k,
+        rerank,
         ..SearchRequest::text(&index, &query, CHAT_K)
     };
     let found = search::run(ctx, &search).await?;

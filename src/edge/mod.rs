@@ -63,6 +63,7 @@ struct Report {
     route: &'static str,
     timing: Timing,
     cache_status: Vec<String>,
+    rerank_status: Option<String>,
     index: Option<String>,
 }
 
@@ -82,6 +83,7 @@ async fn fetch(req: web_sys::Request, env: Env, context: Context) -> Result<Resp
         route: UNMATCHED_ROUTE,
         timing: Timing::default(),
         cache_status: Vec::new(),
+        rerank_status: None,
         index: None,
     };
     let outcome = handle(req, env, context, outbound, &mut report).await;
@@ -105,6 +107,9 @@ async fn fetch(req: web_sys::Request, env: Env, context: Context) -> Result<Resp
     headers.set("server-timing", &report.timing.header())?;
     if let Some(cache_status) = &cache_status {
         headers.set("cache-status", cache_status)?;
+    }
+    if let Some(rerank_status) = &report.rerank_status {
+        headers.set("x-rerank", rerank_status)?;
     }
     observe::finish(&observe::Finished {
         request_id: &request_id,
@@ -158,6 +163,7 @@ async fn handle(
         timing: Timing::default(),
         outbound,
         cache_status: Vec::new(),
+        rerank_status: None,
         index: None,
         grant,
         min_seq,
@@ -166,6 +172,7 @@ async fn handle(
     // After the handler, whether it failed or not: an error's log line and headers need these too.
     report.timing = ctx.timing;
     report.cache_status = ctx.cache_status;
+    report.rerank_status = ctx.rerank_status;
     report.index = ctx.index;
     response
 }

@@ -28,6 +28,7 @@ use crate::balancer::{
 };
 use crate::metrics::{ORIGIN_DURATION, ORIGIN_RETRIES};
 use crate::rag::EmbeddingsRequest;
+use crate::rerank::RERANK_PATH;
 
 pub const CHAT_PATH: &str = "/v1/chat/completions";
 pub const EMBEDDINGS_PATH: &str = "/v1/embeddings";
@@ -162,6 +163,27 @@ impl Origins {
             model: &request.model,
             path: EMBEDDINGS_PATH,
             body: super::to_json(request)?,
+            region: Some(region),
+            affinity_key: None,
+            outbound,
+        };
+        self.whole(&call).await
+    }
+
+    /// Scores a search's candidates through the reranker pool (`body`: a
+    /// [`crate::rerank::RerankRequest`]).
+    pub async fn rerank(
+        &self,
+        model: &str,
+        body: String,
+        region: &str,
+        outbound: &Outbound,
+    ) -> Result<Reply<Vec<u8>>, ApiError> {
+        let call = Call {
+            kind: Kind::Rerank,
+            model,
+            path: RERANK_PATH,
+            body,
             region: Some(region),
             affinity_key: None,
             outbound,

@@ -30,6 +30,8 @@ pub(crate) struct Ctx {
     pub cache: cache::ResponseCache,
     /// `Cache-Status` members, nearest the origin first (RFC 9211).
     pub cache_status: Vec<String>,
+    /// The `x-rerank` header: whether a requested rerank reordered the matches, or why not.
+    pub rerank_status: Option<String>,
     /// The index the request searched, for the log line.
     pub index: Option<String>,
     /// What the caller's API key allows.

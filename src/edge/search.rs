@@ -15,6 +15,7 @@ use crate::cache_key::{embedding_key, normalise_text, search_key};
 use crate::lexical::QueryTerms;
 use crate::metrics::{EMBEDDING_DURATION, SEARCH_DURATION};
 use crate::rag::{EmbeddingInput, EmbeddingsRequest, EmbeddingsResponse};
+use crate::rerank::{parse_scores, reorder, RerankOption, RerankRequest};
 use crate::retrieve::{
     self, Gathered, Loaded, Ranking, Remote, Resolved, ShardQuery, Shards, Written, WRITES_SHARD,
 };
@@ -27,11 +28,87 @@ pub async fn handle(req: &Incoming, ctx: &mut Ctx) -> Result<SearchResponse, Api
     run(ctx, &parse_search(content_type.as_deref(), &body)?).await
 }
 
+/// Searches for a validated request (see [`found`]), then reorders the matches by the reranker
+/// the request names, if any.
+pub async fn run(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchResponse, ApiError> {
+    let found = found(ctx, request).await?;
+    Ok(match (&request.rerank, request.query.text()) {
+        (Some(option), Some(text)) => rerank(ctx, option, text, found).await,
+        _ => found,
+    })
+}
+
+/// The matches reordered by the reranker pool, the first `top_n` kept. When no reranker gives a
+/// usable answer (none serves the model, all failed, or the answer makes no sense) the search's
+/// own order stands, cut to `top_n`: a rerank never fails a search. `x-rerank` says which.
+async fn rerank(
+    ctx: &mut Ctx,
+    option: &RerankOption,
+    text: &str,
+    mut found: SearchResponse,
+) -> SearchResponse {
+    let keep = option.keep(found.matches.len());
+    if found.matches.is_empty() {
+        return found;
+    }
+    let matches = std::mem::take(&mut found.matches);
+    match rerank_scores(ctx, option, text, &matches).await {
+        Ok(scores) => {
+            ctx.rerank_status = Some(format!("reranked; model={}", quoted(&option.model)));
+            found.matches = reorder(matches, &scores, keep);
+        }
+        Err(why) => {
+            ctx.rerank_status = Some(format!("skipped; reason={}", quoted(&why)));
+            found.matches = matches.into_iter().take(keep).collect();
+        }
+    }
+    found
+}
+
+/// One call to the reranker pool and its answer's scores, or why there are none.
+async fn rerank_scores(
+    ctx: &mut Ctx,
+    option: &RerankOption,
+    text: &str,
+    matches: &[crate::api::Match],
+) -> Result<Vec<(usize, f32)>, String> {
+    let body =
+        super::to_json(&RerankRequest::new(option, text, matches)).map_err(|e| e.to_string())?;
+    let home = ctx.home(&[]);
+    let reply = ctx
+        .origins()
+        .map_err(|e| e.to_string())?
+        .rerank(&option.model, body, &home, &ctx.outbound)
+        .await
+        .map_err(|e| e.to_string())?;
+    ctx.timing.rerank += reply.origin_ms;
+    parse_scores(&reply.answer, matches.len()).map_err(|e| e.to_string())
+}
+
+/// A header parameter value (RFC 8941 string): printable ASCII, quotes and backslashes escaped.
+fn quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// Searches for a validated request, or answers from the response cache under the version the
 /// request pinned (so a publish is never answered from the old version's entries). A text query
 /// is embedded through the embeddings pool once the index is known to exist. Partial answers
-/// are not cached: the next request should get the whole one.
-pub async fn run(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchResponse, ApiError> {
+/// are not cached: the next request should get the whole one. A rerank is not part of the
+/// cached answer: it runs on the answer, cached or not.
+async fn found(ctx: &mut Ctx, request: &SearchRequest) -> Result<SearchResponse, ApiError> {
     ctx.index = Some(request.index.clone());
     let min_seq = request.min_seq.max(ctx.min_seq);
     let (pinned, writes) = writes::pin_with_writes(ctx, &request.index, min_seq).await?;

@@ -77,13 +77,16 @@ pub struct StageRank {
     pub score: f32,
 }
 
-/// A lexical or hybrid match's place in each ranking (absent: not among that ranking's top k).
+/// A lexical, hybrid or reranked match's place in each ranking (absent: not among that
+/// ranking's top k); `rerank` is set by [`crate::rerank`], after the engine.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stages {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vector: Option<StageRank>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lexical: Option<StageRank>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerank: Option<StageRank>,
 }
 
 /// The answer's matches, best first: a vector search scores by the metric's similarity, a
@@ -101,11 +104,11 @@ pub fn rank(found: Resolved, written: Written, metric: Metric, ranking: Ranking)
             .enumerate()
             .map(|(at, (score, mut m))| {
                 m.stages = Some(Stages {
-                    vector: None,
                     lexical: Some(StageRank {
                         rank: at + 1,
                         score,
                     }),
+                    ..Stages::default()
                 });
                 m
             })
@@ -133,6 +136,7 @@ pub fn rank(found: Resolved, written: Written, metric: Metric, ranking: Ranking)
                     m.stages = Some(Stages {
                         vector: stage(&vector, in_vector),
                         lexical: stage(&lexical, in_lexical),
+                        rerank: None,
                     });
                     Some(m)
                 })

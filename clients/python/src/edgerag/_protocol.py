@@ -12,7 +12,7 @@ from .types import Source, sources_from_json
 def search_body(index: str, text: Optional[str], vector: Optional[Sequence[float]], k: Optional[int],
                 ef: Optional[int], probe: Optional[int], filter: Optional[Mapping[str, Any]],
                 min_seq: Optional[int] = None, mode: Optional[str] = None,
-                rrf_k: Optional[int] = None) -> Dict[str, Any]:
+                rrf_k: Optional[int] = None, rerank: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     if text is None and vector is None:
         raise ValueError("search takes text=, vector= or both (a hybrid search with your own vector)")
     body: Dict[str, Any] = {"index": index}
@@ -26,6 +26,8 @@ def search_body(index: str, text: Optional[str], vector: Optional[Sequence[float
             body[name] = value
     if filter is not None:
         body["filter"] = dict(filter)
+    if rerank is not None:
+        body["rerank"] = dict(rerank)
     return body
 
 

@@ -148,12 +148,14 @@ class Client:
     def search(self, index: str, text: Optional[str] = None, *, vector: Optional[Sequence[float]] = None,
                k: Optional[int] = None, ef: Optional[int] = None, probe: Optional[int] = None,
                filter: Optional[Mapping[str, Any]] = None, min_seq: Optional[int] = None,
-               mode: Optional[str] = None, rrf_k: Optional[int] = None) -> SearchResult:
+               mode: Optional[str] = None, rrf_k: Optional[int] = None,
+               rerank: Optional[Mapping[str, Any]] = None) -> SearchResult:
         """The k best passages for `text` (embedded by the worker for a vector ranking, matched by
         words for a lexical one), `vector`, or both; `mode` is "vector", "lexical" or "hybrid"
         (the worker's default: hybrid for text, vector for a vector); with `min_seq`, from a view
-        that includes every write up to that seq."""
-        body = wire.search_body(index, text, vector, k, ef, probe, filter, min_seq, mode, rrf_k)
+        that includes every write up to that seq; `rerank={"model": ..., "top_n": ...}` reorders
+        the k found by a reranker origin."""
+        body = wire.search_body(index, text, vector, k, ef, probe, filter, min_seq, mode, rrf_k, rerank)
         return SearchResult.from_json(self._call("/v1/search", body))
 
     def create_index(self, name: str, dims: int, *, metric: Optional[str] = None, quant: Optional[str] = None,
@@ -212,8 +214,9 @@ class AsyncClient:
     async def search(self, index: str, text: Optional[str] = None, *, vector: Optional[Sequence[float]] = None,
                      k: Optional[int] = None, ef: Optional[int] = None, probe: Optional[int] = None,
                      filter: Optional[Mapping[str, Any]] = None, min_seq: Optional[int] = None,
-                     mode: Optional[str] = None, rrf_k: Optional[int] = None) -> SearchResult:
-        body = wire.search_body(index, text, vector, k, ef, probe, filter, min_seq, mode, rrf_k)
+                     mode: Optional[str] = None, rrf_k: Optional[int] = None,
+                     rerank: Optional[Mapping[str, Any]] = None) -> SearchResult:
+        body = wire.search_body(index, text, vector, k, ef, probe, filter, min_seq, mode, rrf_k, rerank)
         return SearchResult.from_json(await self._call("/v1/search", body))
 
     async def create_index(self, name: str, dims: int, *, metric: Optional[str] = None,
