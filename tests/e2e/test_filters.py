@@ -74,7 +74,8 @@ def test_index_reports_its_filterable_fields_and_other_fields_are_a_422_naming_t
 
 
 def test_written_passages_are_filtered_by_the_same_language(env):
-    worker = env["local"]
+    # The durable worker: test_worker asserts the local one's index listing.
+    worker = env["durable"]
     create(worker, "filtered")
     rng = random.Random(7)
     items = [dict(id=f"w{i}", values=unit(rng), text=f"written {i}",

@@ -78,13 +78,17 @@ class IndexInfo:
     embedding_model: str = ""
     #: The live writes: `{seq, base_seq, base_version, pending_writes}`.
     writes: Dict[str, Any] = field(default_factory=dict)
+    #: The metadata fields a search filter may name (absent: any field, for indexes built before
+    #: the list was recorded or created empty).
+    filter_fields: Optional[List[str]] = None
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> "IndexInfo":
         return cls(name=body["name"], version=body["version"], dims=int(body["dims"]), metric=body["metric"],
                    shards=int(body["shards"]), vectors=int(body["vectors"]), bytes=int(body["bytes"]),
                    regions=list(body["regions"]), embedding_model=str(body.get("embedding_model") or ""),
-                   writes=dict(body.get("writes") or {}))
+                   writes=dict(body.get("writes") or {}),
+                   filter_fields=None if body.get("filter_fields") is None else list(body["filter_fields"]))
 
 
 @dataclass(frozen=True)
