@@ -1,8 +1,9 @@
 //! `POST /v1/search`: parse, pin one version and one view of its live writes (`writes`), answer
 //! from the response cache (`cache`) or embed a text query (its embedding cached too) and run
 //! the retrieval engine (`crate::retrieve`) over the shards this isolate loads or over their
-//! ShardHost objects, then merge in the written passages. `run` is also the retrieval step of
-//! `/v1/rag` and `/v1/chat/completions`.
+//! ShardHost objects, then merge in the written passages; a `rerank` reorders the answer through
+//! the reranker pool (`crate::rerank`). `run` is also the retrieval step of `/v1/rag` and
+//! `/v1/chat/completions`.
 use std::rc::Rc;
 
 use futures::StreamExt;
