@@ -6,9 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::search::{
-    check_query_text, check_rerank, search_mode, Query, SearchRequest, TEXT_MODE_DEFAULT,
-};
+use super::search::{check_query_text, search_mode, Query, SearchRequest, TEXT_MODE_DEFAULT};
 use super::{parse_json, ApiError, Match, K_MAX};
 use crate::balancer::{BalancerError, FailureKind};
 use crate::lexical::RRF_K_DEFAULT;
@@ -65,7 +63,7 @@ pub fn parse_rag(content_type: Option<&str>, body: &[u8]) -> Result<RagRequest, 
     let query = check_query_text("query", request.query)?;
     let (mode, rrf_k) = search_mode(&Query::Text(query.clone()), request.mode, request.rrf_k)?;
     if let Some(rerank) = &request.rerank {
-        check_rerank(rerank, &Query::Text(query.clone()), request.k)?;
+        rerank.check(request.k).map_err(ApiError::Invalid)?;
     }
     Ok(RagRequest {
         query,
@@ -165,7 +163,7 @@ pub fn parse_chat(
             let rerank: RerankOption = serde_json::from_value(value)
                 .map_err(|e| ApiError::Invalid(format!("`rerank`: {e}")))?;
             // A chat retrieves RAG_K_DEFAULT passages (the `k` of the edge's chat retrieval).
-            check_rerank(&rerank, &Query::Text(String::new()), RAG_K_DEFAULT)?;
+            rerank.check(RAG_K_DEFAULT).map_err(ApiError::Invalid)?;
             Some(rerank)
         }
     };

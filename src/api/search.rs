@@ -180,7 +180,7 @@ pub fn parse_search(content_type: Option<&str>, body: &[u8]) -> Result<SearchReq
 
 /// A reranker scores the candidates against the query's words: it needs `text`, and `top_n`
 /// within `k`.
-pub(crate) fn check_rerank(rerank: &RerankOption, query: &Query, k: usize) -> Result<(), ApiError> {
+fn check_rerank(rerank: &RerankOption, query: &Query, k: usize) -> Result<(), ApiError> {
     if query.text().is_none() {
         return Err(ApiError::Invalid(
             "`rerank` scores passages against the query's words: send `text` too".into(),
