@@ -9,7 +9,6 @@ use futures::future::{join, join_all};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use worker::js_sys::{self, Uint8Array};
-use worker::wasm_bindgen::JsCast;
 use worker::{console_log, Bucket, Data, Env, Response};
 
 use super::writer::{Rebase, Writers};
@@ -367,15 +366,7 @@ impl Buckets {
 
     /// Every region with a bucket binding, whether or not `REGION_MAP` routes requests to it.
     pub(super) fn regions(&self) -> Vec<String> {
-        let keys = js_sys::Object::keys(self.env.unchecked_ref::<js_sys::Object>());
-        let mut regions: Vec<String> = keys
-            .iter()
-            .filter_map(|k| k.as_string())
-            .filter_map(|k| k.strip_prefix("SHARDS_").map(str::to_ascii_lowercase))
-            .filter(|r| self.get(r).is_some())
-            .collect();
-        regions.sort();
-        regions
+        super::r2::bound_regions(&self.env)
     }
 
     fn bucket(&self, region: &str) -> Result<Bucket, PublishError> {

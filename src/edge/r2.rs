@@ -20,8 +20,19 @@ pub struct R2 {
     regions: Vec<String>,
 }
 
-pub fn binding(region: &str) -> String {
-    format!("SHARDS_{}", region.to_ascii_uppercase())
+pub use crate::publish::bucket_binding as binding;
+
+/// Every region with a bucket binding, whether or not `REGION_MAP` routes requests to it.
+pub fn bound_regions(env: &Env) -> Vec<String> {
+    let keys = Object::keys(env.unchecked_ref::<Object>());
+    let mut regions: Vec<String> = keys
+        .iter()
+        .filter_map(|k| k.as_string())
+        .filter_map(|k| k.strip_prefix("SHARDS_").map(str::to_ascii_lowercase))
+        .filter(|r| env.bucket(&binding(r)).is_ok())
+        .collect();
+    regions.sort();
+    regions
 }
 
 impl R2 {
@@ -115,6 +126,8 @@ impl Source for R2 {
             .delimited_prefixes()
             .into_iter()
             .map(|p| p.trim_end_matches('/').to_string())
+            // Sealed write segments live under `.writes/`; no index name starts with `.`.
+            .filter(|name| !name.starts_with('.'))
             .collect())
     }
 }

@@ -162,5 +162,6 @@ fn health(ctx: &Ctx) -> serde_json::Value {
         "heap_page_run_bytes": used.page_run_bytes,
         "writes_bytes": super::config::views(&ctx.env).map_or(0, |v| v.bytes()),
         "writes_budget_bytes": super::config::views(&ctx.env).map_or(0, |v| v.capacity()),
+        "segment_reads": super::config::views(&ctx.env).map(|v| v.segment_reads()).ok(),
     })
 }

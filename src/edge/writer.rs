@@ -7,6 +7,13 @@
 //! so the acknowledged seq) leaves the object only once that transaction is durable (the
 //! object's output gate). The object handles one request at a time between awaits, so seqs
 //! have no gaps and no duplicates.
+//!
+//! Sealing runs in the object's alarm, set by a write that fills the tail to `WRITE_SEAL_ROWS`
+//! rows (or by a compaction that retires segments): the rows of the span are written as one
+//! segment blob into every region's bucket, and only then listed in the meta record, so a
+//! listed segment is always readable (an alarm that fails is retried by the runtime). The rows
+//! themselves stay in the table until a compaction, so a reader that cannot read a segment is
+//! sent the rows instead.
 use std::cell::Cell;
 
 use serde::{Deserialize, Serialize};
@@ -15,7 +22,9 @@ use worker::*;
 use crate::api::admin::percent_encode;
 use crate::api::ApiError;
 use crate::write::log::IdKind;
-use crate::write::{id_key, Applied, LogMeta, Refused, Since, WriteBatch, WriteState};
+use crate::write::{
+    id_key, segment, Applied, LogMeta, Refused, SealPlan, Sealed, Since, WriteBatch, WriteState,
+};
 
 pub const BINDING: &str = "INDEX_WRITER";
 
@@ -23,6 +32,8 @@ pub const BINDING: &str = "INDEX_WRITER";
 /// small, so that an isolate catching up holds little beside its view.
 const SINCE_PAGE_ROWS: usize = 500;
 const META_KEY: &str = "log";
+/// Tail rows that make a segment, unless `WRITE_SEAL_ROWS` says otherwise.
+const SEAL_ROWS_DEFAULT: u64 = 1000;
 
 /// `POST /rebase`: the compiled version writes now apply on top of, and (after a compaction)
 /// the seq up to which that version holds them.
@@ -42,15 +53,26 @@ struct Refusal {
 #[durable_object]
 pub struct IndexWriter {
     state: State,
+    env: Env,
     schema_ready: Cell<bool>,
 }
 
 impl DurableObject for IndexWriter {
-    fn new(state: State, _env: Env) -> Self {
+    fn new(state: State, env: Env) -> Self {
         IndexWriter {
             state,
+            env,
             schema_ready: Cell::new(false),
         }
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        // An error makes the runtime retry the alarm with backoff.
+        self.seal().await.map_err(|r| Error::RustError(r.detail))?;
+        self.retire()
+            .await
+            .map_err(|r| Error::RustError(r.detail))?;
+        Response::ok("sealed")
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
@@ -63,7 +85,13 @@ impl DurableObject for IndexWriter {
                 .await
                 .map(|t| serde_json::from_str::<WriteBatch>(&t))
             {
-                Ok(Ok(batch)) => self.write(batch).and_then(|a| to_value(&a)),
+                Ok(Ok(batch)) => match self.write(batch) {
+                    Ok(applied) => {
+                        self.schedule().await;
+                        to_value(&applied)
+                    }
+                    Err(refusal) => Err(refusal),
+                },
                 Ok(Err(e)) => Err(refusal(400, format!("write batch: {e}"))),
                 Err(e) => Err(refusal(400, format!("write batch: {e}"))),
             },
@@ -72,13 +100,22 @@ impl DurableObject for IndexWriter {
                 let query: std::collections::HashMap<String, String> =
                     url.query_pairs().into_owned().collect();
                 let after = query.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
-                self.since(after, query.get("base").map(String::as_str))
+                let rows_only = query.contains_key("rows_only");
+                self.since(after, query.get("base").map(String::as_str), rows_only)
                     .and_then(|s| to_value(&s))
             }
             (Method::Get, "/state") => self.meta().and_then(|m| to_value(&m.state())),
-            (Method::Post, "/drop") => self.drop_log().and_then(|m| to_value(&m.state())),
+            (Method::Post, "/drop") => {
+                let dropped = self.drop_log();
+                self.schedule().await;
+                dropped.and_then(|m| to_value(&m.state()))
+            }
             (Method::Post, "/rebase") => match req.json::<Rebase>().await {
-                Ok(rebase) => self.rebase(rebase).and_then(|s| to_value(&s)),
+                Ok(rebase) => {
+                    let rebased = self.rebase(rebase);
+                    self.schedule().await;
+                    rebased.and_then(|s| to_value(&s))
+                }
                 Err(e) => Err(refusal(400, format!("rebase: {e}"))),
             },
             _ => Err(refusal(404, format!("no writer route {path}"))),
@@ -213,10 +250,15 @@ impl IndexWriter {
 
     /// The rows above `after` (every row, when `base` is not the log's base any more), a page
     /// of whole writes at a time.
-    fn since(&self, after: u64, base: Option<&str>) -> Refusable<Since> {
+    fn since(&self, after: u64, base: Option<&str>, rows_only: bool) -> Refusable<Since> {
         let sql = self.sql()?;
         let meta = self.meta()?;
         let (reset, from) = meta.plan_since(after, base);
+        let (sealed, from) = if rows_only {
+            (Vec::new(), from)
+        } else {
+            meta.sealed_since(from)
+        };
         // The seq of the page's last row, if the rows above `from` fill more than a page.
         let cut: Vec<SeqRow> = query(
             &sql,
@@ -241,6 +283,7 @@ impl IndexWriter {
             base_seq: meta.base_seq,
             last_seq: meta.last_seq,
             reset,
+            sealed,
             rows,
             upto,
             more,
@@ -253,11 +296,14 @@ impl IndexWriter {
         let sql = self.sql()?;
         let meta = self.meta()?;
         execute(&sql, "DELETE FROM rows", vec![])?;
-        let left = LogMeta {
+        let mut left = LogMeta {
             last_seq: meta.last_seq,
             base_seq: meta.last_seq,
+            sealed: meta.sealed,
+            retired: meta.retired,
             ..LogMeta::default()
         };
+        left.retire_sealed();
         self.put_meta(&sql, &left)?;
         Ok(left)
     }
@@ -283,10 +329,109 @@ impl IndexWriter {
             )?;
             meta.rows = count_rows(&sql)?;
             meta.base_seq = compacted;
+            // The segments' spans start below the new base; the rows above it are sealed anew.
+            meta.retire_sealed();
         }
         meta.base_version = Some(rebase.version);
         self.put_meta(&sql, &meta)?;
         Ok(meta.state())
+    }
+}
+
+impl IndexWriter {
+    fn seal_rows(&self) -> u64 {
+        self.env
+            .var("WRITE_SEAL_ROWS")
+            .ok()
+            .and_then(|v| v.to_string().parse().ok())
+            .unwrap_or(SEAL_ROWS_DEFAULT)
+    }
+
+    /// What to seal next, from the meta record and the tail's row count.
+    fn seal_plan(&self) -> Refusable<(LogMeta, Option<SealPlan>)> {
+        let sql = self.sql()?;
+        let meta = self.meta()?;
+        let tail: Vec<Count> = query(
+            &sql,
+            "SELECT COUNT(*) AS n FROM rows WHERE seq > ?",
+            vec![(meta.sealed_upto() as i64).into()],
+        )?;
+        let plan = meta.seal_plan(tail.first().map_or(0, |c| c.n), self.seal_rows());
+        Ok((meta, plan))
+    }
+
+    /// Sets the alarm now if there is something to seal or delete; a failure only delays the
+    /// seal to the next write (every row stays readable from the table meanwhile).
+    async fn schedule(&self) {
+        let due = match self.seal_plan() {
+            Ok((meta, plan)) => plan.is_some() || !meta.retired.is_empty(),
+            Err(_) => false,
+        };
+        if due {
+            let now = std::time::Duration::from_millis(0);
+            if let Err(e) = self.state.storage().set_alarm(now).await {
+                console_warn!("index writer: setting the seal alarm: {e}");
+            }
+        }
+    }
+
+    /// Seals while there is something to seal: each segment is in every region's bucket
+    /// before it is listed.
+    async fn seal(&self) -> Refusable<()> {
+        let owner = self.state.id().to_string();
+        while let (_, Some(plan)) = self.seal_plan()? {
+            let (SealPlan::Tail { above, upto } | SealPlan::Reseal { above, upto }) = plan;
+            let rows = rows_in(&self.sql()?, above, upto)?;
+            let sealed = Sealed {
+                key: Sealed::key_for(&owner, above, upto, Date::now().as_millis()),
+                above,
+                upto,
+                rows: rows.len() as u64,
+            };
+            let blob = segment::encode(above, upto, &rows).map_err(|e| refusal(500, e))?;
+            drop(rows);
+            for region in super::r2::bound_regions(&self.env) {
+                self.bucket(&region)?
+                    .put(&sealed.key, blob.clone())
+                    .execute()
+                    .await
+                    .map_err(|e| {
+                        refusal(503, format!("writing {} in {region}: {e}", sealed.key))
+                    })?;
+            }
+            // Writes, a compaction or a drop may have run during the puts: read the meta anew.
+            let mut meta = self.meta()?;
+            meta.record_seal(plan, sealed);
+            self.put_meta(&self.sql()?, &meta)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes retired segments' objects from every region, then forgets them.
+    async fn retire(&self) -> Refusable<()> {
+        let retired = self.meta()?.retired;
+        if retired.is_empty() {
+            return Ok(());
+        }
+        for region in super::r2::bound_regions(&self.env) {
+            let bucket = self.bucket(&region)?;
+            for key in &retired {
+                bucket
+                    .delete(key)
+                    .await
+                    .map_err(|e| refusal(503, format!("deleting {key} in {region}: {e}")))?;
+            }
+        }
+        let mut meta = self.meta()?;
+        meta.retired.retain(|key| !retired.contains(key));
+        self.put_meta(&self.sql()?, &meta)
+    }
+
+    fn bucket(&self, region: &str) -> Refusable<Bucket> {
+        let binding = super::r2::binding(region);
+        self.env
+            .bucket(&binding)
+            .map_err(|e| refusal(500, format!("bucket {binding}: {e}")))
     }
 }
 
@@ -425,14 +570,21 @@ impl IndexWriterStub {
             .map_err(|e| ApiError::Misconfigured(format!("encoding a rebase: {e}")))?;
         self.call(Method::Post, "/rebase", Some(body)).await
     }
-}
 
-impl crate::write::Writer for IndexWriterStub {
-    async fn since(&self, after: u64, base: Option<&str>) -> std::result::Result<Since, String> {
+    /// The writer's `since` answer (see [`crate::write::Writer::since`]).
+    pub async fn since(
+        &self,
+        after: u64,
+        base: Option<&str>,
+        rows_only: bool,
+    ) -> std::result::Result<Since, String> {
         let mut path = format!("/since?after={after}");
         if let Some(base) = base {
             path.push_str("&base=");
             path.push_str(&percent_encode(base));
+        }
+        if rows_only {
+            path.push_str("&rows_only=1");
         }
         self.call(Method::Get, &path, None)
             .await

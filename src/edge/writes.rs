@@ -9,14 +9,17 @@ use serde_json::{json, Value};
 use super::clock::WorkerClock;
 use super::config::views;
 use super::publish::Buckets;
-use super::writer::{Rebase, Writers};
+use super::r2::R2;
+use super::writer::{IndexWriterStub, Rebase, Writers};
 use super::{read_body, search, Ctx, Incoming};
 use crate::api::write::{parse_create, parse_delete, parse_upsert, WRITE_BODY_LIMIT};
 use crate::api::ApiError;
 use crate::manifest::Manifest;
 use crate::store::Pinned;
+use crate::store::Source;
 use crate::write::export::{shard_lines, written_chunks, ExportHeader, EXPORT_CHUNK};
-use crate::write::{Applied, Change, Delta, ViewError, Wanted, WriteBatch};
+use crate::write::{Applied, Change, Delta, Sealed, Since, ViewError, Wanted, WriteBatch, Writer};
+use rkyv::util::AlignedVec;
 
 /// `POST /v1/indexes`: publishes an empty version of a new index in its regions and points the
 /// index's writer at it. An index that exists already is a 409.
@@ -134,9 +137,16 @@ pub async fn view(
         ttl_ms: ctx.config.current_ttl_ms,
         wait_ms: ctx.config.min_seq_wait_ms as f64,
     };
-    let writer = Writers::new(&ctx.env)?.of(&manifest.name);
+    let home = ctx.home(&ctx.source.regions());
+    let mut regions = ctx.source.regions();
+    regions.sort_by_key(|r| *r != home);
+    let log = LogReader {
+        writer: Writers::new(&ctx.env)?.of(&manifest.name),
+        source: &ctx.source,
+        regions,
+    };
     match views(&ctx.env)?
-        .view(&manifest.name, &writer, &WorkerClock, wanted)
+        .view(&manifest.name, &log, &WorkerClock, wanted)
         .await
     {
         Ok(view) => Ok(Some(view)),
@@ -149,6 +159,44 @@ pub async fn view(
         Err(other) => {
             worker::console_warn!("{}: serving without live writes: {other}", manifest.name);
             Ok(None)
+        }
+    }
+}
+
+/// How an isolate reads an index's log: the list and the unsealed tail from its writer, the
+/// sealed segments from R2 (the home region's bucket first).
+struct LogReader<'a> {
+    writer: IndexWriterStub,
+    source: &'a R2,
+    regions: Vec<String>,
+}
+
+impl Writer for LogReader<'_> {
+    async fn since(
+        &self,
+        after: u64,
+        base: Option<&str>,
+        rows_only: bool,
+    ) -> Result<Since, String> {
+        self.writer.since(after, base, rows_only).await
+    }
+
+    async fn segment(&self, sealed: &Sealed, max_len: usize) -> Result<Option<Vec<u8>>, String> {
+        let mut failed = Vec::new();
+        for region in &self.regions {
+            match self
+                .source
+                .get(region, &sealed.key, max_len, AlignedVec::new())
+                .await
+            {
+                Ok(Some(blob)) => return Ok(Some(blob.to_vec())),
+                Ok(None) => {}
+                Err(e) => failed.push(format!("{region}: {e}")),
+            }
+        }
+        match failed.is_empty() {
+            true => Ok(None),
+            false => Err(format!("reading {}: {}", sealed.key, failed.join("; "))),
         }
     }
 }

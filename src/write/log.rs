@@ -4,6 +4,7 @@
 //! isolates.
 use serde::{Deserialize, Serialize};
 
+use super::segment::Sealed;
 use super::{Change, Row};
 use crate::shard::DocId;
 
@@ -45,6 +46,23 @@ pub struct LogMeta {
     pub id_kind: Option<IdKind>,
     /// Rows the log holds: ids written since the base (deletes included).
     pub rows: u64,
+    /// The log's sealed segments, oldest first, each starting where the one before ends (the
+    /// first at `base_seq` or above); rows above the last are the unsealed tail.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sealed: Vec<Sealed>,
+    /// Objects of segments no longer listed, still to be deleted from every region.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<String>,
+}
+
+/// What the writer should seal next, if anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealPlan {
+    /// The tail `(above, upto]` as a new segment after the last.
+    Tail { above: u64, upto: u64 },
+    /// Every sealed span `(above, upto]` again as one segment: most of the sealed rows were
+    /// replaced or deleted since, so the listed segments hold far more rows than a reader needs.
+    Reseal { above: u64, upto: u64 },
 }
 
 /// A validated batch, as the worker hands it to the writer.
@@ -114,6 +132,71 @@ impl LogMeta {
         (reset, if reset { 0 } else { after })
     }
 
+    /// The seq up to which the log is sealed into segments.
+    pub fn sealed_upto(&self) -> u64 {
+        self.sealed.last().map_or(self.base_seq, |s| s.upto)
+    }
+
+    /// The next seal: the tail once it holds `seal_rows` rows (`tail_rows`: rows above
+    /// [`Self::sealed_upto`]); else one segment for every sealed span once the segments hold
+    /// over twice the rows the log still keeps at or below it (a reader from scratch would
+    /// read the dead rows too).
+    pub fn seal_plan(&self, tail_rows: u64, seal_rows: u64) -> Option<SealPlan> {
+        let upto = self.sealed_upto();
+        if tail_rows >= seal_rows.max(1) && self.last_seq > upto {
+            return Some(SealPlan::Tail {
+                above: upto,
+                upto: self.last_seq,
+            });
+        }
+        let listed: u64 = self.sealed.iter().map(|s| s.rows).sum();
+        let live = self.rows.saturating_sub(tail_rows);
+        (self.sealed.len() > 1 && listed > 2 * live).then_some(SealPlan::Reseal {
+            above: self.base_seq,
+            upto,
+        })
+    }
+
+    /// Lists `sealed`, made for `plan`, if the log is still where the plan found it (a
+    /// compaction or another seal in between makes it stale: then its object is retired
+    /// instead). Returns whether it was listed.
+    pub fn record_seal(&mut self, plan: SealPlan, sealed: Sealed) -> bool {
+        let fits = match plan {
+            SealPlan::Tail { above, .. } => above == self.sealed_upto(),
+            SealPlan::Reseal { above, upto } => {
+                above == self.base_seq && upto == self.sealed_upto()
+            }
+        };
+        if !fits {
+            self.retired.push(sealed.key);
+            return false;
+        }
+        if matches!(plan, SealPlan::Reseal { .. }) {
+            self.retire_sealed();
+        }
+        self.sealed.push(sealed);
+        true
+    }
+
+    /// Unlists every segment (a compaction or a dropped log: their spans no longer match the
+    /// log); their objects are retired. The rows stay in the writer's table, so nothing is lost.
+    pub fn retire_sealed(&mut self) {
+        self.retired
+            .extend(self.sealed.drain(..).map(|sealed| sealed.key));
+    }
+
+    /// What a reader that holds the rows up to `from` (see [`Self::plan_since`]) reads from
+    /// segments: those ending above `from`, in order, and then the tail rows above the returned seq.
+    pub fn sealed_since(&self, from: u64) -> (Vec<Sealed>, u64) {
+        let listed: Vec<Sealed> = self
+            .sealed
+            .iter()
+            .filter(|s| s.upto > from)
+            .cloned()
+            .collect();
+        (listed, from.max(self.sealed_upto()))
+    }
+
     /// The answer to `GET /v1/indexes/{name}`'s `writes`.
     pub fn state(&self) -> WriteState {
         WriteState {
@@ -121,6 +204,8 @@ impl LogMeta {
             base_seq: self.base_seq,
             base_version: self.base_version.clone(),
             pending_writes: self.rows,
+            sealed_segments: self.sealed.len(),
+            sealed_seq: self.sealed_upto(),
         }
     }
 }
@@ -135,6 +220,9 @@ pub struct WriteState {
     pub base_version: Option<String>,
     /// Writes not yet compacted into shards.
     pub pending_writes: u64,
+    /// Segments the writes up to `sealed_seq` are sealed into (read from R2 by isolates).
+    pub sealed_segments: usize,
+    pub sealed_seq: u64,
 }
 
 /// The writer's answer to a reader: rows above the reader's seq, at most a page of them and
@@ -146,6 +234,9 @@ pub struct Since {
     pub last_seq: u64,
     /// The reader must drop what it holds first: the base moved.
     pub reset: bool,
+    /// Segments to read and apply, in order, before `rows`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sealed: Vec<Sealed>,
     pub rows: Vec<Row>,
     pub upto: u64,
     /// More rows follow: ask again from `upto`.
@@ -220,6 +311,99 @@ mod tests {
             meta.plan_since(5, Some("v2")),
             (true, 0),
             "rows at or below 10 are gone"
+        );
+    }
+
+    fn sealed(above: u64, upto: u64, rows: u64) -> Sealed {
+        Sealed {
+            key: Sealed::key_for("d", above, upto, 0),
+            above,
+            upto,
+            rows,
+        }
+    }
+
+    #[test]
+    fn the_tail_is_sealed_once_it_holds_seal_rows_and_segments_chain() {
+        let mut meta = LogMeta {
+            last_seq: 30,
+            base_seq: 10,
+            rows: 25,
+            ..LogMeta::default()
+        };
+        assert_eq!(meta.seal_plan(25, 100), None);
+        let plan = meta.seal_plan(25, 20).unwrap();
+        assert_eq!(
+            plan,
+            SealPlan::Tail {
+                above: 10,
+                upto: 30
+            }
+        );
+        assert!(meta.record_seal(plan, sealed(10, 30, 25)));
+        assert_eq!(meta.sealed_upto(), 30);
+        meta.last_seq = 50;
+        meta.rows = 45;
+        assert_eq!(
+            meta.seal_plan(20, 20),
+            Some(SealPlan::Tail {
+                above: 30,
+                upto: 50
+            })
+        );
+        // A reader at 20 reads the segment over (10, 30], then the tail above 30.
+        let (listed, rows_from) = meta.sealed_since(20);
+        assert_eq!((listed.len(), rows_from), (1, 30));
+        let (listed, rows_from) = meta.sealed_since(40);
+        assert_eq!((listed.len(), rows_from), (0, 40));
+    }
+
+    #[test]
+    fn a_seal_made_stale_by_a_compaction_is_retired_not_listed() {
+        let mut meta = LogMeta {
+            last_seq: 30,
+            base_seq: 10,
+            rows: 20,
+            ..LogMeta::default()
+        };
+        let plan = meta.seal_plan(20, 20).unwrap();
+        // The compaction lands while the segment is being written.
+        meta.base_seq = 25;
+        meta.retire_sealed();
+        let made = sealed(10, 30, 20);
+        assert!(!meta.record_seal(plan, made.clone()));
+        assert!(meta.sealed.is_empty());
+        assert_eq!(meta.retired, vec![made.key]);
+    }
+
+    #[test]
+    fn mostly_dead_segments_are_resealed_into_one() {
+        let mut meta = LogMeta {
+            last_seq: 300,
+            base_seq: 0,
+            rows: 50,
+            ..LogMeta::default()
+        };
+        for (above, upto) in [(0, 100), (100, 200), (200, 300)] {
+            let plan = SealPlan::Tail { above, upto };
+            assert!(meta.record_seal(plan, sealed(above, upto, 100)));
+        }
+        // 300 listed rows, 50 live: reseal (0, 300].
+        let plan = meta.seal_plan(0, 100).unwrap();
+        assert_eq!(
+            plan,
+            SealPlan::Reseal {
+                above: 0,
+                upto: 300
+            }
+        );
+        assert!(meta.record_seal(plan, sealed(0, 300, 50)));
+        assert_eq!(meta.sealed.len(), 1);
+        assert_eq!(meta.retired.len(), 3);
+        assert_eq!(
+            meta.seal_plan(0, 100),
+            None,
+            "one segment is never resealed"
         );
     }
 }

@@ -5,12 +5,15 @@
 //! (a replaced or deleted passage is never returned from a shard).
 //!
 //! Submodules: [`log`] (the writer's decisions: seqs, id kinds, the backlog limit; and the wire
-//! types between writer and isolate), [`delta`] (the isolate's view of one index), [`export`]
+//! types between writer and isolate), [`segment`] (the log's spans sealed into blobs in every
+//! region's bucket, which isolates read instead of asking the writer), [`delta`] (the isolate's
+//! view of one index), [`export`]
 //! (every live passage as NDJSON, what a compaction rebuilds from), [`views`]
 //! (every index's view in an isolate, within a byte budget, caught up as requests need).
 pub mod delta;
 pub mod export;
 pub mod log;
+pub mod segment;
 pub mod views;
 
 use serde::{Deserialize, Serialize};
@@ -19,7 +22,8 @@ use serde_json::{Map, Value};
 use crate::shard::DocId;
 
 pub use delta::Delta;
-pub use log::{Applied, LogMeta, Refused, Since, WriteBatch, WriteState};
+pub use log::{Applied, LogMeta, Refused, SealPlan, Since, WriteBatch, WriteState};
+pub use segment::Sealed;
 pub use views::{ViewError, Views, Wanted, Writer};
 
 /// A written passage: its vector (as sent), text and metadata.

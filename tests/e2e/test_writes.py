@@ -21,6 +21,7 @@ from conftest import (CHAT_MODEL, DIMS, EMBEDDING_MODEL, KEYS, Origin, bearer, b
                       corpus, log, publish, quoted_opening, shardc, start_worker, stop, DEVORIGIN, SHARDC)
 
 SMALL_DIMS = 32
+SEAL_ROWS = 500
 NDJSON = {"content-type": "application/x-ndjson"}
 
 
@@ -70,7 +71,9 @@ def live():
                           dict(name="w0-embed", url=origin.url, models=[EMBEDDING_MODEL], kind="embeddings")])
     logfile = open(os.path.join(tmp, "wrangler-writes.log"), "w")
     log(f"starting wrangler dev (writes); log {logfile.name}")
-    worker = start_worker(os.path.join(tmp, "state"), "local", logfile, dict(ORIGINS=origins))
+    # Segments of 500 rows, so that the loads below are read mostly from sealed segments in R2.
+    worker = start_worker(os.path.join(tmp, "state"), "local", logfile,
+                          dict(ORIGINS=origins, WRITE_SEAL_ROWS=str(SEAL_ROWS)))
     yield dict(tmp=tmp, worker=worker)
     stop(worker)
     origin.kill()
@@ -162,6 +165,74 @@ def test_four_clients_5000_upserts_and_500_deletes_every_acknowledged_write_is_f
         list(pool.map(check, range(clients * per_client)))
     replaced = sum(1 for text, _ in latest.values() if text.endswith("version 2"))
     assert replaced > 0
+
+
+def segment_reads(worker):
+    status, _, health = worker.call("GET", "/healthz")
+    assert status == 200, health
+    return health["segment_reads"] or dict(read=0, fallbacks=0)
+
+
+def wait_sealed(worker, name, seq, timeout_s=30):
+    """The index's write state once its writer has sealed every write up to `seq`."""
+    deadline = time.time() + timeout_s
+    while True:
+        state = write_state(worker, name)
+        if state["sealed_seq"] >= seq or time.time() > deadline:
+            return state
+        time.sleep(0.2)
+
+
+def test_writes_are_sealed_into_r2_segments_that_reads_use_and_a_compaction_retires(live):
+    worker = live["worker"]
+    create(worker, "sealed")
+    rng = random.Random(11)
+    vectors = [unit(rng) for _ in range(1300)]
+    seq = 0
+    for b in range(0, 1300, 100):
+        status, _, body = upsert(worker, "sealed", [item(i, vectors[i]) for i in range(b, b + 100)])
+        assert status == 200, body
+        seq = body["seq"]
+    # Ids 0..399 replaced: their new rows are sealed later than the old ones.
+    for b in range(0, 400, 100):
+        status, _, body = upsert(worker, "sealed", [item(i, vectors[i], 2) for i in range(b, b + 100)])
+        assert status == 200, body
+        seq = body["seq"]
+    status, _, body = delete(worker, "sealed", [f"doc-{i}" for i in range(900, 950)])
+    assert status == 200, body
+    seq = body["seq"]
+    # Once sealing is done the unsealed tail holds fewer than 500 rows, so every write up to
+    # seq 13 is sealed (seqs 13..18 hold 550).
+    sealed_state = wait_sealed(worker, "sealed", 13)
+    assert 13 <= sealed_state["sealed_seq"] <= seq and sealed_state["sealed_segments"] >= 1, sealed_state
+    assert sealed_state["seq"] == seq and sealed_state["pending_writes"] == 1300
+    before = segment_reads(worker)
+    for i in list(range(0, 1300, 7)) + list(range(900, 950)):
+        status, _, found = worker.search(index="sealed", vector=vectors[i], k=1, min_seq=seq)
+        assert status == 200 and found["seq"] == seq, found
+        if 900 <= i < 950:
+            assert all(m["id"] != f"doc-{i}" for m in found["matches"]), (i, found)
+            continue
+        match = found["matches"][0]
+        version = 2 if i < 400 else 1
+        assert match["id"] == f"doc-{i}" and match["text"] == f"passage {i} version {version}", (i, match)
+        assert match["metadata"] == dict(n=i, version=version)
+    after = segment_reads(worker)
+    assert after["read"] - before["read"] >= sealed_state["sealed_segments"], (before, after, sealed_state)
+    assert after["fallbacks"] == before["fallbacks"], after
+    status, _, listing = worker.call("GET", "/v1/indexes")
+    names = [ix if isinstance(ix, str) else ix["name"] for ix in listing["indexes"]]
+    assert status == 200 and "sealed" in names and not any(n.startswith(".") for n in names), listing
+    # A compaction folds every write into shards and retires the segments.
+    env = dict(os.environ, EDGERAG_ADMIN_KEY=KEYS["admin"])
+    done = subprocess.run([SHARDC, "compact", "sealed", "--url", worker.base], env=env, text=True,
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    state = write_state(worker, "sealed")
+    assert state["sealed_segments"] == 0 and state["pending_writes"] == 0 and state["base_seq"] == seq, state
+    for i in (3, 399, 400, 1299):
+        found = worker.search(index="sealed", vector=vectors[i], k=1)[2]
+        assert found["matches"][0]["text"] == f"passage {i} version {2 if i < 400 else 1}", found
 
 
 def test_a_created_empty_index_filled_only_through_the_api_serves_rag(live):
