@@ -27,6 +27,9 @@ pub enum AdminRoute {
     DeleteIndex { index: String },
     /// `POST {index}/gc`: delete all but the newest N versions (and the live one).
     Gc { index: String },
+    /// `GET {index}/hosts`: what each shard host of the live version (durable mode, the
+    /// caller's region) holds in memory.
+    Hosts { index: String },
     /// `GET {index}/export`: every live passage (the base version's, less those written over,
     /// plus the written ones) as NDJSON, for `shardc compact`.
     Export { index: String },
@@ -51,6 +54,7 @@ impl AdminRoute {
             [_, "current"] => (AdminRoute::SetCurrent { index: owned(0) }, "PUT"),
             [_, "gc"] => (AdminRoute::Gc { index: owned(0) }, "POST"),
             [_, "export"] => (AdminRoute::Export { index: owned(0) }, "GET"),
+            [_, "hosts"] => (AdminRoute::Hosts { index: owned(0) }, "GET"),
             [_, "versions", _] => {
                 let (index, version) = (owned(0), owned(2));
                 match method {
@@ -94,7 +98,8 @@ impl AdminRoute {
             | AdminRoute::SetCurrent { index }
             | AdminRoute::DeleteIndex { index }
             | AdminRoute::Gc { index }
-            | AdminRoute::Export { index } => index,
+            | AdminRoute::Export { index }
+            | AdminRoute::Hosts { index } => index,
         }
     }
 
@@ -110,6 +115,7 @@ impl AdminRoute {
             AdminRoute::DeleteIndex { .. } => "admin_delete_index",
             AdminRoute::Gc { .. } => "admin_gc",
             AdminRoute::Export { .. } => "admin_export",
+            AdminRoute::Hosts { .. } => "admin_hosts",
         }
     }
 }

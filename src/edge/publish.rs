@@ -138,6 +138,7 @@ async fn act(route: &AdminRoute, req: &Incoming, ctx: &Ctx) -> Result<Acted, Api
             }
             json!({ "index": index, "deleted_objects": deleted })
         }
+        AdminRoute::Hosts { index } => super::host::report(ctx, index).await?,
         AdminRoute::Export { index } => {
             return Ok(Acted::Streamed(super::writes::export(index, ctx).await?));
         }
