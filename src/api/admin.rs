@@ -173,6 +173,12 @@ mod tests {
             })
         );
         assert_eq!(
+            parse("GET", "docs/hosts"),
+            Ok(AdminRoute::Hosts {
+                index: "docs".into()
+            })
+        );
+        assert_eq!(
             parse("DELETE", "docs/versions/abc"),
             Ok(AdminRoute::DeleteVersion {
                 index: "docs".into(),
