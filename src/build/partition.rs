@@ -1,6 +1,9 @@
 //! Balanced k-means: splits the corpus into shards of (almost) equal size whose members are close
 //! to the shard's centroid, so a router can send a query to the few nearest shards.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
 use rand::seq::index::sample;
 use rand::SeedableRng;
 
@@ -44,31 +47,73 @@ pub fn balanced_kmeans(corpus: &Corpus, shards: usize, metric: Metric, seed: u64
     Partition { members, centroids }
 }
 
+/// Same greedy as sorting every (distance, row, shard) pair and taking them closest first while
+/// the row is unassigned and the shard has room, without materialising rows × shards pairs: each
+/// unassigned row keeps only its closest pair among shards not yet full in a heap (O(rows) memory).
+/// A popped pair whose shard filled up meanwhile is replaced by the row's next closest; pairs pop
+/// in the same global order, so the result equals the full sort's.
 fn assign_with_capacity(corpus: &Corpus, centroids: &[Vec<f32>], metric: Metric) -> Vec<usize> {
     let (rows, shards) = (corpus.len(), centroids.len());
     let mut capacity: Vec<usize> = (0..shards)
         .map(|s| rows / shards + usize::from(s < rows % shards))
         .collect();
-    let mut pairs: Vec<(f32, usize, usize)> = Vec::with_capacity(rows * shards);
-    for row in 0..rows {
-        for (shard, centroid) in centroids.iter().enumerate() {
-            pairs.push((
-                metric.distance_f32(corpus.vector(row), centroid),
+    let closest_open = |row: usize, capacity: &[usize]| {
+        centroids
+            .iter()
+            .enumerate()
+            .filter(|(shard, _)| capacity[*shard] > 0)
+            .map(|(shard, centroid)| Pair {
+                distance: metric.distance_f32(corpus.vector(row), centroid),
                 row,
                 shard,
-            ));
-        }
-    }
-    pairs.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+            })
+            .min()
+    };
+    let mut heap: BinaryHeap<Reverse<Pair>> = (0..rows)
+        .filter_map(|row| closest_open(row, &capacity).map(Reverse))
+        .collect();
     let mut assignment = vec![usize::MAX; rows];
-    for (_, row, shard) in pairs {
-        if assignment[row] == usize::MAX && capacity[shard] > 0 {
-            assignment[row] = shard;
-            capacity[shard] -= 1;
+    while let Some(Reverse(pair)) = heap.pop() {
+        if capacity[pair.shard] > 0 {
+            assignment[pair.row] = pair.shard;
+            capacity[pair.shard] -= 1;
+        } else if let Some(next) = closest_open(pair.row, &capacity) {
+            heap.push(Reverse(next));
         }
     }
     assignment
 }
+
+/// A candidate assignment, ordered by distance, then row, then shard (the full sort's order).
+#[derive(Clone, Copy)]
+struct Pair {
+    distance: f32,
+    row: usize,
+    shard: usize,
+}
+
+impl Ord for Pair {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.distance
+            .total_cmp(&other.distance)
+            .then(self.row.cmp(&other.row))
+            .then(self.shard.cmp(&other.shard))
+    }
+}
+
+impl PartialOrd for Pair {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Pair {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Pair {}
 
 fn mean_of(corpus: &Corpus, assignment: &[usize], shard: usize, metric: Metric) -> Vec<f32> {
     let mut sum = vec![0.0f64; corpus.dims];
@@ -116,5 +161,62 @@ mod tests {
         let mut members = partition.members.clone();
         members.sort();
         assert_eq!(members, vec![vec![0, 1, 2, 3, 4], vec![5, 6, 7, 8, 9]]);
+    }
+
+    /// The full-sort greedy the heap version replaces, kept as the reference it must equal.
+    fn assign_by_sorting_all_pairs(
+        corpus: &Corpus,
+        centroids: &[Vec<f32>],
+        metric: Metric,
+    ) -> Vec<usize> {
+        let (rows, shards) = (corpus.len(), centroids.len());
+        let mut capacity: Vec<usize> = (0..shards)
+            .map(|s| rows / shards + usize::from(s < rows % shards))
+            .collect();
+        let mut pairs = Vec::with_capacity(rows * shards);
+        for row in 0..rows {
+            for (shard, centroid) in centroids.iter().enumerate() {
+                let distance = metric.distance_f32(corpus.vector(row), centroid);
+                pairs.push(Pair {
+                    distance,
+                    row,
+                    shard,
+                });
+            }
+        }
+        pairs.sort_unstable();
+        let mut assignment = vec![usize::MAX; rows];
+        for pair in pairs {
+            if assignment[pair.row] == usize::MAX && capacity[pair.shard] > 0 {
+                assignment[pair.row] = pair.shard;
+                capacity[pair.shard] -= 1;
+            }
+        }
+        assignment
+    }
+
+    #[test]
+    fn heap_assignment_equals_sorting_all_pairs() {
+        // 203 pseudo-random 3-d points (not a multiple of the shard count) against 7 centroids
+        // drawn from them, in both metrics: the bounded-memory greedy must give the same rows.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let rows = 203;
+        let vectors: Vec<f32> = (0..rows * 3)
+            .map(|_| rand::Rng::gen_range(&mut rng, -1.0..1.0))
+            .collect();
+        let corpus = Corpus {
+            dims: 3,
+            ids: (0..rows as i64).map(DocId::Int).collect(),
+            texts: vec![String::new(); rows],
+            metadata: vec![Default::default(); rows],
+            vectors,
+        };
+        let centroids: Vec<Vec<f32>> = (0..7).map(|row| corpus.vector(row * 29).to_vec()).collect();
+        for metric in [Metric::L2, Metric::Cosine] {
+            assert_eq!(
+                assign_with_capacity(&corpus, &centroids, metric),
+                assign_by_sorting_all_pairs(&corpus, &centroids, metric)
+            );
+        }
     }
 }
