@@ -28,23 +28,7 @@ impl DurableHosts {
             .map_err(|e| ApiError::Misconfigured(e.to_string()))?;
         Ok(DurableHosts { ns })
     }
-}
 
-impl ShardHosts for DurableHosts {
-    async fn ask(&self, query: HostQuery) -> std::result::Result<HostAnswer, String> {
-        let name = host_name(&query.index, &query.version, query.shard, &query.region);
-        let body = serde_json::to_string(&query).map_err(|e| e.to_string())?;
-        self.call(&name, &query.region, "/search", Method::Post, Some(body))
-            .await
-    }
-}
-
-/// The object name makes one host per shard replica.
-fn host_name(index: &str, version: &str, shard: usize, region: &str) -> String {
-    format!("{index}/{version}/{shard}/{region}")
-}
-
-impl DurableHosts {
     /// One call to the host `name`; the hint places a new host near its region's bucket.
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
@@ -76,6 +60,20 @@ impl DurableHosts {
         };
         call.await.map_err(|e| format!("shard host {name}: {e}"))
     }
+}
+
+impl ShardHosts for DurableHosts {
+    async fn ask(&self, query: HostQuery) -> std::result::Result<HostAnswer, String> {
+        let name = host_name(&query.index, &query.version, query.shard, &query.region);
+        let body = serde_json::to_string(&query).map_err(|e| e.to_string())?;
+        self.call(&name, &query.region, "/search", Method::Post, Some(body))
+            .await
+    }
+}
+
+/// The object name makes one host per shard replica.
+fn host_name(index: &str, version: &str, shard: usize, region: &str) -> String {
+    format!("{index}/{version}/{shard}/{region}")
 }
 
 /// What a shard host holds: its isolate's wasm memory and its store's shards against the budget.
@@ -143,17 +141,8 @@ impl DurableObject for ShardHost {
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
         if req.path() == "/memory" {
-            return match store(&self.env) {
-                Ok(store) => {
-                    let held = store.held();
-                    Response::from_json(&HostMemory {
-                        wasm_memory_bytes: heap::wasm_memory_bytes(),
-                        cached_shards: held.shards,
-                        cached_bytes: held.shard_bytes,
-                        loading_bytes: held.reserved_bytes,
-                        cache_budget_bytes: held.budget_bytes,
-                    })
-                }
+            return match self.memory() {
+                Ok(memory) => Response::from_json(&memory),
                 Err(error) => Response::error(error.to_string(), error.status()),
             };
         }
@@ -165,6 +154,18 @@ impl DurableObject for ShardHost {
 }
 
 impl ShardHost {
+    /// What this host's isolate holds (hosts placed in one isolate share its store).
+    fn memory(&self) -> std::result::Result<HostMemory, ApiError> {
+        let held = store(&self.env)?.held();
+        Ok(HostMemory {
+            wasm_memory_bytes: heap::wasm_memory_bytes(),
+            cached_shards: held.shards,
+            cached_bytes: held.shard_bytes,
+            loading_bytes: held.reserved_bytes,
+            cache_budget_bytes: held.budget_bytes,
+        })
+    }
+
     async fn answer(&self, req: &mut Request) -> std::result::Result<HostAnswer, ApiError> {
         let query: HostQuery = req
             .json()

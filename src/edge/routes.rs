@@ -149,6 +149,7 @@ async fn index_summary(ctx: &Ctx, name: &str) -> Result<IndexSummary, ApiError> 
 fn health(ctx: &Ctx) -> serde_json::Value {
     let held = ctx.store.held();
     let used = heap::heap_use();
+    let views = super::config::views(&ctx.env).ok();
     serde_json::json!({
         "status": "ok",
         "serving_mode": if ctx.config.mode == Mode::Local { "local" } else { "durable" },
@@ -160,8 +161,8 @@ fn health(ctx: &Ctx) -> serde_json::Value {
         "heap_live_bytes": used.live_bytes,
         "heap_small_bytes": used.small_bytes,
         "heap_page_run_bytes": used.page_run_bytes,
-        "writes_bytes": super::config::views(&ctx.env).map_or(0, |v| v.bytes()),
-        "writes_budget_bytes": super::config::views(&ctx.env).map_or(0, |v| v.capacity()),
-        "segment_reads": super::config::views(&ctx.env).map(|v| v.segment_reads()).ok(),
+        "writes_bytes": views.as_ref().map_or(0, |v| v.bytes()),
+        "writes_budget_bytes": views.as_ref().map_or(0, |v| v.capacity()),
+        "segment_reads": views.map(|v| v.segment_reads()),
     })
 }

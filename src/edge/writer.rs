@@ -336,9 +336,7 @@ impl IndexWriter {
         self.put_meta(&sql, &meta)?;
         Ok(meta.state())
     }
-}
 
-impl IndexWriter {
     fn seal_rows(&self) -> u64 {
         self.env
             .var("WRITE_SEAL_ROWS")

@@ -4,6 +4,7 @@
 //! of it serves beside the shards.
 use std::rc::Rc;
 
+use rkyv::util::AlignedVec;
 use serde_json::{json, Value};
 
 use super::clock::WorkerClock;
@@ -15,11 +16,9 @@ use super::{read_body, search, Ctx, Incoming};
 use crate::api::write::{parse_create, parse_delete, parse_upsert, WRITE_BODY_LIMIT};
 use crate::api::ApiError;
 use crate::manifest::Manifest;
-use crate::store::Pinned;
-use crate::store::Source;
+use crate::store::{Pinned, Source};
 use crate::write::export::{shard_lines, written_chunks, ExportHeader, EXPORT_CHUNK};
 use crate::write::{Applied, Change, Delta, Sealed, Since, ViewError, Wanted, WriteBatch, Writer};
-use rkyv::util::AlignedVec;
 
 /// `POST /v1/indexes`: publishes an empty version of a new index in its regions and points the
 /// index's writer at it. An index that exists already is a 409.
@@ -137,8 +136,8 @@ pub async fn view(
         ttl_ms: ctx.config.current_ttl_ms,
         wait_ms: ctx.config.min_seq_wait_ms as f64,
     };
-    let home = ctx.home(&ctx.source.regions());
     let mut regions = ctx.source.regions();
+    let home = ctx.home(&regions);
     regions.sort_by_key(|r| *r != home);
     let log = LogReader {
         writer: Writers::new(&ctx.env)?.of(&manifest.name),

@@ -33,11 +33,12 @@ pub struct Sealed {
 }
 
 impl Sealed {
-    /// The object key of an index's segment over `(above, upto]`; `nonce` tells a reseal of the
-    /// same span from the earlier one, so an object is never overwritten while listed.
-    pub fn key_for(index: &str, above: u64, upto: u64, nonce: u64) -> String {
-        let index_hex: String = index.bytes().map(|b| format!("{b:02x}")).collect();
-        format!("{SEGMENT_PREFIX}{index_hex}/{above:020}-{upto:020}-{nonce:x}.seg")
+    /// The object key of the segment over `(above, upto]` of the log `owner` (the writer's
+    /// object id); `nonce` tells a reseal of the same span from the earlier one, so an object is
+    /// never overwritten while listed.
+    pub fn key_for(owner: &str, above: u64, upto: u64, nonce: u64) -> String {
+        let owner_hex: String = owner.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("{SEGMENT_PREFIX}{owner_hex}/{above:020}-{upto:020}-{nonce:x}.seg")
     }
 }
 
@@ -204,7 +205,7 @@ mod tests {
     }
 
     #[test]
-    fn segment_keys_never_read_as_an_index_name() {
+    fn segment_keys_start_with_a_prefix_no_index_name_has() {
         let key = Sealed::key_for("a/b", 0, 42, 7);
         assert!(key.starts_with(".writes/612f62/"), "{key}");
         assert!(key.ends_with("-7.seg"), "{key}");
