@@ -73,11 +73,39 @@ impl LocalIndex {
             exclude: params.exclude.clone(),
         };
         let gathered = self.gather(&query, params.ef, probe)?;
-        let merged = gathered.merge(params.k).map_err(failed)?;
+        let merged = gathered
+            .merge(params.k * self.manifest.copies())
+            .map_err(failed)?;
         if !merged.failed.is_empty() {
             return Err(failed(merged.failed));
         }
-        Ok(merged.vector.into_iter().map(|(hit, ())| hit).collect())
+        self.distinct(merged.vector.into_iter().map(|(hit, ())| hit), params.k)
+    }
+
+    /// The first `k` hits of distinct passages: with boundary replicas a passage can be found in
+    /// each shard that stores it, at the same distance.
+    fn distinct(
+        &self,
+        hits: impl IntoIterator<Item = ShardHit>,
+        k: usize,
+    ) -> Result<Vec<ShardHit>, ShardError> {
+        if self.manifest.copies() == 1 {
+            return Ok(hits.into_iter().take(k).collect());
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut distinct = Vec::with_capacity(k);
+        for hit in hits {
+            if distinct.len() == k {
+                break;
+            }
+            let shard = self.shards.get(hit.shard).ok_or_else(|| {
+                ShardError::Inconsistent(format!("a hit names shard {}", hit.shard))
+            })?;
+            if seen.insert(shard.id(hit.ord)?) {
+                distinct.push(hit);
+            }
+        }
+        Ok(distinct)
     }
 
     /// The worker's answer to `query` (vector, lexical or both, as `ranking.mode` says): the
@@ -145,10 +173,11 @@ impl LocalIndex {
             .iter()
             .map(|shard| shard.search_exact(query, params))
             .collect::<Result<Vec<_>, ShardError>>()?;
-        Ok(merge_top_k(
+        let merged = merge_top_k(
             per_shard.iter().map(Vec::as_slice).enumerate(),
-            params.k,
-        ))
+            params.k * self.manifest.copies(),
+        );
+        self.distinct(merged, params.k)
     }
 
     /// The API's matches for merged hits, in the same order: passage, public score, shard name.

@@ -9,8 +9,9 @@ use crate::shard::{Metric, Quant, ShardMeta};
 /// Manifest layout version; bump when fields change meaning (2: a shard's `checksum` is its
 /// payload checksum, the one its header records, no longer a hash of the whole file; 3: the
 /// manifest records its `placement`, which older readers would leave out of the content hash;
-/// 4: it lists its `filter_fields`, likewise).
-pub const MANIFEST_FORMAT_VERSION: u32 = 4;
+/// 4: it lists its `filter_fields`, likewise; 5: `routing`, whose boundary replicas make the shard
+/// counts add up to more than `count`, which older readers would refuse anyway).
+pub const MANIFEST_FORMAT_VERSION: u32 = 5;
 /// The oldest manifest layout still read, so that indexes published before an upgrade keep
 /// serving: version 1's `checksum` is the hash of the whole shard file.
 const OLDEST_READABLE_FORMAT_VERSION: u32 = 1;
@@ -97,7 +98,31 @@ pub struct Manifest {
     /// postings: an index created empty, or built before shard format 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lexical: Option<crate::lexical::CorpusStats>,
+    /// Boundary replication and adaptive probing (`shardc build --replicate-margin`). Absent
+    /// (and left out of the JSON) when every passage is in exactly one shard and a plan visits
+    /// `probe` shards or all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<Routing>,
 }
+
+/// How a build spread passages over more than one shard, and how far a plan looks for them.
+/// Distances are the metric's internal ones (cosine: 1 − similarity) from a vector or query to
+/// a shard's centroid.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Routing {
+    /// A passage is also stored in the nearest other shard whose centroid is at most this much
+    /// farther from it than its own shard's (SPANN-style boundary replication, at most
+    /// [`MAX_COPIES`] copies).
+    pub replicate_margin: f32,
+    /// Copies stored besides the first: the shard counts add up to `count + replicas`.
+    pub replicas: u64,
+    /// A plan visits, nearest first, the shards whose centroid is at most this much farther from
+    /// the query than the nearest one's (and at most `probe`, when a request caps it).
+    pub probe_margin: f32,
+}
+
+/// Most shards one passage is stored in.
+pub const MAX_COPIES: usize = 2;
 
 /// Where a build puts each shard's replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,6 +239,7 @@ impl Manifest {
             embedding_model,
             filter_fields: None,
             lexical: None,
+            routing: None,
         };
         manifest.version = manifest.content_version();
         manifest.validate()?;
@@ -315,11 +341,25 @@ impl Manifest {
                 ));
             }
         }
+        if let Some(routing) = &self.routing {
+            let margins = [routing.replicate_margin, routing.probe_margin];
+            if margins.iter().any(|m| !m.is_finite() || *m < 0.0) {
+                return invalid(format!(
+                    "routing margins must be finite and not negative, not {margins:?}"
+                ));
+            }
+            if routing.replicas > self.count * (MAX_COPIES as u64 - 1) {
+                return invalid(format!(
+                    "{} replicas of {} passages: at most {MAX_COPIES} copies of each",
+                    routing.replicas, self.count
+                ));
+            }
+        }
+        let stored = self.count + self.routing.map_or(0, |r| r.replicas);
         let total: u64 = self.shards.iter().map(|s| u64::from(s.count)).sum();
-        if total != self.count {
+        if total != stored {
             return invalid(format!(
-                "shard counts add up to {total}, manifest says {}",
-                self.count
+                "shard counts add up to {total}, manifest says {stored} (count plus replicas)"
             ));
         }
         let actual = self.content_version();
@@ -420,6 +460,26 @@ impl Manifest {
     /// Indices of the `n` shards whose centroids are closest to `query`, closest first.
     /// A query of the wrong dimension gets the first `n` shards; the shard search then rejects it.
     pub fn nearest_shards(&self, query: &[f32], n: usize) -> Vec<usize> {
+        self.shards_by_distance(query)
+            .into_iter()
+            .take(n)
+            .map(|(_, i)| i)
+            .collect()
+    }
+
+    /// Every shard with its centroid's distance from `query`, nearest first (ties by position;
+    /// a query of the wrong length is at distance 0 from all). A cosine query is normalised
+    /// first, as the shards normalise it, so that distances (and the routing margins) mean
+    /// the same whatever its length.
+    pub fn shards_by_distance(&self, query: &[f32]) -> Vec<(f32, usize)> {
+        let norm = query.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let unit: Vec<f32>;
+        let query = if self.metric == Metric::Cosine && norm > 0.0 {
+            unit = query.iter().map(|x| x / norm).collect();
+            &unit
+        } else {
+            query
+        };
         let mut order: Vec<(f32, usize)> = self
             .shards
             .iter()
@@ -434,7 +494,16 @@ impl Manifest {
             })
             .collect();
         order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        order.into_iter().take(n).map(|(_, i)| i).collect()
+        order
+    }
+
+    /// How many copies of one passage a merge may see: the hits it must take to be left with
+    /// `k` distinct passages.
+    pub fn copies(&self) -> usize {
+        match self.routing {
+            Some(routing) if routing.replicas > 0 => MAX_COPIES,
+            _ => 1,
+        }
     }
 }
 
@@ -487,6 +556,7 @@ mod tests {
             embedding_model: None,
             filter_fields: None,
             lexical: None,
+            routing: None,
         };
         manifest.version = manifest.content_version();
         manifest

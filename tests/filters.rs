@@ -49,6 +49,8 @@ fn config(passages: &Path, vectors: &Path, dims: usize, shards: usize, out: &Pat
             seed: 42,
             threads: None,
             filter_fields: None,
+            replicate_margin: 0.0,
+            probe_margin: None,
         },
         name: "filters".into(),
         out: out.to_path_buf(),

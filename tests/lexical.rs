@@ -89,6 +89,8 @@ fn build(dir: &Path, shards: usize) -> IndexDir {
             seed: 3,
             threads: Some(1),
             filter_fields: None,
+            replicate_margin: 0.0,
+            probe_margin: None,
         },
         name: "lexical".into(),
         out: out.clone(),

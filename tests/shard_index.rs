@@ -36,6 +36,8 @@ fn config(
             seed: 42,
             threads: None,
             filter_fields: None,
+            replicate_margin: 0.0,
+            probe_margin: None,
         },
         name: "test".into(),
         out: out.to_path_buf(),
@@ -158,11 +160,20 @@ fn reaches_recall(
     last
 }
 
-#[test]
-fn recall_against_exact_ground_truth_for_1_and_4_shards_f16_and_i8() {
-    let work = tempfile::tempdir().unwrap();
+/// A corpus with queries and their exact top-10 ids (rows of at least 10).
+struct RecallCorpus {
+    passages: PathBuf,
+    vectors: PathBuf,
+    dims: usize,
+    queries: Vec<Vec<f32>>,
+    truth: Vec<Vec<i32>>,
+}
+
+/// pydocs' first 500 public queries and their ground truth (`pydocs`), else a synthetic
+/// clustered corpus of 3,000 rows whose queries are shifted copies of every 15th row.
+fn recall_corpus(work: &Path, pydocs: bool) -> RecallCorpus {
     let data = pydocs_dir();
-    let (passages, vectors, dims, queries, truth) = if data.join("passages.jsonl").exists() {
+    if pydocs {
         const QUERIES: usize = 500;
         let queries: Vec<Vec<f32>> = read_le(&data.join("queries_public.f32"), f32::from_le_bytes)
             .chunks(384)
@@ -174,24 +185,42 @@ fn recall_against_exact_ground_truth_for_1_and_4_shards_f16_and_i8() {
             .take(QUERIES)
             .map(<[i32]>::to_vec)
             .collect();
-        (
-            data.join("passages.jsonl"),
-            data.join("base.f32"),
-            384,
+        return RecallCorpus {
+            passages: data.join("passages.jsonl"),
+            vectors: data.join("base.f32"),
+            dims: 384,
             queries,
             truth,
-        )
-    } else {
-        eprintln!("../shared/data/pydocs is absent: measuring recall on a synthetic clustered corpus instead");
-        let (passages, vectors, rows) = synthetic_corpus(work.path(), 3000, 48, false);
-        let queries: Vec<Vec<f32>> = rows
-            .iter()
-            .step_by(15)
-            .map(|v| v.iter().map(|x| x * 1.01 + 0.01).collect())
-            .collect();
-        let truth = queries.iter().map(|q| exact_top_k(&rows, q, 10)).collect();
-        (passages, vectors, 48, queries, truth)
-    };
+        };
+    }
+    eprintln!("measuring recall on a synthetic clustered corpus (../shared/data/pydocs absent or not asked for)");
+    let (passages, vectors, rows) = synthetic_corpus(work, 3000, 48, false);
+    let queries: Vec<Vec<f32>> = rows
+        .iter()
+        .step_by(15)
+        .map(|v| v.iter().map(|x| x * 1.01 + 0.01).collect())
+        .collect();
+    let truth = queries.iter().map(|q| exact_top_k(&rows, q, 10)).collect();
+    RecallCorpus {
+        passages,
+        vectors,
+        dims: 48,
+        queries,
+        truth,
+    }
+}
+
+#[test]
+fn recall_against_exact_ground_truth_for_1_and_4_shards_f16_and_i8() {
+    let work = tempfile::tempdir().unwrap();
+    let RecallCorpus {
+        passages,
+        vectors,
+        dims,
+        queries,
+        truth,
+        ..
+    } = recall_corpus(work.path(), pydocs_dir().join("passages.jsonl").exists());
     for (quant, target) in [(Quant::F16, 0.97), (Quant::I8, 0.95)] {
         for shards in [1, 4] {
             let out = work.path().join(format!("{quant:?}-{shards}"));
@@ -212,6 +241,98 @@ fn recall_against_exact_ground_truth_for_1_and_4_shards_f16_and_i8() {
                 "{quant:?} with {shards} shards: recall@10 {recall} < {target} even at ef {ef}"
             );
         }
+    }
+}
+
+/// Boundary replication (`--replicate-margin`) with the adaptive plan: every answer has 10
+/// distinct passages though copies sit in two shards, graph and exact search alike; the manifest
+/// counts the copies; queries visit fewer shards. On pydocs (4 shards, margin 0.04, probe margin
+/// 0.08) recall@10 at ef 64 is at least 0.95 while visiting at most 2 shards on average (0.89 at
+/// probe 2 without replication); on the synthetic corpus, every passage copied (margin 2, the
+/// widest cosine distance) and a probe margin of 0.1, at least 0.9 visiting fewer than all 4.
+#[test]
+fn boundary_replicas_give_distinct_answers_and_reach_recall_visiting_fewer_shards() {
+    let work = tempfile::tempdir().unwrap();
+    let pydocs = pydocs_dir().join("passages.jsonl").exists();
+    let mut corpora = vec![(false, 2.0, Some(0.1), 0.9, 4.0)];
+    if pydocs {
+        corpora.push((true, 0.04, None, 0.95, 2.0));
+    } else {
+        eprintln!("../shared/data/pydocs is absent: the pydocs goal (recall 0.95, ≤ 2 of 4 shards) is not checked");
+    }
+    for (use_pydocs, margin, probe_margin, target, most_visited) in corpora {
+        let dir = work.path().join(format!("pydocs-{use_pydocs}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let corpus = recall_corpus(&dir, use_pydocs);
+        let out = dir.join("index");
+        let mut built = config(
+            &corpus.passages,
+            Some(&corpus.vectors),
+            corpus.dims,
+            Quant::F16,
+            4,
+            &out,
+        );
+        built.shape.replicate_margin = margin;
+        built.shape.probe_margin = probe_margin;
+        build_index(&built).unwrap();
+        let index = IndexDir::open(&out).unwrap();
+        let routing = index
+            .manifest
+            .routing
+            .expect("the manifest records the routing");
+        let stored: u64 = index
+            .manifest
+            .shards
+            .iter()
+            .map(|s| u64::from(s.count))
+            .sum();
+        assert!(routing.replicas > 0, "margin {margin} copied nothing");
+        if margin >= 2.0 {
+            assert_eq!(routing.replicas, index.manifest.count);
+        }
+        assert_eq!(stored, index.manifest.count + routing.replicas);
+        assert_eq!(routing.probe_margin, probe_margin.unwrap_or(2.0 * margin));
+        let (mut found, mut visited) = (0usize, 0usize);
+        for (query, expected) in corpus.queries.iter().zip(&corpus.truth) {
+            let params = SearchParams {
+                k: 10,
+                ef: 64,
+                filter: None,
+                exclude: None,
+            };
+            visited += edgerag::retrieve::plan(&index.manifest, query, None, &params).len();
+            let ids = |hits: Vec<edgerag::shard::ShardHit>| -> Vec<i64> {
+                hits.iter()
+                    .map(|hit| match index.shards[hit.shard].id(hit.ord).unwrap() {
+                        DocId::Int(id) => id,
+                        DocId::Str(id) => panic!("integer ids expected, got {id}"),
+                    })
+                    .collect()
+            };
+            let graph = ids(index.search(query, &params).unwrap());
+            let exact = ids(index.search_exact(query, &params).unwrap());
+            for answer in [&graph, &exact] {
+                let distinct: std::collections::HashSet<_> = answer.iter().collect();
+                assert_eq!((answer.len(), distinct.len()), (10, 10), "{answer:?}");
+            }
+            found += graph
+                .iter()
+                .filter(|&&id| expected[..10].contains(&(id as i32)))
+                .count();
+        }
+        let queries = corpus.queries.len();
+        let recall = found as f64 / (10 * queries) as f64;
+        let mean_visited = visited as f64 / queries as f64;
+        eprintln!(
+            "pydocs={use_pydocs} margin {margin}: {} copies for {} passages, recall@10 {recall:.4} visiting {mean_visited:.2} of 4 shards",
+            routing.replicas, index.manifest.count
+        );
+        assert!(recall >= target, "recall@10 {recall} < {target}");
+        assert!(
+            mean_visited <= most_visited && mean_visited < 4.0,
+            "visited {mean_visited} shards on average"
+        );
     }
 }
 

@@ -301,6 +301,10 @@ pub struct SearchResponse {
     pub version: String,
     pub partial: bool,
     pub failed_shards: Vec<String>,
+    /// Shards the plan visited (the `probe` nearest, or with boundary replication those within
+    /// the index's probe margin), failed ones included. Absent in answers cached before it.
+    #[serde(default)]
+    pub shards_searched: usize,
     /// Every write up to this seq is in the answer.
     pub seq: u64,
     /// Writes in the answer's view that are not yet compacted into shards.

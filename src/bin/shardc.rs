@@ -784,20 +784,22 @@ fn run_eval(args: &EvalArgs) -> CliResult {
         };
         let mut latencies_us = Vec::with_capacity(queries.len());
         let mut found = 0usize;
+        let mut visited = 0usize;
         let started = Instant::now();
         for (query, expected) in queries.iter().zip(&truth) {
             let t = Instant::now();
             let hits = match *run {
-                EvalRun::Graph { ef } => index.search_shards(
-                    query,
-                    &SearchParams {
+                EvalRun::Graph { ef } => {
+                    let params = SearchParams {
                         k,
                         ef,
                         filter: None,
                         exclude: None,
-                    },
-                    args.probe,
-                )?,
+                    };
+                    visited +=
+                        edgerag::retrieve::plan(&index.manifest, query, args.probe, &params).len();
+                    index.search_shards(query, &params, args.probe)?
+                }
                 EvalRun::Exact => index.search_exact(
                     query,
                     &SearchParams {
@@ -825,6 +827,10 @@ fn run_eval(args: &EvalArgs) -> CliResult {
         latencies_us.sort_by(f64::total_cmp);
         let percentile =
             |p: f64| latencies_us[((latencies_us.len() - 1) as f64 * p).round() as usize];
+        let shards_visited = match *run {
+            EvalRun::Graph { .. } => visited as f64 / queries.len().max(1) as f64,
+            EvalRun::Exact => index.shards.len() as f64,
+        };
         let recall = found as f64 / (k * queries.len()) as f64;
         let qps = queries.len() as f64 / seconds;
         if args.json {
@@ -835,10 +841,11 @@ fn run_eval(args: &EvalArgs) -> CliResult {
             row.insert("p50_us".into(), json!(percentile(0.5)));
             row.insert("p99_us".into(), json!(percentile(0.99)));
             row.insert("qps".into(), json!(qps));
+            row.insert("shards_visited".into(), json!(shards_visited));
             println!("{}", serde_json::Value::Object(row));
         } else {
             println!(
-                "ef={label:<6} recall@{k}={recall:.4} p50={:.1}us p99={:.1}us qps={qps:.0}",
+                "ef={label:<6} recall@{k}={recall:.4} p50={:.1}us p99={:.1}us qps={qps:.0} shards={shards_visited:.2}",
                 percentile(0.5),
                 percentile(0.99)
             );

@@ -55,6 +55,7 @@ pub fn corpus_from_export(
     let header: ExportHeader =
         serde_json::from_str(&first).map_err(|e| bad(1, format!("not an export header: {e}")))?;
     let mut count = 0;
+    let mut exported = std::collections::HashSet::new();
     for (n, line) in lines.enumerate() {
         let line = line.map_err(|e| bad(n + 2, format!("the export was cut short: {e}")))?;
         let change: Change = serde_json::from_str(&line).map_err(|e| {
@@ -66,6 +67,11 @@ pub fn corpus_from_export(
         let put = change
             .put
             .ok_or_else(|| bad(n + 2, "a deletion in an export".into()))?;
+        // A passage with a boundary replica is exported from each shard that stores it.
+        if !exported.insert(change.id.clone()) {
+            progress.inc(1);
+            continue;
+        }
         if put.vector.len() != header.dims {
             return Err(bad(
                 n + 2,
@@ -121,6 +127,8 @@ impl ExportedCorpus {
                 seed: DEFAULT_SEED,
                 threads: None,
                 filter_fields: self.header.filter_fields.clone(),
+                replicate_margin: self.header.routing.map_or(0.0, |r| r.replicate_margin),
+                probe_margin: self.header.routing.map(|r| r.probe_margin),
             },
             name: self.header.index.clone(),
             out: out.to_path_buf(),
@@ -152,6 +160,7 @@ mod tests {
             shards: 3,
             embedding_model: Some("m".into()),
             filter_fields: None,
+            routing: None,
         }
     }
 
@@ -212,5 +221,35 @@ mod tests {
         let wrong = format!("{}{}\n", header().line(), line(DocId::Int(1), vec![1.0]));
         assert!(corpus_from_export(wrong.as_bytes(), dir.path(), &bar).is_err());
         assert!(corpus_from_export(&b""[..], dir.path(), &bar).is_err());
+    }
+
+    #[test]
+    fn a_replicated_passage_exported_twice_is_one_passage_and_the_rebuild_keeps_the_routing() {
+        let dir = tempfile::tempdir().unwrap();
+        let routing = crate::manifest::Routing {
+            replicate_margin: 0.05,
+            replicas: 1,
+            probe_margin: 0.1,
+        };
+        let header = ExportHeader {
+            routing: Some(routing),
+            ..header()
+        };
+        let export = format!(
+            "{}{}\n{}\n{}\n",
+            header.line(),
+            line(DocId::Int(1), vec![0.6, 0.8]),
+            line(DocId::Int(2), vec![1.0, 0.0]),
+            line(DocId::Int(1), vec![0.6, 0.8])
+        );
+        let bar = indicatif::ProgressBar::hidden();
+        let corpus = corpus_from_export(export.as_bytes(), dir.path(), &bar).unwrap();
+        assert_eq!(corpus.count, 2);
+        let text = std::fs::read_to_string(&corpus.passages).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        assert_eq!(std::fs::read(&corpus.vectors).unwrap().len(), 2 * 2 * 4);
+        let config = corpus.build_config(dir.path(), None, false);
+        assert_eq!(config.shape.replicate_margin, 0.05);
+        assert_eq!(config.shape.probe_margin, Some(0.1));
     }
 }

@@ -413,6 +413,8 @@ mod tests {
                 threads: Some(1),
                 seed: DEFAULT_SEED,
                 filter_fields: None,
+                replicate_margin: 0.0,
+                probe_margin: None,
             },
             progress: false,
         }

@@ -26,7 +26,9 @@ use std::path::PathBuf;
 pub use error::BuildError;
 pub use index_dir::IndexDir;
 
-use crate::manifest::{checksum_hex, Manifest, Placement, ShardEntry, MANIFEST_FORMAT_VERSION};
+use crate::manifest::{
+    checksum_hex, Manifest, Placement, Routing, ShardEntry, MANIFEST_FORMAT_VERSION,
+};
 use crate::shard::{format, Metric, Quant};
 
 pub const DEFAULT_EF_CONSTRUCTION: usize = 200;
@@ -58,6 +60,17 @@ pub struct IndexShape {
     /// by the API. Every field stays stored in the shards either way (matches return it).
     #[arg(long, value_delimiter = ',')]
     pub filter_fields: Option<Vec<String>>,
+    /// Boundary replication: also store each passage in the nearest other shard whose centroid
+    /// is at most this much farther from it than its own shard's (the metric's distance;
+    /// cosine: 1 − similarity), so that a query finds its neighbours in fewer shards. 0: off.
+    /// The manifest's `routing` records it and the stored copies (README "Routing").
+    #[arg(long, default_value_t = 0.0)]
+    pub replicate_margin: f32,
+    /// A query visits, nearest first, only the shards whose centroid is at most this much
+    /// farther from it than the nearest one's (`probe` still caps it). Default: twice
+    /// `--replicate-margin` when that is on, else every shard.
+    #[arg(long)]
+    pub probe_margin: Option<f32>,
     /// Graph-building threads (default: one per core); 1 gives the same bytes and version for
     /// the same input and seed (instant-distance inserts in parallel, so with more threads the
     /// graph and version vary).
@@ -118,12 +131,16 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
         .build()
         .map_err(|e| BuildError::Invalid(format!("graph thread pool: {e}")))?;
     let filter_fields = filter_fields(&corpus, config.shape.filter_fields.as_deref())?;
-    let partition = partition::balanced_kmeans(
+    let mut partition = partition::balanced_kmeans(
         &corpus,
         config.shape.shards,
         config.shape.metric,
         config.shape.seed,
     );
+    let replicas = pool.install(|| {
+        partition.replicate_boundaries(&corpus, config.shape.metric, config.shape.replicate_margin)
+    });
+    let routing = routing(&config.shape, replicas);
     let corpus_terms = postings::corpus_terms(&corpus);
     let mut entries = Vec::with_capacity(config.shape.shards);
     let mut blobs = Vec::with_capacity(config.shape.shards);
@@ -198,6 +215,7 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
         embedding_model: config.embedding_model.clone(),
         filter_fields: Some(filter_fields),
         lexical: Some(corpus_terms.stats),
+        routing,
     };
     manifest.version = manifest.content_version();
     manifest.validate().map_err(|source| BuildError::Manifest {
@@ -278,7 +296,32 @@ fn declared_fields(declared: &[String]) -> Result<Vec<String>, BuildError> {
     Ok(fields.into_iter().collect())
 }
 
+/// The manifest's `routing` for a build with `replicas` stored copies: absent when neither
+/// margin is set, as for builds before it existed.
+fn routing(shape: &IndexShape, replicas: u64) -> Option<Routing> {
+    let probe_margin = shape
+        .probe_margin
+        .or((shape.replicate_margin > 0.0).then_some(2.0 * shape.replicate_margin))?;
+    Some(Routing {
+        replicate_margin: shape.replicate_margin,
+        replicas,
+        probe_margin,
+    })
+}
+
 fn check_config(config: &BuildConfig) -> Result<(), BuildError> {
+    let margins = [
+        ("--replicate-margin", Some(config.shape.replicate_margin)),
+        ("--probe-margin", config.shape.probe_margin),
+    ];
+    if let Some((flag, margin)) = margins
+        .iter()
+        .find_map(|&(flag, m)| m.filter(|m| !m.is_finite() || *m < 0.0).map(|m| (flag, m)))
+    {
+        return Err(BuildError::Invalid(format!(
+            "{flag} must be a finite distance of at least 0, not {margin}"
+        )));
+    }
     if config.shape.shards == 0 {
         return Err(BuildError::Invalid("--shards must be at least 1".into()));
     }

@@ -1,5 +1,6 @@
 //! Balanced k-means: splits the corpus into shards of (almost) equal size whose members are close
-//! to the shard's centroid, so a router can send a query to the few nearest shards.
+//! to the shard's centroid, so a router can send a query to the few nearest shards; and boundary
+//! replication, which copies the rows near a border into the shard across it.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -115,6 +116,48 @@ impl PartialEq for Pair {
 
 impl Eq for Pair {}
 
+impl Partition {
+    /// Boundary replication (SPANN-style): each row is also made a member of the nearest other
+    /// shard whose centroid is at most `margin` farther from it than its own shard's centroid
+    /// (one copy more at most, [`crate::manifest::MAX_COPIES`]); centroids stay those of the
+    /// rows' own shards. Returns the copies added. A margin of 0 adds none.
+    pub fn replicate_boundaries(&mut self, corpus: &Corpus, metric: Metric, margin: f32) -> u64 {
+        use rayon::prelude::*;
+        if margin <= 0.0 || self.centroids.len() < 2 {
+            return 0;
+        }
+        let mut home = vec![0usize; corpus.len()];
+        for (shard, rows) in self.members.iter().enumerate() {
+            rows.iter().for_each(|&row| home[row] = shard);
+        }
+        let centroids = &self.centroids;
+        let second: Vec<Option<usize>> = (0..corpus.len())
+            .into_par_iter()
+            .map(|row| {
+                let vector = corpus.vector(row);
+                let own = metric.distance_f32(vector, &centroids[home[row]]);
+                (0..centroids.len())
+                    .filter(|&shard| shard != home[row])
+                    .map(|shard| (metric.distance_f32(vector, &centroids[shard]), shard))
+                    .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
+                    .filter(|&(distance, _)| distance <= own + margin)
+                    .map(|(_, shard)| shard)
+            })
+            .collect();
+        let mut added = 0;
+        for (row, shard) in second.into_iter().enumerate() {
+            if let Some(shard) = shard {
+                self.members[shard].push(row);
+                added += 1;
+            }
+        }
+        self.members
+            .iter_mut()
+            .for_each(|rows| rows.sort_unstable());
+        added
+    }
+}
+
 fn mean_of(corpus: &Corpus, assignment: &[usize], shard: usize, metric: Metric) -> Vec<f32> {
     let mut sum = vec![0.0f64; corpus.dims];
     let mut members = 0usize;
@@ -218,5 +261,38 @@ mod tests {
                 assign_by_sorting_all_pairs(&corpus, &centroids, metric)
             );
         }
+    }
+
+    #[test]
+    fn boundary_rows_are_copied_into_the_nearest_other_shard_within_the_margin() {
+        // Rows on a line at x = 0, 1, 2, 8, 9, 10 (L2): two shards {0,1,2} and {8,9,10}, centroids
+        // 1 and 9. Row 2 is 1 from its centroid and 49 from the other's; no margin below 48 copies it.
+        let xs = [0.0f32, 1.0, 2.0, 8.0, 9.0, 10.0];
+        let corpus = Corpus {
+            dims: 1,
+            ids: (0..6).map(DocId::Int).collect(),
+            texts: vec![String::new(); 6],
+            metadata: vec![Default::default(); 6],
+            vectors: xs.to_vec(),
+        };
+        let fresh = || balanced_kmeans(&corpus, 2, Metric::L2, 1);
+        let mut partition = fresh();
+        let (near_zero, near_ten) = if partition.members[0].contains(&0) {
+            (0, 1)
+        } else {
+            (1, 0)
+        };
+        assert_eq!(partition.replicate_boundaries(&corpus, Metric::L2, 0.0), 0);
+        assert_eq!(partition.replicate_boundaries(&corpus, Metric::L2, 47.0), 0);
+        assert_eq!(partition.members, fresh().members);
+        // Margin 48: rows 2 and 3 (x = 2 and 8: 1 from their own centroid, 49 from the other)
+        // get a copy.
+        assert_eq!(partition.replicate_boundaries(&corpus, Metric::L2, 48.0), 2);
+        assert_eq!(partition.members[near_zero], vec![0, 1, 2, 3]);
+        assert_eq!(partition.members[near_ten], vec![2, 3, 4, 5]);
+        // A wide margin copies every row once, never more.
+        let mut wide = fresh();
+        assert_eq!(wide.replicate_boundaries(&corpus, Metric::L2, 1000.0), 6);
+        assert!(wide.members.iter().all(|rows| rows.len() == 6));
     }
 }

@@ -184,6 +184,7 @@ async fn search(
         request.probe,
         &query.params(request.effective_ef()),
     );
+    let shards_searched = visits.len();
     let deadline = ctx.config.deadline_ms as f64;
     let resolved = match ctx.config.mode {
         Mode::Local => {
@@ -236,6 +237,7 @@ async fn search(
         version: pinned.version.clone(),
         partial: !failed_shards.is_empty(),
         failed_shards,
+        shards_searched,
         seq: writes.as_ref().map_or(0, |w| w.seq),
         pending_writes: writes.as_ref().map_or(0, |w| w.pending_writes() as u64),
     })

@@ -560,6 +560,7 @@ mod tests {
             embedding_model: None,
             filter_fields: None,
             lexical: None,
+            routing: None,
         };
         m.version = m.content_version();
         (m, blobs)

@@ -211,8 +211,9 @@ impl<S: Shards> Gathered<S> {
         };
         let mut dropped = BTreeMap::new();
         'merge: loop {
+            // With boundary replicas a passage can win in each shard that stores it.
             let merged = self
-                .merge_without(k, &dropped)
+                .merge_without(k * manifest.copies(), &dropped)
                 .map_err(|failed| AllFailed(named(failed)))?;
             let mut lists = [Vec::new(), Vec::new()];
             // Each ranking's public score: the metric's similarity, or the BM25 score.
@@ -222,11 +223,17 @@ impl<S: Shards> Gathered<S> {
                 .zip([merged.vector, merged.lexical])
                 .zip(scores)
             {
+                let mut seen = std::collections::HashSet::new();
                 for (hit, held) in top {
+                    if list.len() == k {
+                        break;
+                    }
                     match shards.resolve(held, &hit) {
                         Ok(mut m) => {
-                            m.score = score(hit.distance);
-                            list.push((hit, m))
+                            if seen.insert(m.id.to_string()) {
+                                m.score = score(hit.distance);
+                                list.push((hit, m))
+                            }
                         }
                         Err(why) => {
                             dropped.insert(hit.shard, why);

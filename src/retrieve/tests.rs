@@ -62,6 +62,8 @@ fn build(dir: &Path, name: &str, shards: usize, seed: u64) -> (Manifest, Vec<Vec
             seed: 42,
             threads: Some(1),
             filter_fields: None,
+            replicate_margin: 0.0,
+            probe_margin: None,
         },
         name: name.into(),
         out: out.clone(),

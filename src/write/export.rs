@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Change, Delta, Put};
-use crate::manifest::{Manifest, Placement};
+use crate::manifest::{Manifest, Placement, Routing};
 use crate::shard::{Metric, Quant, Shard, ShardError};
 
 /// Passages per chunk of the export's body.
@@ -31,6 +31,10 @@ pub struct ExportHeader {
     /// The base version's filterable fields (absent when its manifest has none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter_fields: Option<Vec<String>>,
+    /// The base version's boundary replication and probing, which a rebuild keeps; its
+    /// replicated passages appear once per shard that stores them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<Routing>,
 }
 
 impl ExportHeader {
@@ -47,6 +51,7 @@ impl ExportHeader {
             shards: manifest.shards.len(),
             embedding_model: manifest.embedding_model.clone(),
             filter_fields: manifest.filter_fields.clone(),
+            routing: manifest.routing,
         }
     }
 

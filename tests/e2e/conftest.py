@@ -11,6 +11,7 @@ import os
 import secrets
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -156,6 +157,13 @@ def corpus(tmp):
             os.path.join(demo, "queries.f32"))
 
 
+def query_row(queries, row):
+    """Row `row` of the raw f32 query file `queries` as a list."""
+    with open(queries, "rb") as f:
+        f.seek(row * DIMS * 4)
+        return list(struct.unpack(f"<{DIMS}f", f.read(DIMS * 4)))
+
+
 def shardc(*args):
     return subprocess.run([SHARDC, *args], check=True, text=True, stdout=subprocess.PIPE).stdout
 
@@ -181,6 +189,15 @@ def publish(worker, index_dir, key=None):
     if done.returncode != 0:
         raise RuntimeError(f"shardc publish {index_dir} exited {done.returncode}: {done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def serving(tmp, index_dir, mode, label):
+    """A `wrangler dev` in `mode` with its state and log under `tmp`, `index_dir` published to it."""
+    logfile = open(os.path.join(tmp, f"wrangler-{label}.log"), "w")
+    log(f"starting wrangler dev ({mode}, {label}); log {logfile.name}")
+    worker = start_worker(os.path.join(tmp, "state"), mode, logfile)
+    publish(worker, index_dir)
+    return worker
 
 
 def start_worker(persist, mode, logfile, extra_vars=None, ready_status=200, inspector=True):

@@ -2,14 +2,12 @@
 its own ShardHost object; the entry worker asks only the planned hosts (at most six at a time)
 and its answers equal `shardc query` with the same plan; every host reports its memory."""
 import json
-import os
 import shutil
-import struct
 import tempfile
 
 import pytest
 
-from conftest import DIMS, build_binary, build_index, corpus, log, publish, shardc, start_worker, stop, SHARDC
+from conftest import build_binary, build_index, corpus, log, query_row, serving, shardc, stop, SHARDC
 
 SHARDS = 32
 ROWS = range(6)
@@ -21,25 +19,16 @@ def wide():
     tmp = tempfile.mkdtemp(prefix="edgerag-e2e-wide-")
     passages, vectors, queries = corpus(tmp)
     index = build_index(tmp, "wide", SHARDS, passages, vectors)
-    logfile = open(os.path.join(tmp, "wrangler-wide.log"), "w")
-    log(f"starting wrangler dev (durable, {SHARDS} shards); log {logfile.name}")
-    worker = start_worker(os.path.join(tmp, "state"), "durable", logfile)
-    publish(worker, index)
+    worker = serving(tmp, index, "durable", f"{SHARDS} shards")
     yield dict(worker=worker, index=index, queries=queries)
     stop(worker)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def query_vector(queries, row):
-    with open(queries, "rb") as f:
-        f.seek(row * DIMS * 4)
-        return list(struct.unpack(f"<{DIMS}f", f.read(DIMS * 4)))
-
-
 @pytest.mark.parametrize("probe", [3, 8, None])
 def test_a_32_shard_durable_index_answers_equal_shardc_query_with_the_same_probe(wide, probe):
     for row in ROWS:
-        body = dict(index="wide", vector=query_vector(wide["queries"], row), k=10, ef=64)
+        body = dict(index="wide", vector=query_row(wide["queries"], row), k=10, ef=64)
         args = ["--probe", str(probe)] if probe else []
         if probe:
             body["probe"] = probe
@@ -60,7 +49,7 @@ def test_every_shard_host_reports_its_memory_within_its_budget(wide):
     worker = wide["worker"]
     # Every shard visited, so that every host holds its shard.
     for row in ROWS:
-        assert worker.search(index="wide", vector=query_vector(wide["queries"], row), k=10)[0] == 200
+        assert worker.search(index="wide", vector=query_row(wide["queries"], row), k=10)[0] == 200
     status, _, report = worker.call("GET", "/v1/admin/indexes/wide/hosts")
     assert status == 200, report
     hosts = report["hosts"]
