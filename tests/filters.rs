@@ -43,7 +43,8 @@ fn config(passages: &Path, vectors: &Path, dims: usize, shards: usize, out: &Pat
         shape: IndexShape {
             metric: Metric::Cosine,
             quant: Quant::F16,
-            shards,
+            shards: Some(shards),
+            max_shard_bytes: edgerag::build::DEFAULT_MAX_SHARD_BYTES,
             regions: vec!["weur".into()],
             placement: Placement::Replicate,
             seed: 42,

@@ -83,7 +83,8 @@ fn build(dir: &Path, shards: usize) -> IndexDir {
         shape: IndexShape {
             metric: Metric::Cosine,
             quant: Quant::F16,
-            shards,
+            shards: Some(shards),
+            max_shard_bytes: edgerag::build::DEFAULT_MAX_SHARD_BYTES,
             regions: vec!["weur".into()],
             placement: Placement::Replicate,
             seed: 3,

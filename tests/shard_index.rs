@@ -30,7 +30,8 @@ fn config(
         shape: IndexShape {
             metric: Metric::Cosine,
             quant,
-            shards,
+            shards: Some(shards),
+            max_shard_bytes: edgerag::build::DEFAULT_MAX_SHARD_BYTES,
             regions: vec!["weur".into(), "enam".into()],
             placement: Placement::Replicate,
             seed: 42,
@@ -334,6 +335,53 @@ fn boundary_replicas_give_distinct_answers_and_reach_recall_visiting_fewer_shard
             "visited {mean_visited} shards on average"
         );
     }
+}
+
+/// Without `--shards` the build picks the fewest shards whose estimated blobs fit
+/// `--max-shard-bytes`: every blob fits, and the estimate is close enough that the count is at
+/// most half again the least possible (the real bytes over the budget, rounded up) plus one;
+/// `--shards` overrides the budget; a budget no split can meet is a clear error.
+#[test]
+fn the_shard_count_follows_max_shard_bytes_and_every_blob_fits() {
+    let work = tempfile::tempdir().unwrap();
+    let (passages, vectors, _) = synthetic_corpus(work.path(), 3000, 48, true);
+    let built = |name: &str, shards: Option<usize>, max_shard_bytes: u64| {
+        let out = work.path().join(name);
+        let mut c = config(&passages, Some(&vectors), 48, Quant::F16, 1, &out);
+        c.shape.shards = shards;
+        c.shape.max_shard_bytes = max_shard_bytes;
+        build_index(&c).map(|manifest| {
+            manifest
+                .shards
+                .iter()
+                .map(|s| s.bytes)
+                .collect::<Vec<u64>>()
+        })
+    };
+    let whole = built("whole", None, u64::MAX).unwrap();
+    assert_eq!(whole.len(), 1);
+    let total = whole[0];
+    for parts in [2, 3, 5] {
+        let budget = total / parts + 1;
+        let blobs = built(&format!("in-{parts}"), None, budget).unwrap();
+        let least = total.div_ceil(budget) as usize;
+        eprintln!(
+            "budget {budget}: {} shards (least {least}), {blobs:?}",
+            blobs.len()
+        );
+        assert!(
+            blobs.iter().all(|&b| b <= budget),
+            "{blobs:?} over {budget}"
+        );
+        assert!(
+            blobs.len() >= least && blobs.len() <= least * 3 / 2 + 1,
+            "{} shards",
+            blobs.len()
+        );
+    }
+    assert_eq!(built("override", Some(2), 1000).unwrap().len(), 2);
+    let error = built("impossible", None, 1000).unwrap_err().to_string();
+    assert!(error.contains("--max-shard-bytes"), "{error}");
 }
 
 #[test]

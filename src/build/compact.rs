@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use super::{
-    BuildConfig, BuildError, IndexShape, DEFAULT_DEGREE, DEFAULT_EF_CONSTRUCTION, DEFAULT_SEED,
+    BuildConfig, BuildError, IndexShape, DEFAULT_DEGREE, DEFAULT_EF_CONSTRUCTION,
+    DEFAULT_MAX_SHARD_BYTES, DEFAULT_SEED,
 };
 use crate::write::export::ExportHeader;
 use crate::write::Change;
@@ -121,7 +122,8 @@ impl ExportedCorpus {
             shape: IndexShape {
                 metric: self.header.metric,
                 quant: self.header.quant,
-                shards,
+                shards: Some(shards),
+                max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
                 regions: self.header.regions.clone(),
                 placement: self.header.placement,
                 seed: DEFAULT_SEED,
@@ -201,7 +203,7 @@ mod tests {
         let config = corpus.build_config(dir.path(), None, false);
         assert_eq!(
             (config.shape.shards, config.dims, config.name.as_str()),
-            (2, 2, "docs")
+            (Some(2), 2, "docs")
         );
     }
 

@@ -407,7 +407,8 @@ mod tests {
             shape: IndexShape {
                 metric: Metric::Cosine,
                 quant: Quant::F16,
-                shards: 2,
+                shards: Some(2),
+                max_shard_bytes: crate::build::DEFAULT_MAX_SHARD_BYTES,
                 regions: vec!["weur".into()],
                 placement: Placement::Replicate,
                 threads: Some(1),
@@ -604,7 +605,7 @@ mod tests {
 
         // A build that fails (more shards than chunks) also leaves the index as it was.
         let mut too_many = config(&src, &out);
-        too_many.shape.shards = 10_000;
+        too_many.shape.shards = Some(10_000);
         assert!(ingest(&too_many, &FakeEmbedder::new(8), &counter).is_err());
         assert_eq!(
             IndexDir::open(&out).unwrap().manifest.version,

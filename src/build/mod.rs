@@ -19,12 +19,14 @@ pub mod output;
 mod partition;
 mod postings;
 pub mod remote_embedder;
+mod sizing;
 pub mod sync;
 
 use std::path::PathBuf;
 
 pub use error::BuildError;
 pub use index_dir::IndexDir;
+pub use sizing::DEFAULT_MAX_SHARD_BYTES;
 
 use crate::manifest::{
     checksum_hex, Manifest, Placement, Routing, ShardEntry, MANIFEST_FORMAT_VERSION,
@@ -44,8 +46,14 @@ pub struct IndexShape {
     pub metric: Metric,
     #[arg(long, default_value = "f16")]
     pub quant: Quant,
-    #[arg(long, default_value_t = 1)]
-    pub shards: usize,
+    /// Shards to split the corpus into; overrides `--max-shard-bytes`.
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Without `--shards`: the fewest shards whose blobs are each estimated to fit this many
+    /// bytes (default 36 MiB: half a shard host's default shard budget, so a host holds the
+    /// shard it serves and loads the next version's beside it).
+    #[arg(long, default_value_t = sizing::DEFAULT_MAX_SHARD_BYTES)]
+    pub max_shard_bytes: u64,
     /// Comma-separated region names.
     #[arg(long, value_delimiter = ',', required = true)]
     pub regions: Vec<String>,
@@ -119,31 +127,19 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
         config.dims,
         config.shape.metric,
     )?;
-    if corpus.len() < config.shape.shards {
-        return Err(BuildError::Invalid(format!(
-            "{} passages cannot fill {} shards",
-            corpus.len(),
-            config.shape.shards
-        )));
-    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(config.shape.threads.unwrap_or(0))
         .build()
         .map_err(|e| BuildError::Invalid(format!("graph thread pool: {e}")))?;
     let filter_fields = filter_fields(&corpus, config.shape.filter_fields.as_deref())?;
-    let mut partition = partition::balanced_kmeans(
-        &corpus,
-        config.shape.shards,
-        config.shape.metric,
-        config.shape.seed,
-    );
-    let replicas = pool.install(|| {
-        partition.replicate_boundaries(&corpus, config.shape.metric, config.shape.replicate_margin)
-    });
-    let routing = routing(&config.shape, replicas);
     let corpus_terms = postings::corpus_terms(&corpus);
-    let mut entries = Vec::with_capacity(config.shape.shards);
-    let mut blobs = Vec::with_capacity(config.shape.shards);
+    let sizes =
+        sizing::RowSizes::measure(&corpus, config.shape.quant, config.degree, &corpus_terms);
+    let (partition, replicas) = pool.install(|| partition_within(&corpus, config, &sizes))?;
+    let shards = partition.members.len();
+    let routing = routing(&config.shape, replicas);
+    let mut entries = Vec::with_capacity(shards);
+    let mut blobs = Vec::with_capacity(shards);
     for (index, rows) in partition.members.iter().enumerate() {
         let shard_name = format!("shard-{index:03}");
         let vectors: Vec<f32> = rows
@@ -192,12 +188,7 @@ pub fn build_index(config: &BuildConfig) -> Result<Manifest, BuildError> {
             count: rows.len() as u32,
             centroid: partition.centroids[index].clone(),
             checksum,
-            regions: shard_regions(
-                config.shape.placement,
-                index,
-                config.shape.shards,
-                &config.shape.regions,
-            ),
+            regions: shard_regions(config.shape.placement, index, shards, &config.shape.regions),
         });
         blobs.push((file, blob));
     }
@@ -296,6 +287,46 @@ fn declared_fields(declared: &[String]) -> Result<Vec<String>, BuildError> {
     Ok(fields.into_iter().collect())
 }
 
+/// The partition (with its boundary replicas, and how many) into `--shards` shards, or else into
+/// the fewest whose estimated blobs all fit `--max-shard-bytes`: starting from the even split's
+/// count, grown in proportion to the largest shard's overshoot until every shard fits (k-means
+/// shards are not all the same size in bytes, and replicas add to some more than others).
+fn partition_within(
+    corpus: &corpus::Corpus,
+    config: &BuildConfig,
+    sizes: &sizing::RowSizes,
+) -> Result<(partition::Partition, u64), BuildError> {
+    let shape = &config.shape;
+    let max = shape.max_shard_bytes;
+    let mut shards = shape.shards.unwrap_or_else(|| sizes.shards_for(max));
+    loop {
+        if corpus.len() < shards {
+            return Err(BuildError::Invalid(format!(
+                "{} passages cannot fill {shards} shards{}",
+                corpus.len(),
+                if shape.shards.is_some() {
+                    String::new()
+                } else {
+                    format!(" of at most {max} bytes (--max-shard-bytes)")
+                }
+            )));
+        }
+        let mut partition = partition::balanced_kmeans(corpus, shards, shape.metric, shape.seed);
+        let replicas = partition.replicate_boundaries(corpus, shape.metric, shape.replicate_margin);
+        let largest = partition
+            .members
+            .iter()
+            .map(|rows| sizes.shard_bytes(rows))
+            .max()
+            .unwrap_or(0);
+        if shape.shards.is_some() || largest <= max {
+            return Ok((partition, replicas));
+        }
+        let grown = (shards as f64 * largest as f64 / max as f64).ceil() as usize;
+        shards = grown.max(shards + 1);
+    }
+}
+
 /// The manifest's `routing` for a build with `replicas` stored copies: absent when neither
 /// margin is set, as for builds before it existed.
 fn routing(shape: &IndexShape, replicas: u64) -> Option<Routing> {
@@ -322,8 +353,13 @@ fn check_config(config: &BuildConfig) -> Result<(), BuildError> {
             "{flag} must be a finite distance of at least 0, not {margin}"
         )));
     }
-    if config.shape.shards == 0 {
+    if config.shape.shards == Some(0) {
         return Err(BuildError::Invalid("--shards must be at least 1".into()));
+    }
+    if config.shape.max_shard_bytes == 0 {
+        return Err(BuildError::Invalid(
+            "--max-shard-bytes must be at least 1".into(),
+        ));
     }
     if config.shape.regions.is_empty() || config.shape.regions.iter().any(|r| r.is_empty()) {
         return Err(BuildError::Invalid(

@@ -11,21 +11,38 @@ use crate::shard::format::{LexicalData, StringColumn};
 pub struct CorpusTerms {
     doc_freq: HashMap<String, u32>,
     pub stats: CorpusStats,
+    /// Each row's distinct terms (its postings).
+    pub distinct: Vec<u32>,
+}
+
+impl CorpusTerms {
+    /// Terms in the whole corpus and their mean length in bytes.
+    pub fn dictionary(&self) -> (usize, f64) {
+        let bytes: usize = self.doc_freq.keys().map(String::len).sum();
+        let terms = self.doc_freq.len();
+        (terms, bytes as f64 / terms.max(1) as f64)
+    }
 }
 
 /// Counts every passage's distinct terms once.
 pub fn corpus_terms(corpus: &Corpus) -> CorpusTerms {
     let mut doc_freq: HashMap<String, u32> = HashMap::new();
     let mut stats = CorpusStats::default();
+    let mut distinct = Vec::with_capacity(corpus.len());
     for (text, metadata) in corpus.texts.iter().zip(&corpus.metadata) {
         let (counts, length) = term_counts(&indexed_text(text, metadata));
         stats.docs += 1;
         stats.tokens += u64::from(length);
+        distinct.push(counts.len() as u32);
         for (term, _) in counts {
             *doc_freq.entry(term).or_insert(0) += 1;
         }
     }
-    CorpusTerms { doc_freq, stats }
+    CorpusTerms {
+        doc_freq,
+        stats,
+        distinct,
+    }
 }
 
 /// The postings of the passages `ordered` (corpus rows, in the shard's ordinal order).

@@ -56,7 +56,8 @@ fn build(dir: &Path, name: &str, shards: usize, seed: u64) -> (Manifest, Vec<Vec
         shape: IndexShape {
             metric: Metric::Cosine,
             quant: Quant::F16,
-            shards,
+            shards: Some(shards),
+            max_shard_bytes: crate::build::DEFAULT_MAX_SHARD_BYTES,
             regions: REGIONS.map(String::from).to_vec(),
             placement: Placement::Replicate,
             seed: 42,
