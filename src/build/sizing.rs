@@ -16,22 +16,28 @@ pub const DEFAULT_MAX_SHARD_BYTES: u64 = 36 << 20;
 const BLOB_OVERHEAD: u64 = 4096;
 
 /// Each row's estimated share of a blob and what a shard's term dictionary may cost.
-pub struct RowSizes {
+pub struct RowSizes<'a> {
     rows: Vec<u64>,
     /// Per distinct term a row has: the dictionary entry it may add (mean term length plus the
     /// offset, document frequency and postings start), if no other row of its shard has it.
     term_entry: f64,
     /// Terms in the whole corpus: no shard's dictionary holds more.
     corpus_terms: u64,
-    distinct: Vec<u32>,
+    /// Each row's distinct terms, as the corpus' term counts hold them.
+    distinct: &'a [u32],
 }
 
-impl RowSizes {
+impl<'a> RowSizes<'a> {
     /// Every term of a row costs a posting (ordinal u32, count u8); a row also stores its
     /// vector, its layer-0 links, its share of the upper layers (about one node in 16 has a
     /// row of [`UPPER_STRIDE`] links, summed over layers), its text and id with their offsets,
     /// and a value slot per metadata field of the corpus plus its value's bytes.
-    pub fn measure(corpus: &Corpus, quant: Quant, degree: usize, terms: &CorpusTerms) -> RowSizes {
+    pub fn measure(
+        corpus: &Corpus,
+        quant: Quant,
+        degree: usize,
+        terms: &'a CorpusTerms,
+    ) -> RowSizes<'a> {
         let dims = corpus.dims as u64;
         let vector = match quant {
             Quant::F16 => 2 * dims,
@@ -60,7 +66,7 @@ impl RowSizes {
             rows,
             term_entry: mean_term + 12.0,
             corpus_terms: corpus_terms as u64,
-            distinct: terms.distinct.clone(),
+            distinct: &terms.distinct,
         }
     }
 

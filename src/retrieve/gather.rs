@@ -212,8 +212,9 @@ impl<S: Shards> Gathered<S> {
         let mut dropped = BTreeMap::new();
         'merge: loop {
             // With boundary replicas a passage can win in each shard that stores it.
+            let copies = manifest.copies();
             let merged = self
-                .merge_without(k * manifest.copies(), &dropped)
+                .merge_without(k * copies, &dropped)
                 .map_err(|failed| AllFailed(named(failed)))?;
             let mut lists = [Vec::new(), Vec::new()];
             // Each ranking's public score: the metric's similarity, or the BM25 score.
@@ -230,7 +231,7 @@ impl<S: Shards> Gathered<S> {
                     }
                     match shards.resolve(held, &hit) {
                         Ok(mut m) => {
-                            if seen.insert(m.id.to_string()) {
+                            if copies == 1 || seen.insert(m.id.to_string()) {
                                 m.score = score(hit.distance);
                                 list.push((hit, m))
                             }
